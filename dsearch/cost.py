@@ -1,0 +1,131 @@
+"""Cost of a model: fvcore-counted MACs ("MFLOPs") and parameters, at batch 1 in eval mode.
+
+fvcore counts one multiply-accumulate of a conv or linear layer as one flop. It also counts
+batch-norm in eval mode (2 per element with affine), adaptive average pooling (1 per input
+element) and upsampling. Activations, residual additions and dropout are not
+multiply-accumulates: they are declared here as zero-cost, explicitly. dsearch's own custom
+ops carry their fvcore handles (dsearch.ops.FVCORE_HANDLES). Any other op fvcore does not
+know makes `count_cost` fail rather than silently count it as zero.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import warnings
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+with warnings.catch_warnings():  # fvcore's import touches the deprecated torch.jit.script
+    warnings.simplefilter("ignore", FutureWarning)
+    from fvcore.nn import FlopCountAnalysis, flop_count_table
+
+from .archspec import ArchSpec
+from .errors import DsearchError
+from .ops import FVCORE_HANDLES
+
+# Elementwise ops with no multiply-accumulate; counted as zero on purpose.
+ZERO_COST_OPS = (
+    "aten::add", "aten::add_", "aten::hardtanh", "aten::hardtanh_", "aten::hardswish", "aten::hardswish_",
+    "aten::silu", "aten::silu_", "aten::relu", "aten::relu_", "aten::dropout", "aten::feature_dropout",
+)
+
+
+class UncountedOpError(DsearchError, RuntimeError):
+    """A model contains an op whose cost fvcore would silently drop."""
+
+
+@dataclass(frozen=True)
+class Cost:
+    macs: int
+    params: int
+    resolution: tuple[int, int]
+
+    @property
+    def mflops(self) -> float:
+        """Millions of multiply-accumulates (fvcore's flop count)."""
+        return self.macs / 1e6
+
+    @property
+    def mparams(self) -> float:
+        return self.params / 1e6
+
+    def describe(self) -> str:
+        h, w = self.resolution
+        return f"{self.mflops:.2f} MFLOPs at {h}x{w}, {self.mparams:.3f} M params"
+
+
+def _input_shape(input_shape: Sequence[int]) -> tuple[int, int, int, int]:
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) == 3:
+        shape = (1, *shape)
+    if len(shape) != 4 or shape[0] != 1:
+        raise ValueError(f"input_shape must be (C, H, W) or (1, C, H, W), got {tuple(input_shape)}")
+    return shape  # type: ignore[return-value]
+
+
+def flop_analysis(model: nn.Module, input_shape: Sequence[int]) -> FlopCountAnalysis:
+    """fvcore's analysis with dsearch's handles, on a zero input at batch 1, ready to query."""
+    shape = _input_shape(input_shape)
+    param = next(model.parameters(), None)
+    x = torch.zeros(shape, device=param.device if param is not None else "cpu")
+    analysis = FlopCountAnalysis(model, x)
+    analysis.set_op_handle(**FVCORE_HANDLES)
+    analysis.set_op_handle(*[v for op in ZERO_COST_OPS for v in (op, None)])
+    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+    return analysis
+
+
+def count_cost(model: nn.Module, input_shape: Sequence[int]) -> Cost:
+    """fvcore MACs and used parameters of `model` on one input of `input_shape` (C, H, W)."""
+    was_training = model.training
+    model.eval()
+    try:
+        analysis = flop_analysis(model, input_shape)
+        with torch.no_grad(), warnings.catch_warnings(), _quiet_fvcore():
+            warnings.simplefilter("ignore")
+            macs = int(analysis.total())
+            skipped = analysis.unsupported_ops()
+    finally:
+        model.train(was_training)
+    if skipped:
+        ops = ", ".join(f"{op} (x{n})" for op, n in sorted(skipped.items()))
+        raise UncountedOpError(
+            f"fvcore has no cost handle for {ops}; register one in dsearch.ops.FVCORE_HANDLES "
+            "or declare it zero-cost in dsearch.cost.ZERO_COST_OPS"
+        )
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    shape = _input_shape(input_shape)
+    return Cost(macs=macs, params=params, resolution=(shape[2], shape[3]))
+
+
+def cost_table(model: nn.Module, input_shape: Sequence[int], max_depth: int = 3) -> str:
+    """fvcore's per-module table of MACs ("#flops") and parameters."""
+    model.eval()
+    analysis = flop_analysis(model, input_shape)
+    with torch.no_grad(), warnings.catch_warnings(), _quiet_fvcore():
+        warnings.simplefilter("ignore")
+        return flop_count_table(analysis, max_depth=max_depth)
+
+
+class _quiet_fvcore:
+    """Silence fvcore's logger while tracing (its warnings are checked explicitly)."""
+
+    def __enter__(self) -> None:
+        self._logger = logging.getLogger("fvcore")
+        self._level = self._logger.level
+        self._logger.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc: object) -> None:
+        self._logger.setLevel(self._level)
+
+
+@functools.lru_cache(maxsize=4096)
+def spec_cost(spec: ArchSpec, resolution: int | None = None) -> Cost:
+    """Cost of the architecture `spec` at `resolution` (default: the spec's deployment resolution)."""
+    from .builder import build_model  # the builder depends on nothing here; import late to keep cost light
+
+    size = resolution or spec.resolution
+    return count_cost(build_model(spec), (spec.in_channels, size, size))

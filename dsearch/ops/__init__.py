@@ -1,0 +1,29 @@
+"""The conv types of the separable-convolution design space, behind one registry."""
+from . import convs as _convs  # noqa: F401  (registers regular, dsc, bsconv_u, bsconv_s)
+from . import scc as _scc  # noqa: F401  (registers scc)
+from .activations import ACTIVATIONS, make_activation
+from .convs import BSConvS, BSConvU, DepthwiseSeparableConv, bsconv_reg_loss, bsconv_s_mid_channels
+from .registry import (
+    CONV_TYPES,
+    ConvConfigError,
+    ConvType,
+    Knob,
+    check_conv,
+    conv_macs,
+    conv_params,
+    conv_type,
+    make_conv,
+    register_conv,
+    resolve_knobs,
+)
+from .scc import SCC, SlidingChannelConv, scc_index, scc_pointwise, scc_pointwise_macs, scc_window_starts
+
+# Custom ops with their fvcore cost handles: every op dsearch emits must be counted.
+FVCORE_HANDLES = {"dsearch::scc_pointwise": scc_pointwise_macs}
+
+__all__ = [
+    "ACTIVATIONS", "BSConvS", "BSConvU", "CONV_TYPES", "ConvConfigError", "ConvType", "DepthwiseSeparableConv",
+    "FVCORE_HANDLES", "Knob", "SCC", "SlidingChannelConv", "bsconv_reg_loss", "bsconv_s_mid_channels",
+    "check_conv", "conv_macs", "conv_params", "conv_type", "make_activation", "make_conv", "register_conv",
+    "resolve_knobs", "scc_index", "scc_pointwise", "scc_window_starts",
+]

@@ -205,3 +205,14 @@ def test_bsconv_reg_loss_vanishes_for_orthonormal_rows_and_has_gradient():
     assert loss.item() == pytest.approx(6.0, rel=1e-5)
     loss.backward()
     assert layer.pw1.weight.grad.abs().sum() > 0
+
+
+def test_scc_backward_under_bf16_autocast():
+    conv = SlidingChannelConv(16, 8, groups=2, overlap=0.5)
+    x = torch.randn(2, 16, 4, 4, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = conv(x)
+    y.float().sum().backward()
+    assert x.grad.dtype == torch.float32 and conv.weight.grad.dtype == torch.float32
+    reference = F.conv2d(x.detach(), conv.dense_weight().detach())
+    torch.testing.assert_close(y.float(), reference, atol=0.05, rtol=0.05)

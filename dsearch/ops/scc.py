@@ -66,9 +66,11 @@ def _scc_backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None,
     x, weight, index = ctx.saved_tensors
     need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
     dense = scc_dense_weight(weight, index, ctx.in_channels).to(grad.dtype)[:, :, None, None]
+    # Under autocast the forward conv may have run in bf16 on an fp32 input: compute in grad's dtype.
     grad_x, grad_dense, _ = torch.ops.aten.convolution_backward(
-        grad, x, dense, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [need_x, need_w, False]
+        grad, x.to(grad.dtype), dense, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [need_x, need_w, False]
     )
+    grad_x = grad_x.to(x.dtype) if need_x else None
     grad_w = grad_dense.flatten(1).gather(1, index).to(weight.dtype) if need_w else None
     return grad_x, grad_w, None, None
 

@@ -1,0 +1,310 @@
+"""The Optuna driver: sample -> cost -> budget check -> proxy training -> storage.
+
+Every candidate's cost is counted at the deployment resolution before any training. One over
+budget is never trained: it is recorded (cost, reason) as a PRUNED trial whose constraint
+values are positive, so the sampler learns from it (`trial.set_constraint`). Several
+`dsearch run` processes on one storage cooperate on one study; RDB storages (SQLite by default,
+PostgreSQL/MySQL for many machines) carry heartbeats, so a killed worker's trial is marked failed.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+from optuna.trial import TrialState
+
+from .archspec import ArchSpecError
+from .cost import Cost, spec_cost
+from .data import Dataset, load_dataset
+from .errors import DsearchError
+from .spaces import Space, extreme_spec, load_space, sample
+from .train import DeviceData, ProxyConfig, TrainingDiverged, select_device, train_proxy
+
+SAMPLERS = ("tpe", "nsga2", "random")
+PRUNERS = ("median", "hyperband", "none")
+OBJECTIVES = ("multi", "accuracy")
+HEARTBEAT_S = 20
+GRACE_S = 60
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    space: str = "mobile"
+    dataset: str = "fashion-mnist-embedded"
+    data_dir: str | None = None
+    budget_mflops: float | None = None
+    budget_mparams: float | None = None
+    resolution: int | None = None  # deployment resolution; None: the space's
+    objective: str = "multi"  # multi: (val acc up, MFLOPs down); accuracy: val acc up
+    sampler: str = "tpe"
+    pruner: str = "median"  # used with objective "accuracy" (Optuna prunes single-objective studies only)
+    seed: int = 0
+    device: str = "auto"
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
+
+    def identity(self) -> dict[str, Any]:
+        """The settings a study is bound to; resuming with other values is an error."""
+        return {"space": self.space, "dataset": self.dataset, "budget_mflops": self.budget_mflops,
+                "budget_mparams": self.budget_mparams, "resolution": self.resolution, "objective": self.objective}
+
+
+@dataclass
+class SearchSummary:
+    study: optuna.Study
+    storage_url: str
+    resolution: int
+    counts: dict[str, int]
+    wall_s: float
+    interrupted: bool = False
+
+
+def default_storage(study_name: str, root: str | Path = "studies") -> str:
+    """SQLite file under studies/<name>/ (optuna-dashboard opens it; workers share it with heartbeats)."""
+    return f"sqlite:///{Path(root) / study_name / 'study.db'}"
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """An Optuna storage for `url`: an RDB URL (sqlite/postgresql/mysql) with heartbeats, or a journal file path."""
+    if "://" in url:
+        engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S,
+                                              grace_period=GRACE_S)
+        except Exception as err:  # noqa: BLE001 - any driver/connection error becomes one line
+            raise DsearchError(f"cannot open storage {url!r}: {str(err).splitlines()[0]}") from None
+    path = Path(url)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+
+
+def _sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=6, multivariate=True, group=True)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=8)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise DsearchError(f"unknown sampler {name!r}; valid: {', '.join(SAMPLERS)}")
+
+
+def _pruner(name: str) -> optuna.pruners.BasePruner:
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner()
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise DsearchError(f"unknown pruner {name!r}; valid: {', '.join(PRUNERS)}")
+
+
+def check_config(cfg: SearchConfig) -> None:
+    for value, flag in ((cfg.budget_mflops, "--budget-mflops"), (cfg.budget_mparams, "--budget-mparams")):
+        if value is not None and not value > 0:
+            raise DsearchError(f"{flag} must be a positive number, got {value:g}")
+    if cfg.resolution is not None and cfg.resolution < 8:
+        raise DsearchError(f"--resolution must be at least 8 pixels, got {cfg.resolution}")
+    if cfg.objective not in OBJECTIVES:
+        raise DsearchError(f"unknown objective {cfg.objective!r}; valid: {', '.join(OBJECTIVES)}")
+    _sampler(cfg.sampler, 0)
+    _pruner(cfg.pruner)
+    p = cfg.proxy
+    if p.epochs < 1 or p.batch_size < 2:
+        raise DsearchError("--epochs must be >= 1 and --batch-size >= 2")
+    if p.train_subset is not None and p.train_subset < p.batch_size:
+        raise DsearchError(f"--train-subset {p.train_subset} is smaller than one batch ({p.batch_size})")
+    if p.optimizer not in ("sgd", "adamw"):
+        raise DsearchError(f"unknown optimizer {p.optimizer!r}; valid: sgd, adamw")
+
+
+def check_budget_reachable(space: Space, data: Dataset, cfg: SearchConfig) -> Cost:
+    """Fail at once when no architecture of the space fits the budget; returns the cheapest cost."""
+    cheapest = spec_cost(extreme_spec(space, data.in_channels, data.num_classes, cfg.resolution))
+    res = cfg.resolution or space.resolution
+    if cfg.budget_mflops is not None and cheapest.mflops > cfg.budget_mflops:
+        raise DsearchError(
+            f"no architecture of space '{space.name}' fits --budget-mflops {cfg.budget_mflops:g}: the cheapest costs "
+            f"{cheapest.mflops:.2f} MFLOPs at {res}x{res}; raise the budget or use a smaller space/resolution")
+    if cfg.budget_mparams is not None and cheapest.mparams > cfg.budget_mparams:
+        raise DsearchError(
+            f"no architecture of space '{space.name}' fits --budget-mparams {cfg.budget_mparams:g}: the cheapest has "
+            f"{cheapest.mparams:.3f} M params; raise the budget or use a smaller space")
+    return cheapest
+
+
+class Objective:
+    """Optuna objective: one sampled architecture, checked against the budget, then trained."""
+
+    def __init__(self, cfg: SearchConfig, space: Space, data: Dataset, device_data: DeviceData,
+                 log: Callable[[str], None], progress: Callable[[int, int], None] | None = None) -> None:
+        self.cfg, self.space, self.data, self.device_data = cfg, space, data, device_data
+        self.resolution = cfg.resolution or space.resolution
+        self.train_resolution = device_data.size
+        self.log, self.progress = log, progress
+
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        try:
+            spec = sample(self.space, trial, self.data.in_channels, self.data.num_classes, self.resolution)
+        except ArchSpecError as err:
+            self._constraints(trial, invalid=1.0)
+            self._finish(trial, "invalid", f"invalid architecture: {err}")
+            raise optuna.TrialPruned(f"invalid architecture: {err}") from None
+        cost = spec_cost(spec)
+        trial.set_user_attr("arch", spec.to_json())
+        trial.set_user_attr("arch_summary", spec.summary())
+        trial.set_user_attr("mflops", cost.mflops)
+        trial.set_user_attr("mparams", cost.mparams)
+        trial.set_user_attr("resolution", self.resolution)
+        over_flops = cost.mflops - self.cfg.budget_mflops if self.cfg.budget_mflops is not None else -1.0
+        over_params = cost.mparams - self.cfg.budget_mparams if self.cfg.budget_mparams is not None else -1.0
+        self._constraints(trial, over_flops, over_params)
+        where = f"{cost.mflops:.1f} MFLOPs at {self.resolution}x{self.resolution}, {cost.mparams:.2f} M params"
+        if over_flops > 0 or over_params > 0:
+            limits = []
+            if over_flops > 0:
+                limits.append(f"> {self.cfg.budget_mflops:g} MFLOPs")
+            if over_params > 0:
+                limits.append(f"> {self.cfg.budget_mparams:g} M params")
+            reason = f"over budget: {where} ({', '.join(limits)})"
+            self._finish(trial, "rejected", reason)
+            self.log(f"trial {trial.number}: rejected, {reason}")
+            raise optuna.TrialPruned(reason)
+        train_cost = spec_cost(spec, self.train_resolution)
+        trial.set_user_attr("mflops_train", train_cost.mflops)
+        trial.set_user_attr("train_resolution", self.train_resolution)
+        trial.set_user_attr("status", "training")
+        single = self.cfg.objective == "accuracy"
+
+        def on_epoch(epoch: int, acc: float) -> None:
+            trial.set_user_attr("history", trial.user_attrs.get("history", []) + [acc])
+            if single:
+                trial.report(acc, epoch)
+                if trial.should_prune():
+                    self._finish(trial, "pruned", f"pruned by {self.cfg.pruner} after epoch {epoch + 1} "
+                                                  f"(val acc {acc:.4f})")
+                    trial.set_user_attr("trained", True)
+                    raise optuna.TrialPruned()
+
+        try:
+            result = train_proxy(spec, self.device_data, self.cfg.proxy, on_epoch, self.progress)
+        except TrainingDiverged as err:
+            self._finish(trial, "failed", f"training diverged: {err}")
+            trial.set_user_attr("trained", True)
+            self.log(f"trial {trial.number}: failed, training diverged: {err}")
+            raise
+        for key, value in (("val_acc", result.val_acc), ("test_acc", result.test_acc),
+                           ("train_time_s", round(result.train_time_s, 2)), ("device", result.device),
+                           ("images_per_s", round(result.images_per_s, 1)), ("epochs", result.epochs)):
+            trial.set_user_attr(key, value)
+        trial.set_user_attr("trained", True)
+        self._finish(trial, "complete", None)
+        self.log(f"trial {trial.number}: val acc {result.val_acc:.4f} (test {result.test_acc:.4f}), {where} "
+                 f"[{train_cost.mflops:.2f} MFLOPs at {self.train_resolution}x{self.train_resolution} trained], "
+                 f"{result.train_time_s:.0f} s, {spec.summary()}")
+        return result.val_acc if single else (result.val_acc, cost.mflops)
+
+    @staticmethod
+    def _constraints(trial: optuna.Trial, over_flops: float = -1.0, over_params: float = -1.0,
+                     invalid: float = 0.0) -> None:
+        # The same keys on every trial: the samplers compare constraint vectors across trials.
+        trial.set_constraint("mflops_over_budget", over_flops)
+        trial.set_constraint("mparams_over_budget", over_params)
+        trial.set_constraint("invalid", invalid)
+
+    @staticmethod
+    def _finish(trial: optuna.Trial, status: str, reason: str | None) -> None:
+        trial.set_user_attr("status", status)
+        if reason:
+            trial.set_user_attr("reason", reason)
+
+
+def prepare_study(cfg: SearchConfig, study_name: str, storage_url: str) -> optuna.Study:
+    """Create the study, or load it and check that it was made with the same settings."""
+    storage = open_storage(storage_url)
+    directions = ["maximize", "minimize"] if cfg.objective == "multi" else ["maximize"]
+    identity = cfg.identity()
+    try:
+        existing = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        existing = None
+    if existing is not None:
+        old = existing.user_attrs.get("dsearch_identity")
+        if old is not None and old != json.loads(json.dumps(identity)):
+            diffs = [f"{k}={old.get(k)!r} (now {v!r})" for k, v in identity.items() if old.get(k) != v]
+            raise DsearchError(f"study '{study_name}' was created with {', '.join(diffs)}; rerun with the same "
+                               "settings to resume it, or pick a new --study-name")
+    # A distinct sampler seed per start, so that a resumed or second worker does not replay the same samples.
+    seed = cfg.seed + (len(existing.get_trials(deepcopy=False)) if existing is not None else 0)
+    study = optuna.create_study(study_name=study_name, storage=storage, directions=directions, load_if_exists=True,
+                                sampler=_sampler(cfg.sampler, seed), pruner=_pruner(cfg.pruner))
+    if existing is None:
+        study.set_user_attr("dsearch_identity", identity)
+        study.set_user_attr("dsearch_config", json.loads(json.dumps(asdict(cfg))))
+    return study
+
+
+def trial_counts(study: optuna.Study) -> dict[str, int]:
+    counts = {"complete": 0, "rejected": 0, "invalid": 0, "pruned": 0, "failed": 0, "running": 0}
+    for t in study.get_trials(deepcopy=False):
+        if t.state == TrialState.RUNNING:
+            counts["running"] += 1
+        elif t.state == TrialState.FAIL:
+            counts["failed"] += 1
+        else:
+            status = t.user_attrs.get("status", t.state.name.lower())
+            counts[status if status in counts else "failed"] += 1
+    return counts
+
+
+def run_search(cfg: SearchConfig, study_name: str, storage_url: str | None = None, n_trials: int = 10,
+               timeout: float | None = None, log: Callable[[str], None] = print,
+               progress_factory: Callable[[int], Any] | None = None,
+               trial_progress: Callable[[int, int], None] | None = None) -> SearchSummary:
+    """Run (or resume) a search until this worker has trained `n_trials` architectures or `timeout` passes.
+
+    Every input is checked before anything is written, so bad input creates no study.
+    """
+    check_config(cfg)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # dsearch prints its own one line per trial
+    if n_trials < 1:
+        raise DsearchError(f"--n-trials must be >= 1, got {n_trials}")
+    space = load_space(cfg.space)
+    data = load_dataset(cfg.dataset, cfg.data_dir, seed=cfg.seed)
+    try:
+        device = select_device(cfg.device)
+    except ValueError as err:
+        raise DsearchError(str(err)) from None
+    check_budget_reachable(space, data, cfg)
+    storage_url = storage_url or default_storage(study_name)
+    study = prepare_study(cfg, study_name, storage_url)
+    device_data = DeviceData(data, device, cfg.proxy.train_subset, cfg.proxy.train_resolution)
+    bar = progress_factory(n_trials) if progress_factory else None
+    objective = Objective(cfg, space, data, device_data, log, trial_progress)
+    trained = 0
+
+    def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        nonlocal trained
+        if trial.user_attrs.get("trained"):
+            trained += 1
+            if bar is not None:
+                bar.update(1)
+            if trained >= n_trials:
+                study.stop()
+
+    start = time.perf_counter()
+    interrupted = False
+    try:
+        study.optimize(objective, n_trials=max(50, 50 * n_trials), timeout=timeout, callbacks=[after_trial],
+                       catch=(Exception,), gc_after_trial=False, show_progress_bar=False)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        if bar is not None:
+            bar.close()
+    return SearchSummary(study=study, storage_url=storage_url, resolution=cfg.resolution or space.resolution,
+                         counts=trial_counts(study), wall_s=time.perf_counter() - start, interrupted=interrupted)

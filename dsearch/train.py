@@ -1,0 +1,211 @@
+"""The proxy trainer: trains an ArchSpec on in-memory data and reports validation accuracy per epoch.
+
+Fast on both kinds of machine: data lives on the device as uint8 tensors (augmented there, no
+DataLoader workers, no per-batch host work), the model runs in channels_last (1.5-2.5x faster
+than NCHW on this CPU), and on CUDA the forward pass runs under bf16 autocast.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .archspec import ArchSpec
+from .builder import build_model
+from .ops import bsconv_reg_loss
+from .ops.convs import BSConvS
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the trial fails with this reason, the study goes on."""
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    epochs: int = 2
+    batch_size: int = 128
+    train_subset: int | None = None  # use at most this many training images
+    train_resolution: int | None = None  # None: the data's own size
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float | None = None  # None: 0.1 for sgd, 0.002 for adamw (at batch 128, scaled linearly)
+    weight_decay: float | None = None  # None: 5e-4 for sgd, 0.05 for adamw
+    label_smoothing: float = 0.0
+    bsconv_alpha: float = 0.1
+    augment: bool = True
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+OPTIMIZERS = ("sgd", "adamw")
+
+
+@dataclass
+class TrainResult:
+    val_acc: float
+    test_acc: float
+    history: list[float] = field(default_factory=list)  # validation accuracy after each epoch
+    epochs: int = 0
+    train_time_s: float = 0.0
+    images_per_s: float = 0.0
+    device: str = "cpu"
+
+
+def select_device(requested: str = "auto") -> torch.device:
+    """cuda, then mps, then cpu; or exactly what was asked for."""
+    if requested != "auto":
+        device = torch.device(requested)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda was asked for but no CUDA GPU is available; use --device cpu or auto")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+class DeviceData:
+    """A dataset's splits as uint8 tensors on the training device, with on-device augmentation."""
+
+    def __init__(self, data, device: torch.device, train_subset: int | None = None,
+                 train_resolution: int | None = None) -> None:
+        n = len(data.train_x) if train_subset is None else min(train_subset, len(data.train_x))
+        self.device = device
+        self.train_x, self.train_y = data.train_x[:n].to(device), data.train_y[:n].to(device)
+        self.val_x, self.val_y = data.val_x.to(device), data.val_y.to(device)
+        self.test_x, self.test_y = data.test_x.to(device), data.test_y.to(device)
+        shape = (1, -1, 1, 1)
+        self.mean = torch.tensor(data.mean, device=device).view(shape) * 255
+        self.std = torch.tensor(data.std, device=device).view(shape) * 255
+        self.size = train_resolution or data.image_size[0]
+        self.native = tuple(data.image_size) == (self.size, self.size)
+
+    def prepare(self, x: Tensor) -> Tensor:
+        """uint8 batch -> normalised float batch at the training resolution, channels_last."""
+        x = (x.float() - self.mean) / self.std
+        if not self.native:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return x.contiguous(memory_format=torch.channels_last)
+
+
+def random_shift_flip(x: Tensor, pad: int, generator: torch.Generator) -> Tensor:
+    """Per-image random translation by up to `pad` pixels (zero fill) and horizontal flip."""
+    b, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (b,), device=x.device, generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (b,), device=x.device, generator=generator)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None].expand(b, x.shape[1], h, w + 2 * pad)
+    shifted = padded.gather(2, rows)
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :].expand(b, x.shape[1], h, w)
+    shifted = shifted.gather(3, cols)
+    flip = torch.rand(b, device=x.device, generator=generator) < 0.5
+    return torch.where(flip[:, None, None, None], shifted.flip(3), shifted)
+
+
+def _optimizer(model: nn.Module, cfg: ProxyConfig) -> torch.optim.Optimizer:
+    scale = cfg.batch_size / 128
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (decay if p.ndim > 1 else no_decay).append(p)
+    if cfg.optimizer == "sgd":
+        wd = 5e-4 if cfg.weight_decay is None else cfg.weight_decay
+        groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.SGD(groups, lr=cfg.lr or 0.1 * scale, momentum=0.9, nesterov=True)
+    if cfg.optimizer == "adamw":
+        wd = 0.05 if cfg.weight_decay is None else cfg.weight_decay
+        groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=cfg.lr or 0.002 * scale)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: DeviceData, x: Tensor, y: Tensor, batch_size: int = 512) -> float:
+    """Top-1 accuracy of `model` on (x, y)."""
+    model.eval()
+    correct = torch.zeros((), device=data.device, dtype=torch.long)
+    for i in range(0, len(x), batch_size):
+        with _autocast(data.device):
+            logits = model(data.prepare(x[i:i + batch_size]))
+        correct += (logits.argmax(1) == y[i:i + batch_size]).sum()
+    return correct.item() / max(1, len(x))
+
+
+def _autocast(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
+        device.type, enabled=False)
+
+
+def train_proxy(
+    spec: ArchSpec,
+    data: DeviceData,
+    cfg: ProxyConfig = ProxyConfig(),
+    on_epoch: Callable[[int, float], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> TrainResult:
+    """Train `spec` for cfg.epochs; `on_epoch(epoch, val_acc)` may raise to stop (e.g. Optuna pruning).
+
+    `progress(step, total_steps)` is called after each step (for progress bars). Raises
+    TrainingDiverged on a NaN/inf loss.
+    """
+    device = data.device
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    model = build_model(spec).to(device=device, memory_format=torch.channels_last)
+    uses_bsconv_s = any(isinstance(m, BSConvS) for m in model.modules())
+    optimizer = _optimizer(model, cfg)
+    n = len(data.train_x)
+    steps_per_epoch = max(1, n // cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total, pct_start=0.25)
+    pad = max(1, data.train_x.shape[-1] // 8)  # in native pixels: augmentation runs before resizing
+    history: list[float] = []
+    start = time.perf_counter()
+    step = 0
+    for epoch in range(cfg.epochs):
+        model.train()
+        order = torch.randperm(n, device=device, generator=generator)
+        loss_sum = torch.zeros((), device=device)
+        for i in range(steps_per_epoch):
+            idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+            x = data.train_x[idx]
+            if cfg.augment:
+                x = random_shift_flip(x, pad, generator)
+            x = data.prepare(x)
+            with _autocast(device):
+                loss = F.cross_entropy(model(x), data.train_y[idx], label_smoothing=cfg.label_smoothing)
+            if uses_bsconv_s:
+                loss = loss + bsconv_reg_loss(model, cfg.bsconv_alpha)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            loss_sum += loss.detach()
+            step += 1
+            if step % 25 == 0 or i == steps_per_epoch - 1:
+                _check_finite(loss_sum, epoch, i)
+            if progress is not None:
+                progress(step, total)
+        acc = evaluate(model, data, data.val_x, data.val_y)
+        history.append(acc)
+        if on_epoch is not None:
+            on_epoch(epoch, acc)
+    elapsed = time.perf_counter() - start
+    return TrainResult(
+        val_acc=history[-1], test_acc=evaluate(model, data, data.test_x, data.test_y), history=history,
+        epochs=cfg.epochs, train_time_s=elapsed, images_per_s=total * cfg.batch_size / max(elapsed, 1e-9),
+        device=str(device),
+    )
+
+
+def _check_finite(loss_sum: Tensor, epoch: int, step: int) -> None:
+    value = loss_sum.item()
+    if not math.isfinite(value):
+        raise TrainingDiverged(f"loss became {value} in epoch {epoch + 1} by step {step + 1}")

@@ -15,7 +15,8 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             "val_acc": a.get("val_acc"), "test_acc": a.get("test_acc"), "mflops": a.get("mflops"),
             "mparams": a.get("mparams"), "resolution": a.get("resolution"), "mflops_train": a.get("mflops_train"),
             "train_resolution": a.get("train_resolution"), "train_time_s": a.get("train_time_s"),
-            "device": a.get("device"), "arch": a.get("arch_summary"), "reason": a.get("reason"),
+            "device": a.get("device"), "arch": a.get("arch_summary"),
+            "reason": a.get("reason") or t.system_attrs.get("fail_reason"),
         })
     columns = ["trial", "state", "status", "val_acc", "test_acc", "mflops", "mparams", "resolution", "mflops_train",
                "train_resolution", "train_time_s", "device", "arch", "reason"]

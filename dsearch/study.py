@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -27,7 +28,9 @@ from .train import DeviceData, ProxyConfig, TrainingDiverged, select_device, tra
 SAMPLERS = ("tpe", "nsga2", "random")
 PRUNERS = ("median", "hyperband", "none")
 OBJECTIVES = ("multi", "accuracy")
+MAX_FAILURES_IN_A_ROW = 5  # a broken setup should not burn through every sample
 HEARTBEAT_S = 20
+STORAGE_ATTEMPTS = 4
 GRACE_S = 60
 
 
@@ -73,11 +76,17 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S,
-                                              grace_period=GRACE_S)
-        except Exception as err:  # noqa: BLE001 - any driver/connection error becomes one line
-            raise DsearchError(f"cannot open storage {url!r}: {str(err).splitlines()[0]}") from None
+        warnings.filterwarnings("ignore", "Argument ``heartbeat_interval``", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", "Argument ``grace_period``", optuna.exceptions.ExperimentalWarning)
+        # Workers starting together on an empty database race to create Optuna's tables: retry.
+        for attempt in range(STORAGE_ATTEMPTS):
+            try:
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S,
+                                                  grace_period=GRACE_S)
+            except Exception as err:  # noqa: BLE001 - any driver/connection error becomes one line
+                if "import" in str(err).lower() or attempt == STORAGE_ATTEMPTS - 1:
+                    raise DsearchError(f"cannot open storage {url!r}: {str(err).splitlines()[0]}") from None
+                time.sleep(0.5 + attempt)
     path = Path(url)
     path.parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
@@ -85,7 +94,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
 
 def _sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=6, multivariate=True, group=True)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=6)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=8)
     if name == "random":
@@ -286,9 +295,19 @@ def run_search(cfg: SearchConfig, study_name: str, storage_url: str | None = Non
     bar = progress_factory(n_trials) if progress_factory else None
     objective = Objective(cfg, space, data, device_data, log, trial_progress)
     trained = 0
+    failures_in_a_row = 0
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        nonlocal trained
+        nonlocal trained, failures_in_a_row
+        if trial.state == TrialState.FAIL and not trial.user_attrs.get("trained"):
+            failures_in_a_row += 1
+            reason = trial.system_attrs.get("fail_reason", "unknown error").strip().splitlines()[-1]
+            log(f"trial {trial.number}: failed: {reason}")
+            if failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
+                log(f"stopping: {failures_in_a_row} trials in a row failed; last error: {reason}")
+                study.stop()
+            return
+        failures_in_a_row = 0
         if trial.user_attrs.get("trained"):
             trained += 1
             if bar is not None:

@@ -125,6 +125,19 @@ def _optimizer(model: nn.Module, cfg: ProxyConfig) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
 
 
+def warmup_cosine(total_steps: int, warmup_share: float = 0.15) -> Callable[[int], float]:
+    """LR factor: linear warm-up over the first steps, then cosine decay to zero (any step count >= 1)."""
+    warmup = max(1, int(warmup_share * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, data: DeviceData, x: Tensor, y: Tensor, batch_size: int = 512) -> float:
     """Top-1 accuracy of `model` on (x, y)."""
@@ -163,8 +176,7 @@ def train_proxy(
     n = len(data.train_x)
     steps_per_epoch = max(1, n // cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total, pct_start=0.25)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total))
     pad = max(1, data.train_x.shape[-1] // 8)  # in native pixels: augmentation runs before resizing
     history: list[float] = []
     start = time.perf_counter()

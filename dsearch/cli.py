@@ -140,15 +140,15 @@ def cmd_spaces(args: argparse.Namespace) -> int:
     from .cost import spec_cost
     from .spaces import available_spaces, extreme_spec, load_space, space_size
 
-    print(f"{'space':<10} {'resolution':>10} {'architectures':>14}  MFLOPs range ({args.in_channels} in-channels, "
-          f"{args.num_classes} classes)  description")
+    print(f"MFLOPs at each space's resolution, for {args.in_channels} input channel(s) and {args.num_classes} classes")
+    print(f"{'space':<10} {'resolution':>10} {'architectures':>14} {'MFLOPs min':>11} {'MFLOPs max':>11}  description")
     for name, path in available_spaces().items():
         space = load_space(str(path))
         lo = spec_cost(extreme_spec(space, args.in_channels, args.num_classes))
         hi = spec_cost(extreme_spec(space, args.in_channels, args.num_classes, cheapest=False))
         res = f"{space.resolution}x{space.resolution}"
-        print(f"{name:<10} {res:>10} {space_size(space):>14.3g}  {lo.mflops:8.2f} - {hi.mflops:8.2f}"
-              f"{'':22}{space.description}")
+        print(f"{name:<10} {res:>10} {space_size(space):>14.3g} {lo.mflops:>11.2f} {hi.mflops:>11.2f}  "
+              f"{space.description}")
     return 0
 
 

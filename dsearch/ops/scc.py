@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .convs import MID_ACTIVATION, WITH_BN, _hw_out, _is_bool, _positive_int, conv2d, depthwise_pointwise_layers
+from .convs import MID_ACTIVATION, WITH_BN, _hw_out, _positive_int, depthwise_pointwise_layers
 from .registry import ConvType, Knob, register_conv
 
 FLOAT_SLACK = 1e-9  # keeps floor(c (1 - o) K) exact when c (1 - o) K is an integer up to float rounding

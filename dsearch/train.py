@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -38,9 +38,6 @@ class ProxyConfig:
     bsconv_alpha: float = 0.1
     augment: bool = True
     seed: int = 0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 OPTIMIZERS = ("sgd", "adamw")

@@ -58,11 +58,29 @@ def test_space_size_counts_distinct_architectures(tiny_space):
     # per stage: width x depth x kernel x (regular + dsc + bsconv_u + scc with 2 x 2 knob values)
     per_kind = 1 + 1 + 1 + 2 * 2
     assert space_size(space) == (2 * 1 * 2 * per_kind) * (2 * 2 * 2 * per_kind)
-    # brute force: every distinct sampled spec is one of them
-    seen = set()
-    for convs in itertools.product(["regular", "dsc", "bsconv_u", ("scc", 2, 0.0), ("scc", 4, 0.5)], repeat=2):
-        seen.add(convs)
-    assert len(seen) == 25
+    # brute force: every combination of parameter values, built into specs, gives that many distinct ones
+    kinds = [("regular", {}), ("dsc", {}), ("bsconv_u", {})] + [
+        ("scc", {"scc_groups": g, "scc_overlap": o}) for g in (2, 4) for o in (0.0, 0.5)]
+    specs = set()
+    for (k1, kn1), w1, kk1, (k2, kn2), w2, d2, kk2 in itertools.product(
+            kinds, (8, 16), (3, 5), kinds, (16, 32), (1, 2), (3, 5)):
+        params = {"stage1.conv": k1, "stage1.width": w1, "stage1.kernel": kk1, "stage2.conv": k2,
+                  "stage2.width": w2, "stage2.depth": d2, "stage2.kernel": kk2}
+        params.update({f"stage1.{k}": v for k, v in kn1.items()})
+        params.update({f"stage2.{k}": v for k, v in kn2.items()})
+        specs.add(sample(space, Answers(params), 1, 10))
+    assert len(specs) == space_size(space)
+
+
+class Answers:
+    """Answers suggest_categorical from a dict, checking that the asked choices contain the answer."""
+
+    def __init__(self, params):
+        self.params = params
+
+    def suggest_categorical(self, name, choices):
+        assert self.params[name] in choices
+        return self.params[name]
 
 
 def test_extremes_bound_every_sample():

@@ -9,11 +9,12 @@ know makes `count_cost` fail rather than silently count it as zero.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import warnings
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -23,6 +24,7 @@ with warnings.catch_warnings():  # fvcore's import touches the deprecated torch.
     from fvcore.nn import FlopCountAnalysis, flop_count_table
 
 from .archspec import ArchSpec
+from .builder import build_model
 from .errors import DsearchError
 from .ops import FVCORE_HANDLES
 
@@ -78,18 +80,30 @@ def flop_analysis(model: nn.Module, input_shape: Sequence[int]) -> FlopCountAnal
     return analysis
 
 
+@contextlib.contextmanager
+def _counting(model: nn.Module) -> Iterator[None]:
+    """Eval mode (restored after), no autograd, and fvcore's warnings silenced (checked explicitly)."""
+    was_training = model.training
+    logger = logging.getLogger("fvcore")
+    level = logger.level
+    model.eval()
+    logger.setLevel(logging.ERROR)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+        model.train(was_training)
+
+
 def count_cost(model: nn.Module, input_shape: Sequence[int]) -> Cost:
     """fvcore MACs and used parameters of `model` on one input of `input_shape` (C, H, W)."""
-    was_training = model.training
-    model.eval()
-    try:
-        analysis = flop_analysis(model, input_shape)
-        with torch.no_grad(), warnings.catch_warnings(), _quiet_fvcore():
-            warnings.simplefilter("ignore")
-            macs = int(analysis.total())
-            skipped = analysis.unsupported_ops()
-    finally:
-        model.train(was_training)
+    shape = _input_shape(input_shape)
+    with _counting(model):
+        analysis = flop_analysis(model, shape)
+        macs = int(analysis.total())
+        skipped = analysis.unsupported_ops()
     if skipped:
         ops = ", ".join(f"{op} (x{n})" for op, n in sorted(skipped.items()))
         raise UncountedOpError(
@@ -97,35 +111,17 @@ def count_cost(model: nn.Module, input_shape: Sequence[int]) -> Cost:
             "or declare it zero-cost in dsearch.cost.ZERO_COST_OPS"
         )
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    shape = _input_shape(input_shape)
     return Cost(macs=macs, params=params, resolution=(shape[2], shape[3]))
 
 
 def cost_table(model: nn.Module, input_shape: Sequence[int], max_depth: int = 3) -> str:
     """fvcore's per-module table of MACs ("#flops") and parameters."""
-    model.eval()
-    analysis = flop_analysis(model, input_shape)
-    with torch.no_grad(), warnings.catch_warnings(), _quiet_fvcore():
-        warnings.simplefilter("ignore")
-        return flop_count_table(analysis, max_depth=max_depth)
-
-
-class _quiet_fvcore:
-    """Silence fvcore's logger while tracing (its warnings are checked explicitly)."""
-
-    def __enter__(self) -> None:
-        self._logger = logging.getLogger("fvcore")
-        self._level = self._logger.level
-        self._logger.setLevel(logging.ERROR)
-
-    def __exit__(self, *exc: object) -> None:
-        self._logger.setLevel(self._level)
+    with _counting(model):
+        return flop_count_table(flop_analysis(model, input_shape), max_depth=max_depth)
 
 
 @functools.lru_cache(maxsize=4096)
 def spec_cost(spec: ArchSpec, resolution: int | None = None) -> Cost:
     """Cost of the architecture `spec` at `resolution` (default: the spec's deployment resolution)."""
-    from .builder import build_model  # the builder depends on nothing here; import late to keep cost light
-
     size = resolution or spec.resolution
     return count_cost(build_model(spec), (spec.in_channels, size, size))

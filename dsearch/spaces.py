@@ -16,7 +16,7 @@ from typing import Any, Mapping, Protocol
 import yaml
 
 from .archspec import ArchSpec, ConvSpec, HeadSpec, StageSpec, StemSpec
-from .blocks import BLOCKS, hidden_channels
+from .blocks import BLOCKS, conv_units
 from .errors import DsearchError
 from .ops import CONV_TYPES, ConvConfigError, conv_macs, resolve_knobs
 from .ops.activations import check_activation
@@ -270,7 +270,8 @@ def extreme_spec(space: Space, in_channels: int, num_classes: int, resolution: i
     """The cheapest (or dearest) architecture of the space by MACs.
 
     Widths, depths, expansions, kernels and head width are monotone in cost, so their extremes
-    are taken directly; the conv kind and knobs of each stage are ranked by their analytic MACs.
+    are taken directly; the block, conv kind and knobs of each stage are ranked by the analytic
+    MACs of the stage's conv units.
     """
     pick = min if cheapest else max
     size = out_size(resolution or space.resolution, space.stem_kernel, space.stem_stride)
@@ -279,28 +280,32 @@ def extreme_spec(space: Space, in_channels: int, num_classes: int, resolution: i
     for i, st in enumerate(space.stages, start=1):
         p = f"stage{i}"
         width, depth, kernel, expansion = pick(st.width), pick(st.depth), pick(st.kernel), pick(st.expansion)
-        params.update({f"{p}.width": width, f"{p}.depth": depth, f"{p}.kernel": kernel,
-                       f"{p}.expansion": expansion, f"{p}.block": st.block[0]})
+        params.update({f"{p}.width": width, f"{p}.depth": depth, f"{p}.kernel": kernel, f"{p}.expansion": expansion})
 
-        def unit_macs(kind: str, knobs: dict[str, Any]) -> int:
-            total, m, h, stride = 0, channels, size, st.stride
-            for _ in range(depth):
-                hidden = hidden_channels(m, expansion) if st.block[0] == "inverted_residual" else m
-                try:
-                    total += conv_macs(kind, hidden, width, kernel, stride, (h, h), **knobs)
-                except ConvConfigError:
-                    return -1 if not cheapest else 1 << 62
-                h, m, stride = out_size(h, kernel, stride), width, 1
+        def stage_macs(block: str, kind: str, knobs: dict[str, Any]) -> int | None:
+            """Analytic MACs of the stage's conv units; None where the knobs don't fit the widths."""
+            total, m, h = 0, channels, size
+            for r in range(depth):
+                for _, cin, cout, stride in conv_units(block, m, width, expansion, st.stride if r == 0 else 1):
+                    try:
+                        total += conv_macs(kind, cin, cout, kernel, stride, (h, h), **knobs)
+                    except ConvConfigError:
+                        return None
+                    h = out_size(h, kernel, stride)
+                m = width
             return total
 
         options = []
-        for kind in st.conv:
-            knob_choices = space.knob_choices(kind)
-            for combo in itertools.product(*knob_choices.values()):
-                knobs = dict(zip(knob_choices, combo))
-                options.append((unit_macs(kind, knobs), kind, knobs))
-        _, kind, knobs = pick(options, key=lambda o: o[0])
-        params[f"{p}.conv"] = kind
+        for block in st.block:
+            for kind in st.conv:
+                knob_choices = space.knob_choices(kind)
+                for combo in itertools.product(*knob_choices.values()):
+                    knobs = dict(zip(knob_choices, combo))
+                    macs = stage_macs(block, kind, knobs)
+                    if macs is not None:
+                        options.append((macs, block, kind, knobs))
+        _, block, kind, knobs = pick(options, key=lambda o: o[0])
+        params.update({f"{p}.block": block, f"{p}.conv": kind})
         params.update({f"{p}.{kind}_{k}": v for k, v in knobs.items()})
         size = out_size(size, kernel, st.stride)
         channels = width

@@ -23,10 +23,8 @@ from .cost import Cost, spec_cost
 from .data import Dataset, load_dataset
 from .errors import DsearchError
 from .spaces import Space, extreme_spec, load_space, sample
-from .train import DeviceData, ProxyConfig, TrainingDiverged, select_device, train_proxy
+from .train import OPTIMIZERS, DeviceData, ProxyConfig, TrainingDiverged, select_device, train_proxy
 
-SAMPLERS = ("tpe", "nsga2", "random")
-PRUNERS = ("median", "hyperband", "none")
 OBJECTIVES = ("multi", "accuracy")
 MAX_FAILURES_IN_A_ROW = 5  # a broken setup should not burn through every sample
 HEARTBEAT_S = 20
@@ -76,13 +74,14 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        warnings.filterwarnings("ignore", "Argument ``heartbeat_interval``", optuna.exceptions.ExperimentalWarning)
-        warnings.filterwarnings("ignore", "Argument ``grace_period``", optuna.exceptions.ExperimentalWarning)
         # Workers starting together on an empty database race to create Optuna's tables: retry.
         for attempt in range(STORAGE_ATTEMPTS):
             try:
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S,
-                                                  grace_period=GRACE_S)
+                with warnings.catch_warnings():
+                    # Heartbeats are "experimental" in Optuna 5 but are what marks a killed worker's trial failed.
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
+                                                      heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
             except Exception as err:  # noqa: BLE001 - any driver/connection error becomes one line
                 if "import" in str(err).lower() or attempt == STORAGE_ATTEMPTS - 1:
                     raise DsearchError(f"cannot open storage {url!r}: {str(err).splitlines()[0]}") from None
@@ -92,24 +91,16 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
 
 
-def _sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=6)
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=8)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    raise DsearchError(f"unknown sampler {name!r}; valid: {', '.join(SAMPLERS)}")
-
-
-def _pruner(name: str) -> optuna.pruners.BasePruner:
-    if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner()
-    if name == "none":
-        return optuna.pruners.NopPruner()
-    raise DsearchError(f"unknown pruner {name!r}; valid: {', '.join(PRUNERS)}")
+SAMPLER_FACTORIES: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
+    "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed, n_startup_trials=6),
+    "nsga2": lambda seed: optuna.samplers.NSGAIISampler(seed=seed, population_size=8),
+    "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
+}
+PRUNER_FACTORIES: dict[str, Callable[[], optuna.pruners.BasePruner]] = {
+    "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
+    "hyperband": lambda: optuna.pruners.HyperbandPruner(),
+    "none": lambda: optuna.pruners.NopPruner(),
+}
 
 
 def check_config(cfg: SearchConfig) -> None:
@@ -120,15 +111,16 @@ def check_config(cfg: SearchConfig) -> None:
         raise DsearchError(f"--resolution must be at least 8 pixels, got {cfg.resolution}")
     if cfg.objective not in OBJECTIVES:
         raise DsearchError(f"unknown objective {cfg.objective!r}; valid: {', '.join(OBJECTIVES)}")
-    _sampler(cfg.sampler, 0)
-    _pruner(cfg.pruner)
+    for name, table, what in ((cfg.sampler, SAMPLER_FACTORIES, "sampler"), (cfg.pruner, PRUNER_FACTORIES, "pruner")):
+        if name not in table:
+            raise DsearchError(f"unknown {what} {name!r}; valid: {', '.join(table)}")
     p = cfg.proxy
     if p.epochs < 1 or p.batch_size < 2:
         raise DsearchError("--epochs must be >= 1 and --batch-size >= 2")
     if p.train_subset is not None and p.train_subset < p.batch_size:
         raise DsearchError(f"--train-subset {p.train_subset} is smaller than one batch ({p.batch_size})")
-    if p.optimizer not in ("sgd", "adamw"):
-        raise DsearchError(f"unknown optimizer {p.optimizer!r}; valid: sgd, adamw")
+    if p.optimizer not in OPTIMIZERS:
+        raise DsearchError(f"unknown optimizer {p.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
 
 
 def check_budget_reachable(space: Space, data: Dataset, cfg: SearchConfig) -> Cost:
@@ -250,7 +242,7 @@ def prepare_study(cfg: SearchConfig, study_name: str, storage_url: str) -> optun
     # A distinct sampler seed per start, so that a resumed or second worker does not replay the same samples.
     seed = cfg.seed + (len(existing.get_trials(deepcopy=False)) if existing is not None else 0)
     study = optuna.create_study(study_name=study_name, storage=storage, directions=directions, load_if_exists=True,
-                                sampler=_sampler(cfg.sampler, seed), pruner=_pruner(cfg.pruner))
+                                sampler=SAMPLER_FACTORIES[cfg.sampler](seed), pruner=PRUNER_FACTORIES[cfg.pruner]())
     if existing is None:
         study.set_user_attr("dsearch_identity", identity)
         study.set_user_attr("dsearch_config", json.loads(json.dumps(asdict(cfg))))

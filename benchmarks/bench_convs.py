@@ -5,7 +5,7 @@ Part 1 times forward+backward of every conv kind built by `dsearch.ops.make_conv
 realistic shapes and reports time per call, analytic MACs per call and achieved GMAC/s next
 to a matmul reference, so that we know how far we are from the machine's limit.
 
-Part 2 times the SCC pointwise map alone (`dsearch.ops.SlidingChannelConv`, M -> N 1x1) for
+Part 2 times the SCC pointwise map alone (`dsearch.ops.SlidingChannelConvOp`, M -> N 1x1) for
 every groups/overlap pair against two baselines measured in the same run on the same input:
   masked:  a dense 1x1 conv whose N x M weight is scattered from the N x K real weights
            every step, in plain PyTorch autograd;
@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dsearch.ops import ConvConfigError, SlidingChannelConv, check_conv, conv_macs, make_conv
+from dsearch.ops import ConvConfigError, SlidingChannelConvOp, check_conv, conv_macs, make_conv
 
 KERNEL, STRIDE = 3, 1
 CONV_KINDS: tuple[tuple[str, dict], ...] = (
@@ -173,7 +173,7 @@ def prepare(module: nn.Module, device: torch.device) -> nn.Module:
 class MaskedPointwise(nn.Module):
     """Baseline (a): the SCC map as a dense 1x1 conv, weight scattered in plain autograd."""
 
-    def __init__(self, scc: SlidingChannelConv) -> None:
+    def __init__(self, scc: SlidingChannelConvOp) -> None:
         super().__init__()
         self.in_channels = scc.in_channels
         self.weight = nn.Parameter(scc.weight.detach().clone())
@@ -284,7 +284,7 @@ def check_same_output(scc: nn.Module, masked: nn.Module, x: Tensor, bf16: bool) 
 
 
 def bench_scc_case(shape: Shape, groups: int, overlap: float, x: Tensor, args: argparse.Namespace) -> SccCase:
-    scc = prepare(SlidingChannelConv(shape.cin, shape.cout, groups, overlap), args.device)
+    scc = prepare(SlidingChannelConvOp(shape.cin, shape.cout, groups, overlap), args.device)
     masked = prepare(MaskedPointwise(scc), args.device)
     grouped = prepare(grouped_pointwise(shape.cin, shape.cout, groups), args.device)
     check_same_output(scc, masked, x, args.bf16)

@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dsearch.layers import SlidingChannelConv
 from dsearch.ops import (
-    BSConvS, ConvConfigError, SlidingChannelConv, bsconv_reg_loss, bsconv_s_mid_channels, make_conv, scc_pointwise,
+    BSConvS, ConvConfigError, SlidingChannelConvOp, bsconv_reg_loss, bsconv_s_mid_channels, make_conv, scc_pointwise,
 )
 
 torch.manual_seed(0)
@@ -128,16 +129,17 @@ def test_scc_with_stride_two():
 @pytest.mark.parametrize("overlap", [0.25, 1 / 3, 0.5, 0.75, 0.0])
 def test_scc_gradcheck(overlap):
     m, n, groups = 12, 9, 3 if overlap != 0.75 else 2
-    conv = SlidingChannelConv(m, n, groups, overlap).double()
+    conv = SlidingChannelConvOp(m, n, groups, overlap).double()
     x = rand64(2, m, 3, 3).requires_grad_()
     weight = conv.weight.detach().clone().requires_grad_()
     assert torch.autograd.gradcheck(lambda a, w: scc_pointwise(a, w, conv.index, m), (x, weight))
 
 
+@pytest.mark.parametrize("form", [SlidingChannelConvOp, SlidingChannelConv], ids=["custom-op", "portable"])
 @pytest.mark.parametrize("overlap", [0.25, 1 / 3, 0.5, 0.75])
-def test_scc_gradients_match_masked_dense_autograd(overlap):
+def test_scc_gradients_match_masked_dense_autograd(overlap, form):
     m, n, groups = 16, 12, 4
-    conv = SlidingChannelConv(m, n, groups, overlap).double()
+    conv = form(m, n, groups, overlap).double()
     x = rand64(2, m, 5, 5).to(memory_format=torch.channels_last).requires_grad_()
     grad_out = rand64(2, n, 5, 5)
     conv(x).backward(grad_out)
@@ -208,7 +210,7 @@ def test_bsconv_reg_loss_vanishes_for_orthonormal_rows_and_has_gradient():
 
 
 def test_scc_backward_under_bf16_autocast():
-    conv = SlidingChannelConv(16, 8, groups=2, overlap=0.5)
+    conv = SlidingChannelConvOp(16, 8, groups=2, overlap=0.5)
     x = torch.randn(2, 16, 4, 4, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = conv(x)

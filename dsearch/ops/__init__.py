@@ -16,14 +16,14 @@ from .registry import (
     register_conv,
     resolve_knobs,
 )
-from .scc import SCC, SlidingChannelConv, scc_index, scc_pointwise, scc_pointwise_macs, scc_window_starts
+from .scc import SCC, SlidingChannelConvOp, scc_index, scc_pointwise, scc_pointwise_macs, scc_window_starts
 
 # Custom ops with their fvcore cost handles: every op dsearch emits must be counted.
 FVCORE_HANDLES = {"dsearch::scc_pointwise": scc_pointwise_macs}
 
 __all__ = [
     "ACTIVATIONS", "BSConvS", "BSConvU", "CONV_TYPES", "ConvConfigError", "ConvType", "DepthwiseSeparableConv",
-    "FVCORE_HANDLES", "Knob", "SCC", "SlidingChannelConv", "bsconv_reg_loss", "bsconv_s_mid_channels",
+    "FVCORE_HANDLES", "Knob", "SCC", "SlidingChannelConvOp", "bsconv_reg_loss", "bsconv_s_mid_channels",
     "check_conv", "conv_macs", "conv_params", "conv_type", "make_activation", "make_conv", "register_conv",
     "resolve_knobs", "scc_index", "scc_pointwise", "scc_window_starts",
 ]

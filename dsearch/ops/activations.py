@@ -1,16 +1,9 @@
-"""Activation functions by name, shared by conv knobs and the model builder."""
+"""Activation names, shared by conv knobs and the model builder (the modules live in dsearch.layers)."""
 from __future__ import annotations
 
-from typing import Callable
+from ..layers import ACTIVATIONS, make_activation
 
-from torch import nn
-
-ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
-    "relu": lambda: nn.ReLU(inplace=True),
-    "relu6": lambda: nn.ReLU6(inplace=True),
-    "hardswish": lambda: nn.Hardswish(inplace=True),
-    "silu": lambda: nn.SiLU(inplace=True),
-}
+__all__ = ["ACTIVATIONS", "check_activation", "make_activation"]
 
 
 def check_activation(name: object, allow_none: bool = False) -> str | None:
@@ -21,10 +14,3 @@ def check_activation(name: object, allow_none: bool = False) -> str | None:
         return None
     valid = ", ".join(sorted(ACTIVATIONS)) + (", null" if allow_none else "")
     return f"unknown activation; valid: {valid}"
-
-
-def make_activation(name: str) -> nn.Module:
-    problem = check_activation(name)
-    if problem:
-        raise ValueError(f"activation {name!r}: {problem}")
-    return ACTIVATIONS[name]()

@@ -34,6 +34,9 @@ class ConvType:
     and `macs(M, N, k, stride, (H, W), knobs)` are the analytic costs from DESIGN.md (conv
     weights only: an optional inner batch-norm is not part of the formula);
     `check(M, N, k, stride, knobs)` returns an error text for channel-dependent rules.
+    `standalone` names the torch-only builder in dsearch.layers that `dsearch export` writes
+    into model.py: same arguments, same parameters and state_dict keys as `build` (empty: the
+    kind cannot be exported).
     """
 
     name: str
@@ -43,6 +46,7 @@ class ConvType:
     knobs: tuple[Knob, ...] = ()
     check: Callable[[int, int, int, int, Mapping[str, Any]], str | None] | None = None
     doc: str = ""
+    standalone: str = ""
     knob_names: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:

@@ -3,10 +3,12 @@
 Output channel c reads the K = M / g input channels (s_c + j) mod M, j < K, with
 s_c = floor(c (1 - o) K) mod M: windows slide by (1 - o) K channels and overlap by o K.
 
-The pointwise part runs as the custom op `dsearch::scc_pointwise`, so that cost counters see
-one op with N*K MACs per output pixel whatever kernel computes it. On CPU the fastest exact
-form measured is a dense 1x1 conv whose weight is scattered from the N x K real weights each
-call (benchmarks/bench_convs.py); autograd is written out so gradients reach only those weights.
+Inside dsearch the pointwise part runs as the custom op `dsearch::scc_pointwise`, so that cost
+counters see one op with N*K MACs per output pixel whatever kernel computes it. On CPU the
+fastest exact form measured is a dense 1x1 conv whose weight is scattered from the N x K real
+weights each call (benchmarks/bench_convs.py); autograd is written out so gradients reach only
+those weights. `dsearch.layers.SlidingChannelConv` is the portable gather + grouped-conv form
+that export writes out; both have the same parameters and outputs.
 """
 from __future__ import annotations
 
@@ -15,25 +17,15 @@ from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from .convs import MID_ACTIVATION, WITH_BN, _hw_out, _positive_int, depthwise_pointwise_layers
+from .. import layers
+from ..layers import SCC_FLOAT_SLACK, scc_index, scc_window_starts
+from .convs import MID_ACTIVATION, WITH_BN, _hw_out, _positive_int
 from .registry import ConvType, Knob, register_conv
 
-FLOAT_SLACK = 1e-9  # keeps floor(c (1 - o) K) exact when c (1 - o) K is an integer up to float rounding
-
-
-def scc_window_starts(in_channels: int, out_channels: int, groups: int, overlap: float) -> list[int]:
-    """s_c = floor(c (1 - o) K) mod M for every output channel c."""
-    step = (1.0 - overlap) * (in_channels // groups)
-    return [math.floor(c * step + FLOAT_SLACK) % in_channels for c in range(out_channels)]
-
-
-def scc_index(in_channels: int, out_channels: int, groups: int, overlap: float) -> Tensor:
-    """N x K long tensor: input channel read by output channel c through its j-th weight."""
-    k = in_channels // groups
-    starts = torch.tensor(scc_window_starts(in_channels, out_channels, groups, overlap), dtype=torch.long)
-    return (starts[:, None] + torch.arange(k)[None, :]) % in_channels
+__all__ = ["SCC", "SlidingChannelConvOp", "scc_dense_weight", "scc_index", "scc_pointwise", "scc_pointwise_macs",
+           "scc_window_starts"]
 
 
 def scc_dense_weight(weight: Tensor, index: Tensor, in_channels: int) -> Tensor:
@@ -84,36 +76,17 @@ def scc_pointwise_macs(inputs: list, outputs: list) -> int:
     return math.prod(outputs[0].type().sizes()) * k
 
 
-class SlidingChannelConv(nn.Module):
-    """The sliding-channel pointwise map M -> N with N x K real weights."""
-
-    def __init__(self, in_channels: int, out_channels: int, groups: int, overlap: float) -> None:
-        super().__init__()
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.groups, self.overlap = groups, overlap
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups))
-        # Same init as a g-group 1x1 nn.Conv2d (fan_in = K).
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        self.register_buffer("index", scc_index(in_channels, out_channels, groups, overlap), persistent=False)
+class SlidingChannelConvOp(layers.SlidingChannelConv):
+    """The sliding-channel pointwise map running as `dsearch::scc_pointwise` (counted, fast on CPU)."""
 
     def forward(self, x: Tensor) -> Tensor:
         return scc_pointwise(x, self.weight, self.index, self.in_channels)
 
-    def dense_weight(self) -> Tensor:
-        """The equivalent masked N x M x 1 x 1 conv weight."""
-        return scc_dense_weight(self.weight, self.index, self.in_channels)[:, :, None, None]
 
-    def extra_repr(self) -> str:
-        return f"{self.in_channels}, {self.out_channels}, groups={self.groups}, overlap={self.overlap:g}"
+class SCC(layers.SCC):
+    """dsearch's SCC: the layers.SCC structure with the custom-op pointwise map."""
 
-
-class SCC(nn.Sequential):
-    """Depthwise k x k on M (carries the stride) -> sliding-channel conv M -> N."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 groups: int = 2, overlap: float = 0.5, with_bn: bool = False, activation: str | None = None) -> None:
-        pointwise = SlidingChannelConv(in_channels, out_channels, groups, overlap)
-        super().__init__(depthwise_pointwise_layers(in_channels, kernel_size, stride, pointwise, with_bn, activation))
+    pointwise_type = SlidingChannelConvOp
 
 
 def _overlap(value: Any) -> str | None:
@@ -127,7 +100,7 @@ def _scc_check(m: int, n: int, k: int, s: int, kn: Mapping[str, Any]) -> str | N
         divisors = [d for d in range(1, m + 1) if m % d == 0 and d <= 64]
         return f"groups={groups} must divide in_channels={m}; valid groups: {', '.join(map(str, divisors))}"
     window = m // groups
-    if (1 - overlap) * window < 1 - FLOAT_SLACK:
+    if (1 - overlap) * window < 1 - SCC_FLOAT_SLACK:
         return (f"overlap={overlap:g} with window K={window} slides by (1-overlap)*K = {(1 - overlap) * window:g}"
                 f" < 1 channel; use overlap <= {1 - 1 / window:g}")
     return None
@@ -146,4 +119,5 @@ register_conv(ConvType(
     ),
     check=_scc_check,
     doc="depthwise k x k on M (stride) -> sliding-channel conv M -> N (g groups, overlap o)",
+    standalone="SCC",
 ))

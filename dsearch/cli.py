@@ -135,6 +135,205 @@ def print_summary(summary, study_name: str, cfg) -> None:
     print(f"  browse: optuna-dashboard {summary.storage_url}")
 
 
+def _open(name: str, storage: str | None):
+    from .study import open_study
+
+    return open_study(name, storage)
+
+
+@command
+def cmd_show(args: argparse.Namespace) -> int:
+    from .pareto import COSTS, hypervolume, pareto_front, reference_point, study_budget, trials_frame
+    from .study import trial_counts
+
+    study, url = _open(args.study, args.storage)
+    frame = trials_frame(study)
+    for path, writer in ((args.csv, _write_csv), (args.parquet, _write_parquet)):
+        if path:
+            writer(frame, Path(path))
+            print(f"wrote {len(frame)} trials x {len(frame.columns)} columns to {path}")
+    c = trial_counts(study)
+    budget = study_budget(study)
+    limits = [f"{v:g} {'MFLOPs' if k == 'mflops' else 'M params'}" for k, v in budget.items() if v is not None]
+    print(f"study '{study.study_name}' ({url}): {len(frame)} trials: {c['complete']} trained, {c['rejected']} "
+          f"rejected by the budget, {c['invalid']} invalid, {c['pruned']} pruned, {c['failed']} failed, "
+          f"{c['running']} running; budget: {', '.join(limits) or 'none'}")
+    cost = args.by
+    if cost == "latency_ms" and frame["latency_ms"].isna().all():
+        raise DsearchError("no trial has a measured latency; use --by mflops or --by mparams")
+    front = pareto_front(frame, cost)
+    if front.empty:
+        print("no trained trial yet: run `dsearch run` (or wait for the running workers)")
+        return 0
+    res = int(front["resolution"].iloc[0])
+    ref = reference_point(frame, budget.get(cost), cost)
+    print(f"Pareto-optimal trials, validation accuracy vs {COSTS[cost]} at {res}x{res} "
+          f"(test accuracy is reported only):")
+    table = front[["trial", "val_acc", "test_acc", "mflops", "mparams", "dominant_conv", "arch"]].rename(columns={
+        "val_acc": "val acc", "test_acc": "test acc", "mflops": f"MFLOPs@{res}", "mparams": "M params",
+        "dominant_conv": "mostly"})
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    unit = {"mflops": "MFLOPs", "mparams": "M params", "latency_ms": "ms"}[cost]
+    print(f"hypervolume {hypervolume(front, ref, cost=cost):.4g} (accuracy x {unit}; reference point: accuracy 0, "
+          f"{ref:g} {unit})")
+    return 0
+
+
+def _write_csv(frame, path: Path) -> None:
+    _write_atomic(path, lambda tmp: frame.to_csv(tmp, index=False))
+
+
+def _write_parquet(frame, path: Path) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("pyarrow") is None and importlib.util.find_spec("fastparquet") is None:
+        raise DsearchError("--parquet needs pyarrow: pip install pyarrow (or use --csv)")
+    _write_atomic(path, lambda tmp: frame.to_parquet(tmp, index=False))
+
+
+def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    if path.is_dir():
+        raise DsearchError(f"{path} is a folder; give a file name")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        write(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@command
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from .dashboard import write_dashboard
+
+    study, _ = _open(args.study, args.storage)
+    out = Path(args.out or Path("studies") / _safe_name(study.study_name) / "dashboard.html")
+    if out.is_dir():
+        raise DsearchError(f"--out {out} is a folder; give an .html file name")
+    info = write_dashboard(study, out)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, self-contained; {info.n_trained} trained of "
+          f"{info.n_trials} trials)")
+    for note in info.notes:
+        print(f"  note: {note}")
+    if args.open:
+        import webbrowser
+
+        if not webbrowser.open(out.resolve().as_uri()):
+            print(f"  could not start a browser here; open {out.resolve().as_uri()} yourself")
+    return 0
+
+
+def _safe_name(name: str) -> str:
+    """A study name as a file-name part (study names may hold any character)."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name).strip(".")
+    return safe or "study"
+
+
+def _pick_trial(study, choice: str, log: Callable[[str], None] = print) -> int:
+    """'best' (most accurate trained trial within budget) or a trial number."""
+    from .pareto import best_within_budget, study_budget, trained, trials_frame
+
+    if choice == "best":
+        frame = trials_frame(study)
+        budget = study_budget(study)
+        row = best_within_budget(frame, budget)
+        n = len(trained(frame))
+        limits = ", ".join(f"{v:g} {'MFLOPs' if k == 'mflops' else 'M params'}" for k, v in budget.items()
+                           if v is not None) or "no budget"
+        log(f"chose trial {int(row['trial'])}: the highest validation accuracy ({row['val_acc']:.4f}) of {n} trained "
+            f"trials within the budget ({limits}); {row['mflops']:.2f} MFLOPs, {row['mparams']:.3f} M params")
+        return int(row["trial"])
+    try:
+        return int(choice)
+    except ValueError:
+        raise DsearchError(f"--trial must be 'best' or a trial number, got {choice!r}") from None
+
+
+def _is_study_target(target: str) -> bool:
+    return not (target.endswith(".json") or Path(target).is_file())
+
+
+@command
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import check_weights_fit, export_spec, load_weights
+    from .pareto import arch_of
+
+    info: dict = {}
+    if _is_study_target(args.target):
+        if args.weights:
+            raise DsearchError("--weights is for an ArchSpec JSON target; a study's weights are found by trial")
+        from .weights import trial_weights
+
+        study, url = _open(args.target, args.storage)
+        number = _pick_trial(study, args.trial)
+        spec = arch_of(study, number)
+        found = trial_weights(study, number, url)
+        state, source = found if found is not None else (None, None)
+        data = study.user_attrs.get("dsearch_data") or {}
+        info = {"study": study.study_name, "trial": number, **{k: data[k] for k in ("mean", "std", "classes")
+                                                                  if k in data}}
+        out = Path(args.out or Path("exports") / f"{_safe_name(study.study_name)}-trial{number}")
+        if found is None:
+            print(f"trial {number} has no kept weights; `dsearch train {args.target} --trial {number}` trains it "
+                  "and keeps them")
+    else:
+        spec = load_arch(args.target)
+        weights = Path(args.weights) if args.weights else Path(args.target).with_name("weights.pt")
+        state, source = (load_weights(weights), str(weights)) if weights.is_file() else (None, None)
+        if args.weights and state is None:
+            raise DsearchError(f"--weights {args.weights} does not exist")
+        out = Path(args.out or Path("exports") / _safe_name(Path(args.target).stem))
+    if state is not None:
+        check_weights_fit(spec, state, source)
+    result = export_spec(spec, out, state, info, onnx=args.onnx, torchscript=args.torchscript)
+    print(f"exported to {result.out_dir}: {', '.join(result.files)}")
+    if state is not None:
+        print(f"  weights: {source}; standalone model.py matches dsearch's network (max |diff| "
+              f"{result.max_abs_diff:.2g})")
+    for note in result.notes:
+        print(f"  note: {note}")
+    return 0
+
+
+@command
+def cmd_train(args: argparse.Namespace) -> int:
+    from .fulltrain import FullTrainConfig, study_defaults, train_full, write_trained
+    from .train import ProxyConfig
+
+    proxy = ProxyConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
+                        label_smoothing=args.label_smoothing, seed=args.seed)
+    cfg = FullTrainConfig(dataset=args.dataset, data_dir=args.data_dir, train_resolution=args.train_resolution,
+                          device=args.device, proxy=proxy)
+    steps = None if args.quiet else _StepBar()
+    log = (lambda _msg: None) if args.quiet else print
+    if _is_study_target(args.target):
+        from .pareto import arch_of
+        from .weights import artifact_dir, save_full_weights
+
+        study, url = _open(args.target, args.storage)
+        number = _pick_trial(study, args.trial, log)
+        spec = arch_of(study, number)
+        cfg = study_defaults(study.user_attrs.get("dsearch_config") or {}, cfg)
+        result, facts = train_full(spec, cfg, steps, log)
+        save_full_weights(study, number, result.state, artifact_dir(study, url), facts)
+        where = f"kept with study '{study.study_name}' for trial {number}; `dsearch export {args.target} " \
+                f"--trial {number}` picks them up"
+    else:
+        if args.trial != "best":
+            raise DsearchError("--trial applies to a study; an ArchSpec JSON file is one architecture")
+        spec = load_arch(args.target)
+        result, facts = train_full(spec, cfg, steps, log)
+        out = Path(args.out or Path("trained") / _safe_name(Path(args.target).stem))
+        write_trained(out, spec, result.state, facts)
+        where = f"written to {out}/ (arch.json, weights.pt, metrics.json); `dsearch export {out / 'arch.json'}` " \
+                "picks them up"
+    print(f"test accuracy {result.test_acc:.4f} (val {result.val_acc:.4f}) after {result.epochs} epochs, "
+          f"{result.train_time_s:.0f} s on {result.device}")
+    print(f"weights {where}")
+    return 0
+
+
 @command
 def cmd_spaces(args: argparse.Namespace) -> int:
     from .cost import spec_cost
@@ -200,6 +399,51 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --objective accuracy (Optuna prunes single-objective studies only)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--quiet", action="store_true", help="no progress bars or per-trial lines")
+
+    def study_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--storage", help="Optuna storage URL or journal file (default sqlite:///studies/<name>/study.db)")
+
+    p = sub.add_parser("show", help="the Pareto table of a study; --csv/--parquet write every trial")
+    p.add_argument("study", metavar="STUDY", help="study name")
+    study_args(p)
+    p.add_argument("--by", default="mflops", choices=["mflops", "mparams", "latency_ms"],
+                   help="the cost axis of the Pareto front (default mflops)")
+    p.add_argument("--csv", metavar="FILE", help="write the whole trial frame (flattened architectures) as CSV")
+    p.add_argument("--parquet", metavar="FILE", help="write the whole trial frame as Parquet (needs pyarrow)")
+
+    p = sub.add_parser("dashboard", help="write a self-contained HTML dashboard of a study (Plotly, works offline)")
+    p.add_argument("study", metavar="STUDY", help="study name")
+    study_args(p)
+    p.add_argument("--out", metavar="FILE.html", help="default studies/<name>/dashboard.html")
+    p.add_argument("--open", action="store_true", help="open it in the default browser")
+
+    p = sub.add_parser("export", help="write a standalone model.py (torch only), arch.json and weights.pt")
+    p.add_argument("target", metavar="STUDY|ARCH.json", help="a study name, or an ArchSpec JSON file")
+    study_args(p)
+    p.add_argument("--trial", default="best",
+                   help="'best' (most accurate trained trial within budget, default) or a trial number")
+    p.add_argument("--out", metavar="DIR", help="default exports/<study>-trial<N> (or exports/<json name>)")
+    p.add_argument("--weights", metavar="FILE", help="weights for an ArchSpec JSON target "
+                                                     "(default: weights.pt next to it, when present)")
+    p.add_argument("--onnx", action="store_true", help="also write model.onnx (needs onnx and onnxscript)")
+    p.add_argument("--torchscript", action="store_true", help="also write model.ts (traced TorchScript)")
+
+    p = sub.add_parser("train", help="train one architecture fully (a study trial or an ArchSpec JSON file)")
+    p.add_argument("target", metavar="STUDY|ARCH.json", help="a study name, or an ArchSpec JSON file")
+    study_args(p)
+    p.add_argument("--trial", default="best", help="'best' (default) or a trial number (study targets)")
+    p.add_argument("--epochs", type=int, default=20, help="training epochs (default 20)")
+    p.add_argument("--dataset", help="default: the study's dataset (fashion-mnist-embedded for a JSON file)")
+    p.add_argument("--data-dir", help="where torchvision datasets live")
+    p.add_argument("--train-resolution", type=int, help="default: the study's proxy setting, else the data's size")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
+    p.add_argument("--lr", type=float, help="peak learning rate (default 0.1 sgd / 0.002 adamw at batch 128)")
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", metavar="DIR", help="for a JSON target: default trained/<json name>")
+    p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("spaces", help="list the search spaces with their size and MFLOPs range")
     p.add_argument("--in-channels", type=int, default=1, help="input channels the range is counted for (default 1)")

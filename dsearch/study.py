@@ -24,6 +24,7 @@ from .data import Dataset, load_dataset
 from .errors import DsearchError
 from .spaces import Space, extreme_spec, load_space, sample
 from .train import OPTIMIZERS, DeviceData, ProxyConfig, TrainingDiverged, select_device, train_proxy
+from .weights import artifact_dir, save_trial_weights
 
 OBJECTIVES = ("multi", "accuracy")
 MAX_FAILURES_IN_A_ROW = 5  # a broken setup should not burn through every sample
@@ -91,6 +92,22 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
 
 
+def open_study(study_name: str, storage_url: str | None = None) -> tuple[optuna.Study, str]:
+    """An existing study (running or finished) and its storage URL; never creates one."""
+    url = storage_url or default_storage(study_name)
+    local = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else None if "://" in url else url
+    if local is not None and not Path(local).is_file():
+        hint = "" if storage_url else " (the default storage); pass --storage URL if it lives elsewhere"
+        raise DsearchError(f"no study '{study_name}': {url} does not exist{hint}")
+    storage = open_storage(url)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        names = ", ".join(optuna.get_all_study_names(storage)) or "none"
+        raise DsearchError(f"no study '{study_name}' in {url} (studies there: {names})") from None
+    return study, url
+
+
 SAMPLER_FACTORIES: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
     "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed, n_startup_trials=6),
     "nsga2": lambda seed: optuna.samplers.NSGAIISampler(seed=seed, population_size=8),
@@ -142,8 +159,10 @@ class Objective:
     """Optuna objective: one sampled architecture, checked against the budget, then trained."""
 
     def __init__(self, cfg: SearchConfig, space: Space, data: Dataset, device_data: DeviceData,
-                 log: Callable[[str], None], progress: Callable[[int, int], None] | None = None) -> None:
+                 log: Callable[[str], None], progress: Callable[[int, int], None] | None = None,
+                 weights_dir: Path | None = None) -> None:
         self.cfg, self.space, self.data, self.device_data = cfg, space, data, device_data
+        self.weights_dir = weights_dir
         self.resolution = cfg.resolution or space.resolution
         self.train_resolution = device_data.size
         self.log, self.progress = log, progress
@@ -203,6 +222,11 @@ class Objective:
                            ("images_per_s", round(result.images_per_s, 1)), ("epochs", result.epochs)):
             trial.set_user_attr(key, value)
         trial.set_user_attr("trained", True)
+        if self.weights_dir is not None and result.state is not None:
+            try:
+                save_trial_weights(trial, result.state, self.weights_dir)
+            except OSError as err:  # the accuracy is the result; lost weights can be retrained with `dsearch train`
+                self.log(f"trial {trial.number}: weights not kept: {err}")
         self._finish(trial, "complete", None)
         self.log(f"trial {trial.number}: val acc {result.val_acc:.4f} (test {result.test_acc:.4f}), {where} "
                  f"[{train_cost.mflops:.2f} MFLOPs at {self.train_resolution}x{self.train_resolution} trained], "
@@ -249,6 +273,12 @@ def prepare_study(cfg: SearchConfig, study_name: str, storage_url: str) -> optun
     return study
 
 
+def data_facts(data: Dataset) -> dict[str, Any]:
+    """What a user of an exported model needs to know about its input and output."""
+    return {"mean": [float(v) for v in data.mean], "std": [float(v) for v in data.std],
+            "classes": [str(c) for c in data.classes], "image_size": list(data.image_size)}
+
+
 def trial_counts(study: optuna.Study) -> dict[str, int]:
     counts = {"complete": 0, "rejected": 0, "invalid": 0, "pruned": 0, "failed": 0, "running": 0}
     for t in study.get_trials(deepcopy=False):
@@ -283,9 +313,11 @@ def run_search(cfg: SearchConfig, study_name: str, storage_url: str | None = Non
     check_budget_reachable(space, data, cfg)
     storage_url = storage_url or default_storage(study_name)
     study = prepare_study(cfg, study_name, storage_url)
+    if "dsearch_data" not in study.user_attrs:
+        study.set_user_attr("dsearch_data", data_facts(data))
     device_data = DeviceData(data, device, cfg.proxy.train_subset, cfg.proxy.train_resolution)
     bar = progress_factory(n_trials) if progress_factory else None
-    objective = Objective(cfg, space, data, device_data, log, trial_progress)
+    objective = Objective(cfg, space, data, device_data, log, trial_progress, artifact_dir(study, storage_url))
     trained = 0
     failures_in_a_row = 0
 

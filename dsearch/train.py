@@ -52,6 +52,7 @@ class TrainResult:
     train_time_s: float = 0.0
     images_per_s: float = 0.0
     device: str = "cpu"
+    state: dict[str, Tensor] | None = field(default=None, repr=False)  # trained weights, on the CPU
 
 
 def select_device(requested: str = "auto") -> torch.device:
@@ -210,7 +211,7 @@ def train_proxy(
     return TrainResult(
         val_acc=history[-1], test_acc=evaluate(model, data, data.test_x, data.test_y), history=history,
         epochs=cfg.epochs, train_time_s=elapsed, images_per_s=total * cfg.batch_size / max(elapsed, 1e-9),
-        device=str(device),
+        device=str(device), state={k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
     )
 
 

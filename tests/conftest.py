@@ -23,3 +23,19 @@ def tiny_space(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(textwrap.dedent(TINY_SPACE))
     return path
+
+
+@pytest.fixture(scope="session")
+def searched_study(tmp_path_factory) -> dict:
+    """A real, finished search on the tiny space (3 trained trials with kept weights), shared by read-only tests."""
+    from dsearch.study import SearchConfig, run_search
+    from dsearch.train import ProxyConfig
+
+    root = tmp_path_factory.mktemp("searched")
+    space = root / "tiny.yaml"
+    space.write_text(textwrap.dedent(TINY_SPACE))
+    url = f"sqlite:///{root}/study.db"
+    cfg = SearchConfig(space=str(space), budget_mflops=2.0, seed=1,
+                       proxy=ProxyConfig(epochs=1, batch_size=64, train_subset=512, augment=False))
+    summary = run_search(cfg, "searched", url, n_trials=3, log=lambda _msg: None)
+    return {"name": "searched", "storage": url, "root": root, "study": summary.study, "budget": 2.0}

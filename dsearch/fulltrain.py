@@ -1,0 +1,88 @@
+"""Full training of one chosen architecture: the proxy trainer on all the data with a longer schedule.
+
+The target is a study trial (its architecture, dataset and training resolution come from the
+study; the weights are kept with the study for `dsearch export`) or an ArchSpec JSON file (the
+weights go to a folder with arch.json, weights.pt and metrics.json).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from .archspec import ArchSpec
+from .data import load_dataset
+from .errors import DsearchError
+from .train import DeviceData, ProxyConfig, TrainingDiverged, TrainResult, select_device, train_proxy
+
+
+@dataclass(frozen=True)
+class FullTrainConfig:
+    dataset: str | None = None  # None: the study's dataset (or the embedded default for a JSON file)
+    data_dir: str | None = None
+    train_resolution: int | None = None  # None: the study's proxy setting (or the data's own size)
+    device: str = "auto"
+    proxy: ProxyConfig = ProxyConfig(epochs=20, label_smoothing=0.1)
+
+
+def check_fits_data(spec: ArchSpec, in_channels: int, num_classes: int, dataset: str) -> None:
+    if spec.in_channels != in_channels or spec.num_classes != num_classes:
+        raise DsearchError(
+            f"the architecture takes {spec.in_channels} input channel(s) and {spec.num_classes} classes, but "
+            f"{dataset} has {in_channels} and {num_classes}; train it on the dataset it was searched for "
+            "(--dataset) or edit in_channels/num_classes in the ArchSpec")
+
+
+def train_full(spec: ArchSpec, cfg: FullTrainConfig, progress: Callable[[int, int], None] | None = None,
+               log: Callable[[str], None] = print) -> tuple[TrainResult, dict[str, Any]]:
+    """Train `spec` on the whole training split; returns the result and the facts to keep with the weights."""
+    dataset = cfg.dataset or "fashion-mnist-embedded"
+    if cfg.proxy.epochs < 1:
+        raise DsearchError(f"--epochs must be >= 1, got {cfg.proxy.epochs}")
+    data = load_dataset(dataset, cfg.data_dir, seed=cfg.proxy.seed)
+    check_fits_data(spec, data.in_channels, data.num_classes, dataset)
+    try:
+        device = select_device(cfg.device)
+    except ValueError as err:
+        raise DsearchError(str(err)) from None
+    device_data = DeviceData(data, device, None, cfg.train_resolution)
+    log(f"training {spec.summary()} for {cfg.proxy.epochs} epochs on {dataset} "
+        f"({len(data.train_x)} images at {device_data.size}x{device_data.size}, {device})")
+
+    def on_epoch(epoch: int, acc: float) -> None:
+        log(f"  epoch {epoch + 1}/{cfg.proxy.epochs}: val acc {acc:.4f}")
+
+    try:
+        result = train_proxy(spec, device_data, cfg.proxy, on_epoch, progress)
+    except TrainingDiverged as err:
+        raise DsearchError(f"training diverged ({err}); lower --lr or try --optimizer adamw") from None
+    facts = {"epochs": result.epochs, "dataset": dataset, "val_acc": result.val_acc, "test_acc": result.test_acc,
+             "train_resolution": device_data.size, "train_time_s": round(result.train_time_s, 1),
+             "device": result.device, "history": result.history,
+             "config": json.loads(json.dumps(asdict(cfg.proxy)))}
+    return result, facts
+
+
+def study_defaults(study_config: dict[str, Any], cfg: FullTrainConfig) -> FullTrainConfig:
+    """Fill the dataset and training resolution a study was searched with, where the user gave none."""
+    proxy = study_config.get("proxy") or {}
+    return replace(cfg, dataset=cfg.dataset or study_config.get("dataset"),
+                   data_dir=cfg.data_dir or study_config.get("data_dir"),
+                   train_resolution=cfg.train_resolution or proxy.get("train_resolution"))
+
+
+def write_trained(out_dir: Path, spec: ArchSpec, state: dict, facts: dict[str, Any]) -> Path:
+    """arch.json + weights.pt + metrics.json in `out_dir` (each written whole, then moved into place)."""
+    import torch
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = f".tmp-{time.time_ns()}"
+    for name, write in (("arch.json", lambda p: p.write_text(spec.to_json() + "\n")),
+                        ("weights.pt", lambda p: torch.save(state, p)),
+                        ("metrics.json", lambda p: p.write_text(json.dumps(facts, indent=2) + "\n"))):
+        tmp = out_dir / (name + stamp)
+        write(tmp)
+        tmp.replace(out_dir / name)
+    return out_dir

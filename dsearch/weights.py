@@ -1,0 +1,94 @@
+"""Trained weights kept with a study, as Optuna artifacts in a folder next to the study's storage.
+
+A search keeps every trained proxy's state_dict (trial user attr `weights_artifact`);
+`dsearch train STUDY --trial N` adds the fully trained weights (study user attr `trained.N`).
+`dsearch export` takes the fully trained weights when there are some, else the proxy's.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_artifact
+
+from .errors import DsearchError
+
+ARTIFACTS_ATTR = "dsearch_artifacts"
+
+
+def default_artifact_dir(study_name: str, storage_url: str) -> Path:
+    """Beside a local storage file (sqlite or journal); for a database server, studies/<name>/artifacts here."""
+    if storage_url.startswith("sqlite:///"):
+        return Path(storage_url.removeprefix("sqlite:///")).parent / "artifacts"
+    if "://" not in storage_url:
+        return Path(storage_url).parent / "artifacts"
+    return Path("studies") / study_name / "artifacts"
+
+
+def artifact_dir(study: optuna.Study, storage_url: str) -> Path:
+    """The study's artifact folder: recorded on the study when first used, so every command and worker finds it."""
+    recorded = study.user_attrs.get(ARTIFACTS_ATTR)
+    path = Path(recorded) if recorded else default_artifact_dir(study.study_name, storage_url).resolve()
+    if not recorded:
+        study.set_user_attr(ARTIFACTS_ATTR, str(path))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _upload(folder: Path, state: dict[str, torch.Tensor], target: Any) -> str:
+    fd, tmp = tempfile.mkstemp(suffix=".pt", dir=folder)
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        return upload_artifact(artifact_store=FileSystemArtifactStore(str(folder)), file_path=tmp,
+                               study_or_trial=target)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def save_trial_weights(trial: optuna.Trial, state: dict[str, torch.Tensor], folder: Path) -> str:
+    """Keep a trained proxy's weights with its trial."""
+    artifact = _upload(folder, state, trial)
+    trial.set_user_attr("weights_artifact", artifact)
+    return artifact
+
+
+def save_full_weights(study: optuna.Study, number: int, state: dict[str, torch.Tensor], folder: Path,
+                      facts: dict[str, Any]) -> str:
+    """Keep fully trained weights for trial `number` (the newest replaces older ones for export)."""
+    artifact = _upload(folder, state, study)
+    study.set_user_attr(f"trained.{number}", {**facts, "weights_artifact": artifact, "saved_at": time.time()})
+    return artifact
+
+
+def _download(folder: Path, artifact: str) -> dict[str, torch.Tensor]:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "weights.pt"
+        try:
+            download_artifact(artifact_store=FileSystemArtifactStore(str(folder)), file_path=str(path),
+                              artifact_id=artifact)
+        except Exception as err:  # noqa: BLE001 - a missing or unreadable artifact becomes one line
+            raise DsearchError(f"weights {artifact} are missing from {folder}: "
+                               f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def trial_weights(study: optuna.Study, number: int, storage_url: str) -> tuple[dict[str, torch.Tensor], str] | None:
+    """The best weights kept for trial `number` and where they come from; None when none were kept."""
+    full = study.user_attrs.get(f"trained.{number}")
+    trial = study.get_trials(deepcopy=False)[number]
+    proxy = trial.user_attrs.get("weights_artifact")
+    if full is None and proxy is None:
+        return None
+    store = artifact_dir(study, storage_url)
+    if full is not None:
+        what = (f"fully trained weights ({full.get('epochs')} epochs on {full.get('dataset')}, "
+                f"test accuracy {full.get('test_acc', float('nan')):.4f})")
+        return _download(store, full["weights_artifact"]), what
+    epochs = trial.user_attrs.get("epochs")
+    return _download(store, proxy), f"proxy weights from the search ({epochs} epochs, not fully trained)"

@@ -1,0 +1,244 @@
+"""Export: a standalone model.py that, without dsearch, gives the same outputs and fvcore MFLOPs; weights; train."""
+import ast
+import json
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+
+from dsearch import ArchSpec, ConvSpec, StageSpec, StemSpec, build_model, preset, spec_cost, with_conv
+from dsearch.archspec import HeadSpec
+from dsearch.errors import DsearchError
+from dsearch.export import export_spec, literal, model_source
+
+STDLIB_AND_TORCH = {"__future__", "math", "collections", "functools", "typing", "torch"}
+
+# Run in a fresh interpreter where `import dsearch` fails, from the export folder.
+STANDALONE = textwrap.dedent("""
+    import importlib.util, json, sys, warnings
+    sys.modules["dsearch"] = None  # any import of dsearch now raises ImportError
+    import torch
+    spec = importlib.util.spec_from_file_location("model", "model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    net = module.build_model()
+    net.load_state_dict(torch.load("weights.pt", weights_only=True))
+    net.eval()
+    x = torch.load("x.pt", weights_only=True)
+    with torch.no_grad():
+        torch.save(net(x), "y.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fvcore.nn import FlopCountAnalysis
+        flops = FlopCountAnalysis(net, x[:1]).unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        macs = flops.total()
+    print(json.dumps({"macs": macs, "params": sum(p.numel() for p in net.parameters()),
+                      "dsearch_loaded": any(m.startswith("dsearch") for m in sys.modules if sys.modules[m])}))
+""")
+
+
+def separable_spec() -> ArchSpec:
+    """Separable blocks with every knob set away from its default, a head conv and dropout."""
+    return ArchSpec(
+        in_channels=3, num_classes=7, resolution=40, name="sep",
+        stem=StemSpec(16, 3, 2, "hardswish"),
+        stages=(
+            StageSpec("separable", 24, 2, 2, 5, conv=ConvSpec.of("dsc", with_bn=True, activation="silu"),
+                      activation="relu6"),
+            StageSpec("separable", 24, 1, 1, 3, conv=ConvSpec.of("bsconv_u", with_bn=True)),
+            StageSpec("inverted_residual", 32, 2, 2, 3, expansion=3.0, conv=ConvSpec.of("regular")),
+            StageSpec("separable", 48, 1, 1, 7, conv=ConvSpec.of("scc", groups=4, overlap=0.25)),
+        ),
+        head=HeadSpec(64, "relu", 0.2),
+    )
+
+
+SPECS = {
+    "resnet20-scc": lambda: with_conv(preset("resnet20", in_channels=1), "scc", groups=2, overlap=0.5, with_bn=True,
+                                      activation="relu"),
+    "mobilenet_v2-bsconv_s": lambda: with_conv(preset("mobilenet_v2", width=0.35, num_classes=10), "bsconv_s",
+                                               p=0.5).replace(resolution=48),
+    "separable-mixed": separable_spec,
+}
+
+
+def randomized_state(model: torch.nn.Module) -> dict:
+    """Random weights and batch-norm statistics, so that every parameter and buffer shows in the output."""
+    g = torch.Generator().manual_seed(1)
+    state = {}
+    for key, value in model.state_dict().items():
+        if not value.is_floating_point():
+            state[key] = value
+        elif key.endswith("running_var"):
+            state[key] = torch.rand(value.shape, generator=g) + 0.5
+        else:
+            state[key] = torch.randn(value.shape, generator=g) * 0.3 + (1.0 if key.endswith("bn.weight") else 0.0)
+    return state
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_standalone_module_matches_dsearch_without_dsearch(name, tmp_path):
+    spec = SPECS[name]()
+    model = build_model(spec).eval()
+    state = randomized_state(model)
+    model.load_state_dict(state)
+    result = export_spec(spec, tmp_path / "out", state)
+    out = tmp_path / "out"
+    assert set(result.files) == {"model.py", "arch.json", "weights.pt"}
+    assert ArchSpec.from_json((out / "arch.json").read_text()) == spec
+
+    tree = ast.parse((out / "model.py").read_text())
+    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert imported <= STDLIB_AND_TORCH
+
+    x = torch.randn(3, spec.in_channels, spec.resolution, spec.resolution, generator=torch.Generator().manual_seed(2))
+    torch.save(x, out / "x.pt")
+    proc = subprocess.run([sys.executable, "-c", STANDALONE], cwd=out, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    facts = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert facts["dsearch_loaded"] is False
+    with torch.no_grad():
+        expected = model(x)
+    torch.testing.assert_close(torch.load(out / "y.pt", weights_only=True), expected, rtol=1e-4, atol=1e-4)
+    cost = spec_cost(spec)
+    assert facts["macs"] == cost.macs
+    assert facts["params"] == cost.params
+
+
+def test_nothing_from_data_becomes_code(tmp_path):
+    evil = 'x"""\nimport os; open("pwned", "w")\n"""\' + __import__("os").getcwd() + \''
+    spec = separable_spec().replace(name=evil)
+    text = model_source(spec, {"study": evil, "classes": [evil, "</script>"]})
+    path = tmp_path / "model.py"
+    path.write_text(text)
+    namespace: dict = {}
+    exec(compile(text, str(path), "exec"), namespace)  # noqa: S102 - the point is to run it
+    assert namespace["INFO"]["study"] == evil and namespace["INFO"]["classes"] == [evil, "</script>"]
+    assert not (Path.cwd() / "pwned").exists() and not (tmp_path / "pwned").exists()
+    # The top level is only imports, docstring, INFO, layer definitions, build_model and the main guard.
+    tree = ast.parse(text)
+    kinds = {type(node).__name__ for node in tree.body}
+    assert kinds <= {"Expr", "ImportFrom", "Import", "Assign", "AnnAssign", "FunctionDef", "ClassDef", "If"}
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), object(), {"a": 1}])
+def test_literal_refuses_what_is_not_plain_data(value):
+    with pytest.raises(DsearchError):
+        literal(value)
+
+
+def test_model_py_holds_only_the_conv_types_it_uses():
+    text = model_source(preset("resnet20"))
+    assert "class BasicBlock" in text
+    for absent in ("class SCC", "class BSConvS", "class BSConvU", "class DepthwiseSeparableConv",
+                   "class InvertedResidual", "class SeparableBlock"):
+        assert absent not in text
+
+
+def test_export_writes_nothing_when_it_fails(tmp_path, monkeypatch):
+    import dsearch.export as export
+
+    spec = preset("resnet20", in_channels=1)
+    state = build_model(spec).state_dict()
+    monkeypatch.setattr(export, "compare_outputs", lambda *a: 1.0)  # a standalone model that disagrees
+    with pytest.raises(DsearchError, match="self-check failed"):
+        export_spec(spec, tmp_path / "out", state)
+    assert not (tmp_path / "out").exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def dsearch_cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "dsearch", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
+
+
+def download(study, artifact_id, root):
+    path = Path(tempfile.mkdtemp(dir=root)) / "w.pt"
+    store = optuna.artifacts.FileSystemArtifactStore(study.user_attrs["dsearch_artifacts"])
+    optuna.artifacts.download_artifact(artifact_store=store, file_path=str(path), artifact_id=artifact_id)
+    return torch.load(path, weights_only=True)
+
+
+def test_cli_export_best_trial_with_its_proxy_weights(searched_study, tmp_path):
+    s = searched_study
+    study = optuna.load_study(study_name=s["name"], storage=s["storage"])
+    trained = [t for t in study.trials if t.user_attrs.get("status") == "complete"]
+    assert len(trained) == 3 and all(t.user_attrs["mflops"] <= s["budget"] for t in trained)
+    best = max(trained, key=lambda t: (t.user_attrs["val_acc"], -t.user_attrs["mflops"], -t.number))
+    proc = dsearch_cli("export", s["name"], "--storage", s["storage"], "--out", "exp", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert f"chose trial {best.number}" in proc.stdout and "proxy weights" in proc.stdout
+    weights = torch.load(tmp_path / "exp" / "weights.pt", weights_only=True)
+    kept = download(study, best.user_attrs["weights_artifact"], tmp_path)
+    assert weights.keys() == kept.keys() and all(torch.equal(weights[k], kept[k]) for k in kept)
+    assert ArchSpec.from_json((tmp_path / "exp" / "arch.json").read_text()) == ArchSpec.from_json(
+        best.user_attrs["arch"])
+
+
+def test_cli_train_then_export_picks_the_fully_trained_weights(searched_study, tmp_path):
+    s = searched_study
+    study = optuna.load_study(study_name=s["name"], storage=s["storage"])
+    number = next(t.number for t in study.trials if t.user_attrs.get("status") == "complete")
+    common = ("--storage", s["storage"], "--trial", str(number))
+    proc = dsearch_cli("train", s["name"], *common, "--epochs", "1", "--batch-size", "256", "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "test accuracy" in proc.stdout
+    acc = float(proc.stdout.split("test accuracy ")[1].split()[0])
+    assert acc > 0.3  # 1 epoch on the embedded Fashion-MNIST beats chance (0.1) by far
+    proc = dsearch_cli("export", s["name"], *common, "--out", "exp", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "fully trained weights (1 epochs" in proc.stdout
+    study = optuna.load_study(study_name=s["name"], storage=s["storage"])
+    facts = study.user_attrs[f"trained.{number}"]
+    assert facts["test_acc"] == pytest.approx(acc, abs=1e-4)
+    kept = download(study, facts["weights_artifact"], tmp_path)
+    weights = torch.load(tmp_path / "exp" / "weights.pt", weights_only=True)
+    assert all(torch.equal(weights[k], kept[k]) for k in kept)
+    proxy = download(study, study.trials[number].user_attrs["weights_artifact"], tmp_path)
+    assert any(not torch.equal(weights[k], proxy[k]) for k in kept)
+
+
+def test_cli_train_json_then_export_folder(tmp_path):
+    spec = separable_spec().replace(in_channels=1, num_classes=10, resolution=28)
+    (tmp_path / "a.json").write_text(spec.to_json())
+    proc = dsearch_cli("train", "a.json", "--epochs", "1", "--batch-size", "256", "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((tmp_path / "trained" / "a" / "metrics.json").read_text())
+    assert metrics["epochs"] == 1 and 0 <= metrics["test_acc"] <= 1
+    proc = dsearch_cli("export", "trained/a/arch.json", "--torchscript", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "exports" / "arch"
+    assert {p.name for p in out.iterdir()} == {"model.py", "arch.json", "weights.pt", "model.ts"}
+    scripted = torch.jit.load(str(out / "model.ts"))
+    model = build_model(spec).eval()
+    model.load_state_dict(torch.load(out / "weights.pt", weights_only=True))
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (("export", "nosuch"), "no study 'nosuch'"),
+    (("export", "searched", "--trial", "999"), "has no trial 999"),
+    (("export", "searched", "--trial", "x"), "--trial must be 'best' or a trial number"),
+    (("export", "wrong.json"), "does not fit this architecture"),
+    (("train", "wrong.json", "--dataset", "fashion-mnist-embedded"), "takes 3 input channel(s)"),
+    (("show", "searched", "--by", "latency_ms"), "no trial has a measured latency"),
+])
+def test_cli_bad_export_and_train_inputs(searched_study, tmp_path, args, needle):
+    spec = separable_spec()
+    (tmp_path / "wrong.json").write_text(spec.to_json())
+    torch.save(build_model(preset("resnet20")).state_dict(), tmp_path / "weights.pt")  # weights of another net
+    if args[1] == "searched":
+        args = (*args, "--storage", searched_study["storage"])
+    proc = dsearch_cli(*args, cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
+    assert not (tmp_path / "exports").exists() and not (tmp_path / "trained").exists()

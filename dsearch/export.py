@@ -10,7 +10,9 @@ written model.py, loads the weights and compares its outputs with dsearch's own 
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib.util
+import io
 import math
 import os
 import shutil
@@ -270,8 +272,7 @@ def export_spec(spec: ArchSpec, out_dir: Path, state: dict[str, torch.Tensor] | 
                 traced = torch.jit.trace(standalone.eval(), example)
             traced.save(str(staging / "model.ts"))
         if onnx:
-            torch.onnx.export(standalone.eval(), (example,), str(staging / "model.onnx"), input_names=["input"],
-                              output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+            notes.append(_export_onnx(standalone.eval(), example, staging / "model.onnx"))
         files = tuple(sorted(p.name for p in staging.iterdir() if p.is_file()))
         out_dir.mkdir(parents=True, exist_ok=True)
         for name in files:
@@ -279,6 +280,26 @@ def export_spec(spec: ArchSpec, out_dir: Path, state: dict[str, torch.Tensor] | 
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return ExportResult(out_dir=out_dir, files=files, max_abs_diff=diff, notes=tuple(notes))
+
+
+def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> str:
+    """model.onnx in one file with a dynamic batch axis; checked against torch with onnxruntime when installed."""
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():  # the exporter prints its progress
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["logits"],
+                          dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), external_data=False)
+    if importlib.util.find_spec("onnxruntime") is None:
+        return "model.onnx written; install onnxruntime to have its outputs checked"
+    import onnxruntime
+
+    x = torch.randn(2, *example.shape[1:], generator=torch.Generator().manual_seed(0))
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {"input": x.numpy()})
+    with torch.no_grad():
+        diff = float((torch.from_numpy(logits) - model(x)).abs().max())
+    if not diff <= 1e-3:
+        raise DsearchError(f"ONNX self-check failed: onnxruntime differs from torch by {diff:.3g}")
+    return f"model.onnx checked with onnxruntime: max |diff| {diff:.2g} against torch"
 
 
 def _require(module: str, message: str) -> None:

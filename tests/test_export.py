@@ -242,3 +242,18 @@ def test_cli_bad_export_and_train_inputs(searched_study, tmp_path, args, needle)
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], proc.stderr
     assert not (tmp_path / "exports").exists() and not (tmp_path / "trained").exists()
+
+
+def test_onnx_export_runs_in_onnxruntime(tmp_path):
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install -e '.[onnx]')")
+    pytest.importorskip("onnxscript", reason="onnxscript not installed (pip install -e '.[onnx]')")
+    spec = SPECS["separable-mixed"]()
+    model = build_model(spec).eval()
+    state = randomized_state(model)
+    model.load_state_dict(state)
+    result = export_spec(spec, tmp_path, state, onnx=True)
+    assert "model.onnx" in result.files
+    x = torch.randn(5, spec.in_channels, spec.resolution, spec.resolution)  # another batch size than the export's
+    (logits,) = ort.InferenceSession(str(tmp_path / "model.onnx")).run(None, {"input": x.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(logits), model(x), rtol=1e-4, atol=1e-4)

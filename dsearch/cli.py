@@ -98,7 +98,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = SearchConfig(space=args.space, dataset=args.dataset, data_dir=args.data_dir,
                        budget_mflops=args.budget_mflops, budget_mparams=args.budget_mparams,
                        resolution=args.resolution, objective=args.objective, sampler=args.sampler,
-                       pruner=args.pruner, seed=args.seed, device=args.device, proxy=proxy)
+                       pruner=args.pruner, seed=args.seed, device=args.device, proxy=proxy,
+                       measure_latency=args.measure_latency)
     if args.quiet:
         log, bars, steps = (lambda _msg: None), None, None
     else:
@@ -275,12 +276,17 @@ def cmd_export(args: argparse.Namespace) -> int:
                                                                   if k in data}}
         out = Path(args.out or Path("exports") / f"{_safe_name(study.study_name)}-trial{number}")
         if found is None:
-            print(f"trial {number} has no kept weights; `dsearch train {args.target} --trial {number}` trains it "
-                  "and keeps them")
+            storage = f" --storage {url}" if args.storage else ""
+            print(f"trial {number} has no kept weights; `dsearch train {args.target} --trial {number}{storage}` "
+                  "trains it and keeps them")
     else:
         spec = load_arch(args.target)
         weights = Path(args.weights) if args.weights else Path(args.target).with_name("weights.pt")
         state, source = (load_weights(weights), str(weights)) if weights.is_file() else (None, None)
+        metrics = Path(args.target).with_name("metrics.json")  # written by `dsearch train ARCH.json`
+        if state is not None and not args.weights and metrics.is_file():
+            facts = json.loads(metrics.read_text())
+            info = {k: facts[k] for k in ("dataset", "epochs", "test_acc", "mean", "std", "classes") if k in facts}
         if args.weights and state is None:
             raise DsearchError(f"--weights {args.weights} does not exist")
         out = Path(args.out or Path("exports") / _safe_name(Path(args.target).stem))
@@ -317,8 +323,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = study_defaults(study.user_attrs.get("dsearch_config") or {}, cfg)
         result, facts = train_full(spec, cfg, steps, log)
         save_full_weights(study, number, result.state, artifact_dir(study, url), facts)
-        where = f"kept with study '{study.study_name}' for trial {number}; `dsearch export {args.target} " \
-                f"--trial {number}` picks them up"
+        storage = f" --storage {url}" if args.storage else ""
+        where = (f"kept with study '{study.study_name}' for trial {number}; `dsearch export {args.target} "
+                 f"--trial {number}{storage}` picks them up")
     else:
         if args.trial != "best":
             raise DsearchError("--trial applies to a study; an ArchSpec JSON file is one architecture")
@@ -326,8 +333,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         result, facts = train_full(spec, cfg, steps, log)
         out = Path(args.out or Path("trained") / _safe_name(Path(args.target).stem))
         write_trained(out, spec, result.state, facts)
-        where = f"written to {out}/ (arch.json, weights.pt, metrics.json); `dsearch export {out / 'arch.json'}` " \
-                "picks them up"
+        where = (f"written to {out}/ (arch.json, weights.pt, metrics.json); `dsearch export {out / 'arch.json'}` "
+                 "picks them up")
     print(f"test accuracy {result.test_acc:.4f} (val {result.val_acc:.4f}) after {result.epochs} epochs, "
           f"{result.train_time_s:.0f} s on {result.device}")
     print(f"weights {where}")
@@ -387,6 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
     g.add_argument("--lr", type=float, help="peak learning rate (default 0.1 sgd / 0.002 adamw at batch 128)")
     g.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, ...")
+    g.add_argument("--measure-latency", action="store_true",
+                   help="also time each candidate's batch-1 forward pass at the deployment resolution on --device "
+                        "(enables `dsearch show --by latency_ms`)")
     g = p.add_argument_group("study")
     g.add_argument("--n-trials", type=int, default=10,
                    help="architectures this worker trains (rejected samples do not count; default 10)")

@@ -15,6 +15,7 @@ from typing import Any, Callable
 from .archspec import ArchSpec
 from .data import load_dataset
 from .errors import DsearchError
+from .study import data_facts
 from .train import DeviceData, ProxyConfig, TrainingDiverged, TrainResult, select_device, train_proxy
 
 
@@ -60,7 +61,7 @@ def train_full(spec: ArchSpec, cfg: FullTrainConfig, progress: Callable[[int, in
         raise DsearchError(f"training diverged ({err}); lower --lr or try --optimizer adamw") from None
     facts = {"epochs": result.epochs, "dataset": dataset, "val_acc": result.val_acc, "test_acc": result.test_acc,
              "train_resolution": device_data.size, "train_time_s": round(result.train_time_s, 1),
-             "device": result.device, "history": result.history,
+             "device": result.device, "history": result.history, **data_facts(data),
              "config": json.loads(json.dumps(asdict(cfg.proxy)))}
     return result, facts
 

@@ -22,6 +22,7 @@ from .archspec import ArchSpecError
 from .cost import Cost, spec_cost
 from .data import Dataset, load_dataset
 from .errors import DsearchError
+from .latency import measure_latency
 from .spaces import Space, extreme_spec, load_space, sample
 from .train import OPTIMIZERS, DeviceData, ProxyConfig, TrainingDiverged, select_device, train_proxy
 from .weights import artifact_dir, save_trial_weights
@@ -47,6 +48,7 @@ class SearchConfig:
     seed: int = 0
     device: str = "auto"
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    measure_latency: bool = False  # batch-1 eval latency of each trained candidate on the training device
 
     def identity(self) -> dict[str, Any]:
         """The settings a study is bound to; resuming with other values is an error."""
@@ -197,6 +199,9 @@ class Objective:
         train_cost = spec_cost(spec, self.train_resolution)
         trial.set_user_attr("mflops_train", train_cost.mflops)
         trial.set_user_attr("train_resolution", self.train_resolution)
+        if self.cfg.measure_latency:
+            trial.set_user_attr("latency_ms", round(measure_latency(spec, self.device_data.device), 3))
+            trial.set_user_attr("latency_device", str(self.device_data.device))
         trial.set_user_attr("status", "training")
         single = self.cfg.objective == "accuracy"
 

@@ -27,7 +27,7 @@ def tiny_space(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def searched_study(tmp_path_factory) -> dict:
-    """A real, finished search on the tiny space (3 trained trials with kept weights), shared by read-only tests."""
+    """A real, finished search on the tiny space (3 trained trials with kept weights and latencies)."""
     from dsearch.study import SearchConfig, run_search
     from dsearch.train import ProxyConfig
 
@@ -35,7 +35,7 @@ def searched_study(tmp_path_factory) -> dict:
     space = root / "tiny.yaml"
     space.write_text(textwrap.dedent(TINY_SPACE))
     url = f"sqlite:///{root}/study.db"
-    cfg = SearchConfig(space=str(space), budget_mflops=2.0, seed=1,
+    cfg = SearchConfig(space=str(space), budget_mflops=2.0, seed=1, measure_latency=True,
                        proxy=ProxyConfig(epochs=1, batch_size=64, train_subset=512, augment=False))
     summary = run_search(cfg, "searched", url, n_trials=3, log=lambda _msg: None)
     return {"name": "searched", "storage": url, "root": root, "study": summary.study, "budget": 2.0}

@@ -229,7 +229,7 @@ def test_cli_train_json_then_export_folder(tmp_path):
     (("export", "searched", "--trial", "x"), "--trial must be 'best' or a trial number"),
     (("export", "wrong.json"), "does not fit this architecture"),
     (("train", "wrong.json", "--dataset", "fashion-mnist-embedded"), "takes 3 input channel(s)"),
-    (("show", "searched", "--by", "latency_ms"), "no trial has a measured latency"),
+    (("dashboard", "nosuch"), "no study 'nosuch'"),
 ])
 def test_cli_bad_export_and_train_inputs(searched_study, tmp_path, args, needle):
     spec = separable_spec()

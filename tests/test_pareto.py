@@ -135,3 +135,21 @@ def test_cli_show_and_csv_round_trip(searched_study, tmp_path):
         return f.astype(object).where(f.notna(), None)
 
     pd.testing.assert_frame_equal(plain(pd.read_parquet(tmp_path / "t.parquet")), plain(frame), check_dtype=False)
+
+
+def test_latency_front_and_measurement(searched_study, tmp_path):
+    from dsearch.latency import measure_latency
+
+    frame = trials_frame(searched_study["study"])
+    done = frame[frame["status"] == "complete"]
+    assert (done["latency_ms"] > 0).all()
+    front = pareto_front(frame, "latency_ms")
+    assert set(zip(front["latency_ms"], front["val_acc"])) == brute_force_front(done, "latency_ms")
+    proc = subprocess.run([sys.executable, "-m", "dsearch", "show", searched_study["name"], "--storage",
+                           searched_study["storage"], "--by", "latency_ms"], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0 and "latency (ms)" in proc.stdout, proc.stderr
+    # 300 MFLOPs against 1.4 MFLOPs: the measurement must order them, whatever the machine's noise.
+    big = measure_latency(preset("mobilenet_v2", num_classes=10, in_channels=1), repeats=5)
+    small = measure_latency(preset("resnet20", width=0.25, in_channels=1), repeats=5)
+    assert big > 3 * small

@@ -1,0 +1,527 @@
+"""One self-contained HTML dashboard of a study: accuracy against cost, conv types, progress, importances.
+
+The page embeds plotly.js once, inline, so it opens offline and can be mailed around. Every
+figure reads the analysis frame of `dsearch.pareto`; MFLOPs are counted at the deployment
+resolution and every axis says so. Text taken from the study (names, architecture strings,
+reasons) is HTML-escaped; plotly escapes its own JSON.
+"""
+from __future__ import annotations
+
+import html
+import inspect
+import math
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+import pandas as pd
+import plotly.graph_objects as go
+import plotly.io as pio
+from plotly.subplots import make_subplots
+
+from .errors import DsearchError
+from .ops import CONV_TYPES
+from .pareto import best_within_budget, pareto_front, progress_frame, reference_point, study_budget, trained, \
+    trials_frame
+
+# A fixed colour per conv kind (Okabe-Ito, colour-blind safe), so one kind looks the same in every figure.
+KIND_COLOURS = {"regular": "#0072B2", "dsc": "#E69F00", "bsconv_u": "#009E73", "bsconv_s": "#CC79A7",
+                "scc": "#D55E00"}
+SPARE_COLOURS = ("#56B4E9", "#882255", "#44AA99", "#999933")  # kinds registered later
+KIND_LABELS = {"regular": "regular", "dsc": "DSC", "bsconv_u": "BSConv-U", "bsconv_s": "BSConv-S", "scc": "SCC"}
+FRONT_COLOUR = "#222222"
+BUDGET_COLOUR = "#B00020"
+REJECTED_COLOUR = "#9E9E9E"
+IMPORTANCE_COLOUR = "#4477AA"
+# Progress lines stay clear of the conv-kind colours so no one reads them as a conv type.
+BEST_COLOUR = "#222222"
+HYPERVOLUME_COLOUR = "#6A3D9A"
+
+STATUSES = ("complete", "rejected", "invalid", "pruned", "failed", "running")
+STATUS_WORDS = {"complete": "complete (trained)", "rejected": "rejected (over budget, not trained)",
+                "invalid": "invalid", "pruned": "pruned", "failed": "failed", "running": "running"}
+MIN_IMPORTANCE_TRIALS = 5  # PED-ANOVA compares a top group with all trials; fewer than this says nothing
+TOP_GROUP_SIZE = 5  # aim for this many trials in PED-ANOVA's top group (its authors' advice)
+
+TITLE_MFLOPS = "Validation accuracy vs MFLOPs"
+TITLE_MPARAMS = "Validation accuracy vs parameters"
+TITLE_CONV = "Validation accuracy per dominant conv type at similar MFLOPs"
+TITLE_PROGRESS = "Search progress"
+TITLE_IMPORTANCE = "Parameter importances for validation accuracy"
+
+HOVER = ("<b>trial %{customdata[0]}</b><br>%{customdata[1]} MFLOPs, %{customdata[2]} M params<br>"
+         "val acc %{customdata[3]}, test acc %{customdata[4]}<br>%{customdata[5]}<extra>%{fullData.name}</extra>")
+REJECTED_HOVER = ("<b>trial %{customdata[0]}: not trained</b><br>%{customdata[1]} MFLOPs, %{customdata[2]} M params"
+                  "<br>%{customdata[5]}<extra>rejected</extra>")
+
+
+@dataclass(frozen=True)
+class Section:
+    """One heading of the page: a figure with its caption, or (figure None) a note in its place."""
+
+    title: str
+    figure: go.Figure | None
+    caption: str = ""
+
+
+@dataclass(frozen=True)
+class Dashboard:
+    """Everything the page shows, before it is rendered to HTML."""
+
+    title: str
+    summary: str
+    sections: tuple[Section, ...]
+    notes: tuple[str, ...]
+    n_trials: int
+    n_trained: int
+
+
+@dataclass(frozen=True)
+class DashboardInfo:
+    """What `write_dashboard` wrote."""
+
+    path: Path
+    n_trials: int
+    n_trained: int
+    figures: tuple[str, ...]  # titles of the figures drawn, in page order
+    notes: tuple[str, ...]  # page notes, then the notes shown in place of a figure
+
+
+def kind_colour(kind: str | None) -> str:
+    """The fixed colour of a conv kind (grey for none)."""
+    if kind in KIND_COLOURS:
+        return KIND_COLOURS[kind]
+    extra = [k for k in CONV_TYPES if k not in KIND_COLOURS]
+    return SPARE_COLOURS[extra.index(kind) % len(SPARE_COLOURS)] if kind in extra else REJECTED_COLOUR
+
+
+def kind_label(kind: str | None) -> str:
+    """The conv kind as the papers write it."""
+    return KIND_LABELS.get(kind, kind) if kind else "no conv unit"
+
+
+def kind_order(kinds: pd.Series) -> list[Any]:
+    """The kinds present, in registry order (unknown ones last), so legends are ordered the same everywhere."""
+    present = set(kinds.dropna())
+    order: list[Any] = [k for k in CONV_TYPES if k in present] + sorted(present - set(CONV_TYPES))
+    return order + [None] if kinds.isna().any() else order
+
+
+def deployment_resolution(frame: pd.DataFrame, study: optuna.Study | None = None) -> int | None:
+    """The input size at which the trials' MFLOPs were counted (None when no trial has one yet)."""
+    values = frame["resolution"].dropna() if "resolution" in frame else pd.Series(dtype=float)
+    if not values.empty:
+        return int(values.mode().iloc[0])
+    identity = (study.user_attrs.get("dsearch_identity") or {}) if study is not None else {}
+    return int(identity["resolution"]) if identity.get("resolution") else None
+
+
+def cost_label(cost: str, resolution: int | None) -> str:
+    """Axis title of a cost, with its unit (and the resolution MFLOPs are counted at)."""
+    if cost == "mflops":
+        where = f" at {resolution}x{resolution}" if resolution else ""
+        return f"MFLOPs (millions of multiply-accumulates{where})"
+    return "parameters (millions)"
+
+
+def _fmt(value: Any, digits: int) -> str:
+    """A number for a hover label; n/a when missing."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{float(value):.{digits}f}"
+
+
+def _arch_lines(arch: Any) -> str:
+    """The compact arch string, one stage per hover line; escaped because plotly renders a little HTML."""
+    if not isinstance(arch, str):
+        return ""
+    return "<br>".join(html.escape(part) for part in arch.split(" | "))
+
+
+def hover_data(rows: pd.DataFrame, text_column: str = "arch") -> list[list[str]]:
+    """customdata rows: trial, MFLOPs, M params, val acc, test acc, and the arch string (or another text column)."""
+    data = []
+    for _, r in rows.iterrows():
+        value = r[text_column]
+        text = _arch_lines(value) if text_column == "arch" else html.escape(value) if isinstance(value, str) else ""
+        data.append([str(int(r["trial"])), _fmt(r["mflops"], 2), _fmt(r["mparams"], 3), _fmt(r["val_acc"], 4),
+                     _fmt(r["test_acc"], 4), text])
+    return data
+
+
+def _accuracy_range(done: pd.DataFrame) -> tuple[float, float, float]:
+    """y range (low, high) around the trained accuracies and the y at which rejected trials sit."""
+    low, high = float(done["val_acc"].min()), float(done["val_acc"].max())
+    pad = max(0.05 * (high - low), 0.01)
+    return low - 3 * pad, high + 2 * pad, low - 2 * pad
+
+
+def pareto_figure(frame: pd.DataFrame, cost: str, budget: float | None, resolution: int | None) -> go.Figure:
+    """Validation accuracy against one cost: trained trials by dominant conv, Pareto step, budget, rejected."""
+    done = trained(frame)
+    done = done[done[cost].notna()]
+    if done.empty:
+        raise DsearchError(f"no trained trial with a {cost} value")
+    y_low, y_high, y_rejected = _accuracy_range(done)
+    fig = go.Figure()
+    for kind in kind_order(done["dominant_conv"]):
+        rows = done[done["dominant_conv"] == kind] if kind is not None else done[done["dominant_conv"].isna()]
+        fig.add_trace(go.Scatter(
+            x=rows[cost], y=rows["val_acc"], mode="markers", name=f"{kind_label(kind)} ({len(rows)})",
+            marker={"color": kind_colour(kind), "size": 10, "line": {"color": "white", "width": 1}},
+            customdata=hover_data(rows), hovertemplate=HOVER))
+    front = pareto_front(frame, cost=cost)
+    # hv: moving right from a front point, its accuracy stays the best reachable until the next (dearer) point.
+    fig.add_trace(go.Scatter(
+        x=front[cost], y=front["val_acc"], mode="lines+markers", line_shape="hv", name=f"Pareto front ({len(front)})",
+        line={"color": FRONT_COLOUR, "width": 2}, uid=f"pareto-{cost}",
+        marker={"symbol": "circle-open", "size": 15, "color": FRONT_COLOUR, "line": {"width": 2}},
+        customdata=hover_data(front), hovertemplate=HOVER))
+    rejected = frame[(frame["status"] == "rejected") & frame[cost].notna()] if not frame.empty else frame
+    if not rejected.empty:
+        fig.add_trace(go.Scatter(
+            x=rejected[cost], y=[y_rejected] * len(rejected), mode="markers",
+            name=f"rejected, not trained ({len(rejected)})",
+            marker={"symbol": "x-thin", "size": 9, "color": REJECTED_COLOUR,
+                    "line": {"color": REJECTED_COLOUR, "width": 2}},
+            customdata=hover_data(rejected, "reason"), hovertemplate=REJECTED_HOVER))
+    unit = "MFLOPs" if cost == "mflops" else "M params"
+    if budget is not None:
+        # A two-point trace rather than a shape: data coordinates stay right on a log axis, and it gets a legend entry.
+        fig.add_trace(go.Scatter(
+            x=[budget, budget], y=[y_low, y_high], mode="lines+text", name=f"budget ({budget:g} {unit})",
+            uid=f"budget-{cost}", line={"color": BUDGET_COLOUR, "width": 2, "dash": "dash"},
+            text=["", f" budget {budget:g} {unit}"], textposition="bottom right",
+            textfont={"color": BUDGET_COLOUR}, hoverinfo="skip"))
+    xs = pd.concat([done[cost], rejected[cost]] if not rejected.empty else [done[cost]]).astype(float)
+    if budget is not None:
+        xs = pd.concat([xs, pd.Series([float(budget)])])
+    # Rejected samples can cost 10x the budget: a log axis keeps the trained ones readable next to them.
+    log_x = bool(xs.min() > 0 and xs.max() / xs.min() > 10)
+    xaxis: dict[str, Any] = {"title": {"text": cost_label(cost, resolution) + (" - log scale" if log_x else "")},
+                             "type": "log" if log_x else "linear"}
+    if log_x:  # plotly's own log ticks label 20 as "2"; spell every tick out
+        ticks = log_ticks(float(xs.min()), float(xs.max()))
+        xaxis.update(tickvals=ticks, ticktext=[f"{t:g}" for t in ticks])
+    title = TITLE_MFLOPS if cost == "mflops" else TITLE_MPARAMS
+    fig.update_layout(
+        title={"text": title}, template="plotly_white", height=560, hovermode="closest", xaxis=xaxis,
+        yaxis={"title": {"text": "validation accuracy"}, "range": [y_low, y_high], "zeroline": False},
+        legend={"title": {"text": "dominant conv type"}})
+    return fig
+
+
+def log_ticks(low: float, high: float) -> list[float]:
+    """1-2-5 tick values covering [low, high] on a log axis."""
+    first, last = math.floor(math.log10(low)) - 1, math.ceil(math.log10(high)) + 1
+    ticks = [m * 10.0 ** e for e in range(first, last + 1) for m in (1, 2, 5)]
+    return [float(f"{t:.6g}") for t in ticks if low / 1.5 <= t <= high * 1.5]
+
+
+def cost_bins(costs: pd.Series, max_bins: int = 4, per_bin: int = 6) -> tuple[pd.Series, list[str]]:
+    """Quantile bins of `costs` (about `per_bin` trials each, at most `max_bins`), labelled by their range."""
+    n_bins = max(1, min(max_bins, len(costs) // per_bin, costs.nunique()))
+    codes = (pd.qcut(costs, n_bins, labels=False, duplicates="drop") if n_bins > 1
+             else pd.Series(0, index=costs.index))
+    labels = {}
+    for code in sorted(codes.unique()):
+        members = costs[codes == code]
+        labels[code] = f"{members.min():.3g}-{members.max():.3g} MFLOPs"
+    return codes.map(labels), [labels[c] for c in sorted(labels)]
+
+
+def conv_type_figure(frame: pd.DataFrame, resolution: int | None) -> go.Figure:
+    """Accuracy distribution per dominant conv type inside MFLOPs quantile bins (like against like)."""
+    done = trained(frame)
+    done = done[done["mflops"].notna()]
+    if done.empty:
+        raise DsearchError("no trained trial with an MFLOPs value")
+    bins, order = cost_bins(done["mflops"].astype(float))
+    fig = go.Figure()
+    for kind in kind_order(done["dominant_conv"]):
+        mask = done["dominant_conv"] == kind if kind is not None else done["dominant_conv"].isna()
+        rows = done[mask]
+        fig.add_trace(go.Box(
+            x=bins[mask], y=rows["val_acc"], name=f"{kind_label(kind)} ({len(rows)})",
+            marker={"color": kind_colour(kind), "size": 7},
+            line={"color": kind_colour(kind)}, boxpoints="all", jitter=0.4, pointpos=0,
+            customdata=hover_data(rows), hovertemplate=HOVER))
+    where = f" at {resolution}x{resolution}" if resolution else ""
+    fig.update_layout(
+        title={"text": TITLE_CONV}, template="plotly_white", height=520, boxmode="group",
+        xaxis={"title": {"text": f"MFLOPs bin{where} (quantiles of the trained trials)"},
+               "categoryorder": "array", "categoryarray": order},
+        yaxis={"title": {"text": "validation accuracy"}}, legend={"title": {"text": "dominant conv type"}})
+    return fig
+
+
+def reference_text(frame: pd.DataFrame, budget: float | None, resolution: int | None) -> str:
+    """Where the hypervolume's reference point lies and why."""
+    ref = reference_point(frame, budget, "mflops")
+    why = "the MFLOPs budget" if budget is not None else "1.1 x the costliest trained trial; no MFLOPs budget"
+    where = f" at {resolution}x{resolution}" if resolution else ""
+    return f"reference point: validation accuracy 0, {ref:.4g} MFLOPs{where} ({why})"
+
+
+def progress_figure(frame: pd.DataFrame, budget: float | None, resolution: int | None) -> go.Figure:
+    """Best validation accuracy within budget and hypervolume after each finished trial."""
+    progress = progress_frame(frame, budget, "mflops")
+    if progress.empty:
+        raise DsearchError("no finished trial")
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.14, subplot_titles=(
+        "best validation accuracy within budget so far",
+        "hypervolume of the accuracy-MFLOPs front so far<br><sup>" + html.escape(
+            reference_text(frame, budget, resolution)) + "</sup>"))
+    best = pd.to_numeric(progress["best_score"], errors="coerce")
+    fig.add_trace(go.Scatter(x=progress["trial"], y=best, mode="lines+markers", line_shape="hv",
+                             name="best val acc within budget", line={"color": BEST_COLOUR},
+                             hovertemplate="after trial %{x}: %{y:.4f}<extra></extra>"), row=1, col=1)
+    fig.add_trace(go.Scatter(x=progress["trial"], y=progress["hypervolume"], mode="lines+markers", line_shape="hv",
+                             name="hypervolume (accuracy x MFLOPs)", line={"color": HYPERVOLUME_COLOUR},
+                             hovertemplate="after trial %{x}: %{y:.4g}<extra></extra>"), row=2, col=1)
+    fig.update_layout(title={"text": TITLE_PROGRESS}, template="plotly_white", height=620, showlegend=True,
+                      legend={"orientation": "h", "y": -0.15})
+    fig.update_xaxes(title_text="trial number (every finished trial, rejected ones included)", row=2, col=1)
+    fig.update_yaxes(title_text="validation accuracy", row=1, col=1)
+    fig.update_yaxes(title_text="accuracy x MFLOPs", rangemode="tozero", row=2, col=1)
+    return fig
+
+
+def _ped_anova(n_complete: int) -> optuna.importance.BaseImportanceEvaluator:
+    """PED-ANOVA with a top group of about TOP_GROUP_SIZE trials (its default 10% needs ~50 trials)."""
+    quantile = min(0.5, max(0.1, TOP_GROUP_SIZE / n_complete))
+    evaluator = optuna.importance.PedAnovaImportanceEvaluator
+    # Optuna 5 calls the top quantile target_quantile; older releases only take the default.
+    if "target_quantile" in inspect.signature(evaluator).parameters:
+        return evaluator(target_quantile=quantile)
+    return evaluator()
+
+
+def param_importances(study: optuna.Study) -> tuple[dict[str, float] | None, str]:
+    """Importances of the sampled parameters for validation accuracy, or None and the reason why not."""
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if len(complete) < MIN_IMPORTANCE_TRIALS:
+        return None, (f"Parameter importances need at least {MIN_IMPORTANCE_TRIALS} complete (trained) trials; "
+                      f"this study has {len(complete)}. Run more trials and regenerate the dashboard.")
+    evaluator = _ped_anova(len(complete))
+    # PED-ANOVA ranks what drives *low* target values, so accuracy (values[0]) is negated.
+    target: Callable[[optuna.trial.FrozenTrial], float] = lambda t: -t.values[0]  # noqa: E731
+    try:
+        with warnings.catch_warnings():  # its small-sample and "low target" warnings are explained in the caption
+            warnings.simplefilter("ignore")
+            importances = optuna.importance.get_param_importances(study, evaluator=evaluator, target=target)
+    except Exception as err:  # noqa: BLE001 - any failure becomes a note on the page, not a crash
+        return None, f"Parameter importances could not be computed: {type(err).__name__}: {err}"
+    if not importances or not any(math.isfinite(v) and v > 0 for v in importances.values()):
+        return None, (f"Parameter importances are all zero over the {len(complete)} complete trials (for example "
+                      "when they all reach the same validation accuracy); nothing to rank yet.")
+    quantile = getattr(evaluator, "_target_quantile", 0.1)
+    caption = (f"PED-ANOVA (Optuna {optuna.__version__}): how differently each sampled parameter is distributed "
+               f"among the top {quantile:.0%} of the {len(complete)} complete trials by validation accuracy than "
+               "among all of them; normalized to sum to 1. Rejected, failed and running trials are not used. "
+               + ("With this few trials it is a rough indication." if len(complete) < 50 else ""))
+    return importances, caption
+
+
+def importance_figure(importances: dict[str, float]) -> go.Figure:
+    """Horizontal bars, most important parameter on top."""
+    items = sorted(importances.items(), key=lambda kv: kv[1])
+    fig = go.Figure(go.Bar(
+        x=[v for _, v in items], y=[k for k, _ in items], orientation="h", marker={"color": IMPORTANCE_COLOUR},
+        text=[f"{v:.2f}" for _, v in items], textposition="outside", name="importance",
+        hovertemplate="%{y}: %{x:.3f}<extra></extra>"))
+    fig.update_layout(title={"text": TITLE_IMPORTANCE}, template="plotly_white", height=max(360, 120 + 26 * len(items)),
+                      xaxis={"title": {"text": "importance for validation accuracy (normalized)"},
+                             "range": [0, 1.15 * max(v for _, v in items)]},
+                      yaxis={"title": {"text": "sampled parameter"}, "automargin": True}, showlegend=False)
+    return fig
+
+
+def status_counts(frame: pd.DataFrame) -> dict[str, int]:
+    """Trials per dsearch status; RUNNING and FAIL states win over a stale status attribute."""
+    counts = dict.fromkeys(STATUSES, 0)
+    for state, status in zip(frame["state"], frame["status"]):
+        key = "running" if state == "RUNNING" else "failed" if state == "FAIL" else str(status)
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def summary_text(study: optuna.Study, frame: pd.DataFrame, budget: dict[str, float | None],
+                 resolution: int | None) -> str:
+    """The page's opening paragraph (plain text): study, counts per status, budget, resolution, best trial."""
+    identity = study.user_attrs.get("dsearch_identity") or {}
+    facts = ", ".join(f"{k} {identity[k]}" for k in ("space", "dataset", "objective") if identity.get(k))
+    counts = status_counts(frame)
+    listed = ", ".join(f"{n} {STATUS_WORDS.get(s, s)}" for s, n in counts.items() if n)
+    where = f" at {resolution}x{resolution}" if resolution else ""
+    limits = [f"{budget['mflops']:g} MFLOPs{where}" if budget.get("mflops") is not None else "no MFLOPs limit",
+              f"{budget['mparams']:g} M parameters" if budget.get("mparams") is not None else "no parameter limit"]
+    parts = [f"Study '{study.study_name}'" + (f" ({facts})" if facts else "") + f": {len(frame)} trials"
+             + (f" - {listed}." if listed else "."),
+             f"Budget: {'; '.join(limits)}.",
+             f"Deployment resolution (where MFLOPs are counted): {resolution}x{resolution}." if resolution
+             else "Deployment resolution: not known yet (no trial has been costed)."]
+    try:
+        best = best_within_budget(frame, budget)
+    except DsearchError:
+        parts.append("Best trial within budget: none yet.")
+    else:
+        parts.append(f"Best trial within budget: trial {int(best['trial'])}, validation accuracy "
+                     f"{best['val_acc']:.4f} (test {_fmt(best['test_acc'], 4)}), {best['mflops']:.2f} MFLOPs{where}, "
+                     f"{_fmt(best['mparams'], 3)} M params: {best['arch'] or 'architecture not recorded'}.")
+    return " ".join(parts)
+
+
+def _figure_section(title: str, build: Callable[[], go.Figure], caption: str) -> Section:
+    """A figure section; a figure that cannot be drawn becomes a note instead of breaking the page."""
+    try:
+        return Section(title, build(), caption)
+    except Exception as err:  # noqa: BLE001 - one broken figure must not cost the whole dashboard
+        return Section(title, None, f"Not drawn: {type(err).__name__}: {err}")
+
+
+def build_dashboard(study: optuna.Study, title: str | None = None) -> Dashboard:
+    """Every section of the dashboard, from the study's current trials."""
+    frame = trials_frame(study)
+    budget = study_budget(study)
+    resolution = deployment_resolution(frame, study)
+    done = trained(frame)
+    notes: list[str] = []
+    counts = status_counts(frame)
+    if counts["running"]:
+        notes.append(f"{counts['running']} trial(s) still running; they appear once finished - regenerate the "
+                     "dashboard then.")
+    sections: list[Section] = []
+    if done.empty:
+        notes.insert(0, f"No trained trial yet: run `dsearch run --study-name {study.study_name}` (with this "
+                        "study's --storage and settings) to train some, then regenerate the dashboard.")
+    else:
+        where = f" at {resolution}x{resolution}" if resolution else ""
+        sections.append(_figure_section(
+            TITLE_MFLOPS, lambda: pareto_figure(frame, "mflops", budget["mflops"], resolution),
+            f"Each dot is a trained architecture, coloured by the conv type of most of its conv units. The black "
+            f"staircase is the Pareto front (no other trial is both cheaper and more accurate); grey x marks are "
+            f"samples rejected before training because they were over budget. MFLOPs counted{where}."))
+        sections.append(_figure_section(
+            TITLE_MPARAMS, lambda: pareto_figure(frame, "mparams", budget["mparams"], resolution),
+            "The same trials against their trainable parameters; the staircase is the Pareto front over parameters.",
+))
+        sections.append(_figure_section(
+            TITLE_CONV, lambda: conv_type_figure(frame, resolution),
+            "Trained trials grouped into MFLOPs quantile bins, so that conv types are compared at similar cost.",
+))
+        sections.append(_figure_section(
+            TITLE_PROGRESS, lambda: progress_figure(frame, budget["mflops"], resolution),
+            "Hypervolume: the area of the (MFLOPs down, accuracy up) plane dominated by the Pareto front, bounded by "
+            f"the {reference_text(frame, budget['mflops'], resolution)}; it grows when the front improves."))
+        importances, caption = param_importances(study)
+        sections.append(Section(TITLE_IMPORTANCE, importance_figure(importances), caption) if importances
+                        else Section(TITLE_IMPORTANCE, None, caption))
+    return Dashboard(title=title or f"dsearch study '{study.study_name}'",
+                     summary=summary_text(study, frame, budget, resolution), sections=tuple(sections),
+                     notes=tuple(notes), n_trials=len(frame), n_trained=len(done))
+
+
+# Records script errors and, after load, how many plots drew, where `chromium --dump-dom` can read them.
+ERROR_TRAP = """<script>
+(function () {
+  var errors = window.__dsearchErrors = [];
+  function show() {
+    var pre = document.getElementById("js-errors");
+    if (pre) { pre.textContent = errors.join("\\n"); }
+    document.documentElement.setAttribute("data-js-errors", String(errors.length));
+  }
+  window.addEventListener("error", function (e) {
+    errors.push(String(e.message || "error") + (e.filename ? " (" + e.filename + ":" + e.lineno + ")" : ""));
+    show();
+  });
+  window.addEventListener("unhandledrejection", function (e) {
+    var r = e.reason;
+    errors.push("unhandled rejection: " + String(r && r.message ? r.message : r));
+    show();
+  });
+  function countPlots() {
+    var n = 0;
+    document.querySelectorAll(".js-plotly-plot").forEach(function (div) {
+      if (div.querySelector(".main-svg") && div.querySelector(".main-svg .trace")) { n += 1; }
+    });
+    document.getElementById("plots-rendered").textContent = String(n);
+    document.documentElement.setAttribute("data-plots-rendered", String(n));
+    show();
+  }
+  window.addEventListener("load", function () {
+    countPlots();
+    setTimeout(countPlots, 300);
+    setTimeout(countPlots, 1500);
+  });
+})();
+</script>"""
+
+STYLE = """<style>
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; max-width: 1400px; margin: 1.5em auto;
+       padding: 0 1em; color: #222; }
+h1 { font-size: 1.6em; margin-bottom: 0.3em; }
+h2 { font-size: 1.25em; margin-top: 1.8em; border-bottom: 1px solid #ddd; padding-bottom: 0.2em; }
+p.summary { font-size: 1.02em; line-height: 1.5; }
+p.caption { color: #555; font-size: 0.92em; margin-top: 0.2em; }
+.note { background: #fff6e0; border-left: 4px solid #e6a800; padding: 0.6em 0.9em; }
+footer { color: #777; font-size: 0.85em; margin-top: 2.5em; }
+</style>"""
+
+
+def render_html(dashboard: Dashboard) -> str:
+    """The page: plotly.js inline once (with the first figure), every other figure reusing it."""
+    esc = html.escape
+    body = [f"<h1>{esc(dashboard.title)}</h1>", f'<p class="summary">{esc(dashboard.summary)}</p>']
+    body += [f'<p class="note">{esc(note)}</p>' for note in dashboard.notes]
+    drawn = 0
+    for i, section in enumerate(dashboard.sections, start=1):
+        body.append(f'<h2 id="section-{i}">{esc(section.title)}</h2>')
+        if section.figure is None:
+            body.append(f'<p class="note">{esc(section.caption)}</p>')
+            continue
+        body.append(pio.to_html(section.figure, include_plotlyjs=drawn == 0, full_html=False, div_id=f"figure-{i}",
+                                config={"displaylogo": False}))
+        if section.caption:
+            body.append(f'<p class="caption">{esc(section.caption)}</p>')
+        drawn += 1
+    offline = " plotly.js is embedded, so this file opens offline." if drawn else ""
+    body.append(f"<footer>Generated by dsearch from the study's storage.{offline} Validation accuracy chooses "
+                "architectures; test accuracy is reported only.</footer>")
+    body.append(f'<pre id="js-errors" hidden></pre><p id="plots-rendered" data-expected="{drawn}" hidden>0</p>')
+    return "\n".join([
+        "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">', ERROR_TRAP,
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{esc(dashboard.title)}</title>", STYLE, "</head>", f'<body data-plots-expected="{drawn}">',
+        *body, "</body>", "</html>", ""])
+
+
+def dashboard_html(study: optuna.Study, title: str | None = None) -> str:
+    """The study's dashboard as one self-contained HTML page."""
+    return render_html(build_dashboard(study, title))
+
+
+def write_dashboard(study: optuna.Study, path: Path, title: str | None = None) -> DashboardInfo:
+    """Write the dashboard to `path` atomically (a reader never sees half a file) and say what it holds."""
+    path = Path(path)
+    dashboard = build_dashboard(study, title)
+    page = render_html(dashboard)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(page)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is meant to be read by others
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return DashboardInfo(path=path, n_trials=dashboard.n_trials, n_trained=dashboard.n_trained,
+                         figures=tuple(s.title for s in dashboard.sections if s.figure is not None),
+                         notes=dashboard.notes + tuple(s.caption for s in dashboard.sections if s.figure is None))

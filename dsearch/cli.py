@@ -133,7 +133,12 @@ def print_summary(summary, study_name: str, cfg) -> None:
         print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"storage: {summary.storage_url}")
     print(f"  resume or add a worker: dsearch run --study-name {study_name} --storage {summary.storage_url} ...")
-    print(f"  browse: optuna-dashboard {summary.storage_url}")
+    from .study import default_storage
+
+    where = "" if summary.storage_url == default_storage(study_name) else f" --storage {summary.storage_url}"
+    print(f"  explore: dsearch show {study_name}{where}  |  dsearch dashboard {study_name}{where}")
+    print(f"  take one away: dsearch train {study_name}{where} --trial best  |  "
+          f"dsearch export {study_name}{where} --trial best")
 
 
 def _open(name: str, storage: str | None):

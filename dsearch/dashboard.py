@@ -25,8 +25,9 @@ from plotly.subplots import make_subplots
 
 from .errors import DsearchError
 from .ops import CONV_TYPES
-from .pareto import best_within_budget, pareto_front, progress_frame, reference_point, study_budget, trained, \
-    trials_frame
+from .pareto import (
+    best_within_budget, pareto_front, progress_frame, reference_point, study_budget, trained, trials_frame,
+)
 
 # A fixed colour per conv kind (Okabe-Ito, colour-blind safe), so one kind looks the same in every figure.
 KIND_COLOURS = {"regular": "#0072B2", "dsc": "#E69F00", "bsconv_u": "#009E73", "bsconv_s": "#CC79A7",
@@ -408,12 +409,10 @@ def build_dashboard(study: optuna.Study, title: str | None = None) -> Dashboard:
             f"samples rejected before training because they were over budget. MFLOPs counted{where}."))
         sections.append(_figure_section(
             TITLE_MPARAMS, lambda: pareto_figure(frame, "mparams", budget["mparams"], resolution),
-            "The same trials against their trainable parameters; the staircase is the Pareto front over parameters.",
-))
+            "The same trials against their trainable parameters; the staircase is the Pareto front over parameters."))
         sections.append(_figure_section(
             TITLE_CONV, lambda: conv_type_figure(frame, resolution),
-            "Trained trials grouped into MFLOPs quantile bins, so that conv types are compared at similar cost.",
-))
+            "Trained trials grouped into MFLOPs quantile bins, so that conv types are compared at similar cost."))
         sections.append(_figure_section(
             TITLE_PROGRESS, lambda: progress_figure(frame, budget["mflops"], resolution),
             "Hypervolume: the area of the (MFLOPs down, accuracy up) plane dominated by the Pareto front, bounded by "

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -152,6 +153,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     from .pareto import COSTS, hypervolume, pareto_front, reference_point, study_budget, trials_frame
     from .study import trial_counts
 
+    if args.parquet:
+        _check_parquet()  # before anything is written
     study, url = _open(args.study, args.storage)
     frame = trials_frame(study)
     for path, writer in ((args.csv, _write_csv), (args.parquet, _write_parquet)):
@@ -189,11 +192,14 @@ def _write_csv(frame, path: Path) -> None:
     _write_atomic(path, lambda tmp: frame.to_csv(tmp, index=False))
 
 
-def _write_parquet(frame, path: Path) -> None:
+def _check_parquet() -> None:
     import importlib.util
 
     if importlib.util.find_spec("pyarrow") is None and importlib.util.find_spec("fastparquet") is None:
         raise DsearchError("--parquet needs pyarrow: pip install pyarrow (or use --csv)")
+
+
+def _write_parquet(frame, path: Path) -> None:
     _write_atomic(path, lambda tmp: frame.to_parquet(tmp, index=False))
 
 
@@ -476,6 +482,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"dsearch {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `dsearch show X | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

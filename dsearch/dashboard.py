@@ -324,13 +324,18 @@ def param_importances(study: optuna.Study) -> tuple[dict[str, float] | None, str
     caption = (f"PED-ANOVA (Optuna {optuna.__version__}): how differently each sampled parameter is distributed "
                f"among the top {quantile:.0%} of the {len(complete)} complete trials by validation accuracy than "
                "among all of them; normalized to sum to 1. Rejected, failed and running trials are not used. "
-               + ("With this few trials it is a rough indication." if len(complete) < 50 else ""))
+               + ("With this few trials it is a rough indication. " if len(complete) < 50 else "")
+               + (f"The {MAX_IMPORTANCE_BARS} largest of {len(importances)} are shown."
+                  if len(importances) > MAX_IMPORTANCE_BARS else ""))
     return importances, caption
 
 
+MAX_IMPORTANCE_BARS = 20  # a space has ~40 parameters; the tail of near-zero bars only pushes the page down
+
+
 def importance_figure(importances: dict[str, float]) -> go.Figure:
-    """Horizontal bars, most important parameter on top."""
-    items = sorted(importances.items(), key=lambda kv: kv[1])
+    """Horizontal bars, most important parameter on top (the top MAX_IMPORTANCE_BARS)."""
+    items = sorted(importances.items(), key=lambda kv: kv[1])[-MAX_IMPORTANCE_BARS:]
     fig = go.Figure(go.Bar(
         x=[v for _, v in items], y=[k for k, _ in items], orientation="h", marker={"color": IMPORTANCE_COLOUR},
         text=[f"{v:.2f}" for _, v in items], textposition="outside", name="importance",

@@ -280,6 +280,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         study, url = _open(args.target, args.storage)
         number = _pick_trial(study, args.trial)
         spec = arch_of(study, number)
+        attrs = study.get_trials(deepcopy=False)[number].user_attrs
+        if attrs.get("status") != "complete":
+            print(f"note: trial {number} is {attrs.get('status', 'unfinished')}"
+                  + (f" ({attrs['reason']})" if attrs.get("reason") else "") + "; exporting its architecture anyway")
         found = trial_weights(study, number, url)
         state, source = found if found is not None else (None, None)
         data = study.user_attrs.get("dsearch_data") or {}
@@ -459,7 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-resolution", type=int, help="default: the study's proxy setting, else the data's size")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
-    p.add_argument("--lr", type=float, help="peak learning rate (default 0.1 sgd / 0.002 adamw at batch 128)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 0.04 sgd / 0.002 adamw at batch 128)")
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)

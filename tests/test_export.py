@@ -257,3 +257,18 @@ def test_onnx_export_runs_in_onnxruntime(tmp_path):
     (logits,) = ort.InferenceSession(str(tmp_path / "model.onnx")).run(None, {"input": x.numpy()})
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(logits), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_cli_export_of_a_rejected_trial_says_so_and_writes_no_weights(searched_study, tmp_path):
+    s = searched_study
+    study = optuna.load_study(study_name=s["name"], storage=s["storage"])
+    rejected = [t for t in study.trials if t.user_attrs.get("status") == "rejected"]
+    if not rejected:
+        pytest.skip("this seed's search rejected no sample")
+    number = rejected[0].number
+    proc = dsearch_cli("export", s["name"], "--storage", s["storage"], "--trial", str(number), "--out", "exp",
+                       cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert f"trial {number} is rejected (over budget" in proc.stdout and "no kept weights" in proc.stdout
+    assert {p.name for p in (tmp_path / "exp").iterdir()} == {"model.py", "arch.json"}
+    assert spec_cost(ArchSpec.from_json((tmp_path / "exp" / "arch.json").read_text())).mflops > s["budget"]

@@ -289,6 +289,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         data = study.user_attrs.get("dsearch_data") or {}
         info = {"study": study.study_name, "trial": number, **{k: data[k] for k in ("mean", "std", "classes")
                                                                   if k in data}}
+        if found is not None:  # the size the weights were trained at (the budget is counted at `resolution`)
+            full = study.user_attrs.get(f"trained.{number}") or {}
+            info["train_resolution"] = full.get("train_resolution") or attrs.get("train_resolution")
         out = Path(args.out or Path("exports") / f"{_safe_name(study.study_name)}-trial{number}")
         if found is None:
             storage = f" --storage {url}" if args.storage else ""
@@ -301,7 +304,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         metrics = Path(args.target).with_name("metrics.json")  # written by `dsearch train ARCH.json`
         if state is not None and not args.weights and metrics.is_file():
             facts = json.loads(metrics.read_text())
-            info = {k: facts[k] for k in ("dataset", "epochs", "test_acc", "mean", "std", "classes") if k in facts}
+            info = {k: facts[k] for k in ("dataset", "epochs", "test_acc", "train_resolution", "mean", "std", "classes")
+                    if k in facts}
         if args.weights and state is None:
             raise DsearchError(f"--weights {args.weights} does not exist")
         out = Path(args.out or Path("exports") / _safe_name(Path(args.target).stem))

@@ -193,7 +193,10 @@ def model_source(spec: ArchSpec, info: dict[str, Any] | None = None) -> str:
     model = build_model()
     model.load_state_dict(torch.load("weights.pt", weights_only=True))
     model.eval()
-    logits = model(x)  # x: N x {c} x {r} x {r}, normalised with INFO["mean"] / INFO["std"] when present
+    logits = model(x)  # x: N x {c} x H x W, normalised with INFO["mean"] / INFO["std"] when present
+
+The budget was counted at {r}x{r} (INFO["resolution"]); INFO["train_resolution"], when present, is the size the
+weights were trained at. The network is fully convolutional up to a global average pool, so both sizes run.
 
 {cost.mflops:.2f} MFLOPs (millions of multiply-accumulates, fvcore) at {r}x{r}, {cost.params:,} parameters.
 arch.json next to this file holds the same architecture as a dsearch ArchSpec.

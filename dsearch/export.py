@@ -286,16 +286,19 @@ def export_spec(spec: ArchSpec, out_dir: Path, state: dict[str, torch.Tensor] | 
 
 
 def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> str:
-    """model.onnx in one file with a dynamic batch axis; checked against torch with onnxruntime when installed."""
+    """model.onnx in one file, any batch and image size; checked against torch with onnxruntime when installed."""
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():  # the exporter prints its progress
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["logits"],
-                          dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), external_data=False)
+                          dynamic_shapes=({0: torch.export.Dim("batch", min=1), 2: torch.export.Dim("height", min=8),
+                                           3: torch.export.Dim("width", min=8)},), external_data=False)
     if importlib.util.find_spec("onnxruntime") is None:
         return "model.onnx written; install onnxruntime to have its outputs checked"
     import onnxruntime
 
-    x = torch.randn(2, *example.shape[1:], generator=torch.Generator().manual_seed(0))
+    # Another batch and image size than the traced example, so that both axes are checked to be free.
+    x = torch.randn(3, example.shape[1], example.shape[2] // 2 + 3, example.shape[3] // 2 + 3,
+                    generator=torch.Generator().manual_seed(0))
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (logits,) = session.run(None, {"input": x.numpy()})
     with torch.no_grad():

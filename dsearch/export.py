@@ -163,11 +163,12 @@ def build_function_source(spec: ArchSpec) -> tuple[str, list[str]]:
         module = _identifier(block.module.__name__)
         conv = _conv_expr(st.conv)
         used.update({module, CONV_TYPES[st.conv.kind].standalone})
-        extra = "".join(f", {_keyword(f)}={literal(getattr(st, f))}" for f in block.fields)
+        extra = ", ".join(f"{_keyword(f)}={literal(getattr(st, f))}" for f in block.fields)
         lines.append(f"        # stage {i}: {literal(st.repeats)} x {block.name}, {CONV_TYPES[st.conv.kind].name}")
         lines.append(f"        make_stage({module}, {literal(channels)}, {literal(st.out_channels)}, "
                      f"repeats={literal(st.repeats)}, stride={literal(st.stride)}, kernel={literal(st.kernel)},")
-        lines.append(f"                   conv={conv}{extra}),")
+        lines.append(f"                   conv={conv},")
+        lines.append(f"                   {extra}),")
         channels = st.out_channels
     lines += [
         "    )",

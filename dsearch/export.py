@@ -36,6 +36,7 @@ from .errors import DsearchError
 from .ops import CONV_TYPES
 
 ROOTS = ("Net", "make_stage", "classifier_head", "conv_bn_act")
+EXPORT_FILES = ("model.py", "arch.json", "weights.pt", "model.ts", "model.onnx")
 HEADER_IMPORTS = """from __future__ import annotations
 
 import math
@@ -65,10 +66,10 @@ def literal(value: Any) -> str:
         if not math.isfinite(value):
             raise DsearchError(f"cannot export the non-finite number {value!r}")
         return repr(value)
-    if isinstance(value, (tuple, list)):
-        items = ", ".join(literal(v) for v in value)
-        return f"({items},)" if isinstance(value, tuple) and len(value) == 1 else (
-            f"({items})" if isinstance(value, tuple) else f"[{items}]")
+    if isinstance(value, list):
+        return "[" + ", ".join(literal(v) for v in value) + "]"
+    if isinstance(value, tuple):
+        return "(" + "".join(literal(v) + ", " for v in value).rstrip(" ") + ")"
     raise DsearchError(f"cannot export a value of type {type(value).__name__}")
 
 
@@ -101,15 +102,9 @@ def _layer_definitions() -> tuple[list[str], dict[str, str], dict[str, set[str]]
             order.append(name)
             source[name] = segment
             nodes[name] = node
-    refs = {name: {n.id for n in ast.walk(node) if isinstance(n, ast.Name)} & set(source)
+    # Every name a definition mentions (annotations included) that is another top-level definition.
+    refs = {name: ({n.id for n in ast.walk(node) if isinstance(n, ast.Name)} & set(source)) - {name}
             for name, node in nodes.items()}
-    # Annotations are strings under `from __future__ import annotations`; follow names written in them too.
-    for name, node in nodes.items():
-        for n in ast.walk(node):
-            if isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value.isidentifier():
-                if n.value in source:
-                    refs[name].add(n.value)
-        refs[name].discard(name)
     return order, source, refs
 
 
@@ -281,6 +276,8 @@ def export_spec(spec: ArchSpec, out_dir: Path, state: dict[str, torch.Tensor] | 
         out_dir.mkdir(parents=True, exist_ok=True)
         for name in files:
             os.replace(staging / name, out_dir / name)
+        for name in set(EXPORT_FILES) - set(files):  # e.g. a weights.pt of an earlier export to this folder
+            (out_dir / name).unlink(missing_ok=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return ExportResult(out_dir=out_dir, files=files, max_abs_diff=diff, notes=tuple(notes))

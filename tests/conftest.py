@@ -35,7 +35,7 @@ def searched_study(tmp_path_factory) -> dict:
     space = root / "tiny.yaml"
     space.write_text(textwrap.dedent(TINY_SPACE))
     url = f"sqlite:///{root}/study.db"
-    cfg = SearchConfig(space=str(space), budget_mflops=2.0, seed=1, measure_latency=True,
+    cfg = SearchConfig(space=str(space), budget_mflops=0.22, seed=1, measure_latency=True,
                        proxy=ProxyConfig(epochs=1, batch_size=64, train_subset=512, augment=False))
     summary = run_search(cfg, "searched", url, n_trials=3, log=lambda _msg: None)
-    return {"name": "searched", "storage": url, "root": root, "study": summary.study, "budget": 2.0}
+    return {"name": "searched", "storage": url, "root": root, "study": summary.study, "budget": 0.22}

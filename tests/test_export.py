@@ -272,3 +272,11 @@ def test_cli_export_of_a_rejected_trial_says_so_and_writes_no_weights(searched_s
     assert f"trial {number} is rejected (over budget" in proc.stdout and "no kept weights" in proc.stdout
     assert {p.name for p in (tmp_path / "exp").iterdir()} == {"model.py", "arch.json"}
     assert spec_cost(ArchSpec.from_json((tmp_path / "exp" / "arch.json").read_text())).mflops > s["budget"]
+
+
+def test_export_into_the_same_folder_leaves_no_stale_files(tmp_path):
+    spec = preset("resnet20", in_channels=1)
+    export_spec(spec, tmp_path / "out", build_model(spec).state_dict(), torchscript=True)
+    export_spec(spec.replace(num_classes=5), tmp_path / "out")  # no weights this time
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"model.py", "arch.json"}
+    assert ArchSpec.from_json((tmp_path / "out" / "arch.json").read_text()).num_classes == 5

@@ -263,7 +263,8 @@ def _pick_trial(study, choice: str, log: Callable[[str], None] = print) -> int:
 
 
 def _is_study_target(target: str) -> bool:
-    return not (target.endswith(".json") or Path(target).is_file())
+    """STUDY|ARCH targets: an ArchSpec JSON file or a preset name is an architecture; anything else a study."""
+    return not (target.endswith(".json") or Path(target).is_file() or target in PRESETS)
 
 
 @command
@@ -299,15 +300,16 @@ def cmd_export(args: argparse.Namespace) -> int:
                   "trains it and keeps them")
     else:
         spec = load_arch(args.target)
-        weights = Path(args.weights) if args.weights else Path(args.target).with_name("weights.pt")
-        state, source = (load_weights(weights), str(weights)) if weights.is_file() else (None, None)
+        is_file = Path(args.target).is_file()  # a JSON file, else a preset (untrained unless --weights)
+        if args.weights and not Path(args.weights).is_file():
+            raise DsearchError(f"--weights {args.weights} does not exist")
+        weights = Path(args.weights) if args.weights else Path(args.target).with_name("weights.pt") if is_file else None
+        state, source = (load_weights(weights), str(weights)) if weights and weights.is_file() else (None, None)
         metrics = Path(args.target).with_name("metrics.json")  # written by `dsearch train ARCH.json`
-        if state is not None and not args.weights and metrics.is_file():
+        if state is not None and not args.weights and is_file and metrics.is_file():
             facts = json.loads(metrics.read_text())
             info = {k: facts[k] for k in ("dataset", "epochs", "test_acc", "train_resolution", "mean", "std", "classes")
                     if k in facts}
-        if args.weights and state is None:
-            raise DsearchError(f"--weights {args.weights} does not exist")
         out = Path(args.out or Path("exports") / _safe_name(Path(args.target).stem))
     if state is not None:
         check_weights_fit(spec, state, source)

@@ -280,3 +280,15 @@ def test_export_into_the_same_folder_leaves_no_stale_files(tmp_path):
     export_spec(spec.replace(num_classes=5), tmp_path / "out")  # no weights this time
     assert {p.name for p in (tmp_path / "out").iterdir()} == {"model.py", "arch.json"}
     assert ArchSpec.from_json((tmp_path / "out" / "arch.json").read_text()).num_classes == 5
+
+
+def test_cli_export_of_a_preset_matches_torchvision(tmp_path):
+    torchvision = pytest.importorskip("torchvision")
+    proc = dsearch_cli("export", "mobilenet_v2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    from dsearch.export import import_model_file
+
+    net = import_model_file(tmp_path / "exports" / "mobilenet_v2" / "model.py").build_model()
+    reference = torchvision.models.mobilenet_v2()
+    assert sorted(p.shape for p in net.parameters()) == sorted(p.shape for p in reference.parameters())
+    assert not (tmp_path / "exports" / "mobilenet_v2" / "weights.pt").exists()

@@ -186,6 +186,12 @@ class InvertedResidual(nn.Module):
         return x + y if self.use_residual else y
 
 
+def unit_bn_act(conv: ConvFactory, in_channels: int, out_channels: int, kernel: int, stride: int,
+                activation: str) -> list[nn.Module]:
+    """A block's conv unit followed by batch-norm and activation."""
+    return [conv(in_channels, out_channels, kernel, stride), nn.BatchNorm2d(out_channels), make_activation(activation)]
+
+
 class BasicBlock(nn.Module):
     """ResNet basic block: conv unit M -> N (stride), BN, act, conv unit N -> N, BN, + shortcut, act."""
 
@@ -193,8 +199,7 @@ class BasicBlock(nn.Module):
                  activation: str, residual: bool) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            conv(in_channels, out_channels, kernel, stride), nn.BatchNorm2d(out_channels),
-            make_activation(activation),
+            *unit_bn_act(conv, in_channels, out_channels, kernel, stride, activation),
             conv(out_channels, out_channels, kernel, 1), nn.BatchNorm2d(out_channels),
         )
         self.shortcut: nn.Module | None = None
@@ -216,10 +221,7 @@ class SeparableBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, stride: int, kernel: int, conv: ConvFactory,
                  activation: str, residual: bool) -> None:
         super().__init__()
-        self.body = nn.Sequential(
-            conv(in_channels, out_channels, kernel, stride), nn.BatchNorm2d(out_channels),
-            make_activation(activation),
-        )
+        self.body = nn.Sequential(*unit_bn_act(conv, in_channels, out_channels, kernel, stride, activation))
         self.use_residual = residual and stride == 1 and in_channels == out_channels
 
     def forward(self, x: Tensor) -> Tensor:

@@ -457,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", metavar="FILE", help="weights for an ArchSpec JSON target "
                                                      "(default: weights.pt next to it, when present)")
     p.add_argument("--onnx", action="store_true", help="also write model.onnx (needs onnx and onnxscript)")
-    p.add_argument("--torchscript", action="store_true", help="also write model.ts (traced TorchScript)")
+    p.add_argument("--torchscript", action="store_true", help="also write model.ts (scripted TorchScript)")
 
     p = sub.add_parser("train", help="train one architecture fully (a study trial or an ArchSpec JSON file)")
     p.add_argument("target", metavar="STUDY|ARCH.json", help="a study name, or an ArchSpec JSON file")

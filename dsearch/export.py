@@ -268,8 +268,9 @@ def export_spec(spec: ArchSpec, out_dir: Path, state: dict[str, torch.Tensor] | 
         if torchscript:
             with warnings.catch_warnings():  # torch.jit is deprecated upstream but still what TorchScript users load
                 warnings.simplefilter("ignore", FutureWarning)
-                traced = torch.jit.trace(standalone.eval(), example)
-            traced.save(str(staging / "model.ts"))
+                # Scripted, not traced: a trace would freeze SCC's counting form instead of its fast one.
+                scripted = torch.jit.script(standalone.eval())
+            scripted.save(str(staging / "model.ts"))
         if onnx:
             notes.append(_export_onnx(standalone.eval(), example, staging / "model.onnx"))
         files = tuple(sorted(p.name for p in staging.iterdir() if p.is_file()))

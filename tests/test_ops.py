@@ -218,3 +218,18 @@ def test_scc_backward_under_bf16_autocast():
     assert x.grad.dtype == torch.float32 and conv.weight.grad.dtype == torch.float32
     reference = F.conv2d(x.detach(), conv.dense_weight().detach())
     torch.testing.assert_close(y.float(), reference, atol=0.05, rtol=0.05)
+
+
+@pytest.mark.parametrize("overlap", [0.0, 1 / 3, 0.5, 0.75])
+def test_portable_scc_traced_form_equals_eager_and_counts_n_times_k(overlap):
+    from fvcore.nn import FlopCountAnalysis
+
+    m, n, groups = 12, 10, 2 if overlap != 1 / 3 else 3
+    conv = SlidingChannelConv(m, n, groups, overlap).double()
+    x = rand64(2, m, 5, 5)
+    traced = torch.jit.trace(conv, (x,))  # the gather + grouped-conv form, which counters see
+    assert "index_select" in str(traced.graph)
+    torch.testing.assert_close(traced(x), conv(x))
+    torch.testing.assert_close(conv(x), F.conv2d(x, conv.dense_weight()))
+    flops = FlopCountAnalysis(conv, (x[:1],)).unsupported_ops_warnings(False).total()
+    assert flops == 5 * 5 * n * (m // groups)

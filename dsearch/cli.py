@@ -163,10 +163,9 @@ def cmd_show(args: argparse.Namespace) -> int:
             print(f"wrote {len(frame)} trials x {len(frame.columns)} columns to {path}")
     c = trial_counts(study)
     budget = study_budget(study)
-    limits = [f"{v:g} {'MFLOPs' if k == 'mflops' else 'M params'}" for k, v in budget.items() if v is not None]
     print(f"study '{study.study_name}' ({url}): {len(frame)} trials: {c['complete']} trained, {c['rejected']} "
           f"rejected by the budget, {c['invalid']} invalid, {c['pruned']} pruned, {c['failed']} failed, "
-          f"{c['running']} running; budget: {', '.join(limits) or 'none'}")
+          f"{c['running']} running; budget: {_budget_text(budget) or 'none'}")
     cost = args.by
     if cost == "latency_ms" and frame["latency_ms"].isna().all():
         raise DsearchError("no trial has a measured latency; use --by mflops or --by mparams")
@@ -242,6 +241,12 @@ def _safe_name(name: str) -> str:
     return safe or "study"
 
 
+def _budget_text(budget: dict[str, float | None]) -> str:
+    """E.g. '300 MFLOPs, 2 M params'; empty when the study has no budget."""
+    units = {"mflops": "MFLOPs", "mparams": "M params"}
+    return ", ".join(f"{v:g} {units[k]}" for k, v in budget.items() if v is not None)
+
+
 def _pick_trial(study, choice: str, log: Callable[[str], None] = print) -> int:
     """'best' (most accurate trained trial within budget) or a trial number."""
     from .pareto import best_within_budget, study_budget, trained, trials_frame
@@ -251,8 +256,7 @@ def _pick_trial(study, choice: str, log: Callable[[str], None] = print) -> int:
         budget = study_budget(study)
         row = best_within_budget(frame, budget)
         n = len(trained(frame))
-        limits = ", ".join(f"{v:g} {'MFLOPs' if k == 'mflops' else 'M params'}" for k, v in budget.items()
-                           if v is not None) or "no budget"
+        limits = _budget_text(budget) or "no budget"
         log(f"chose trial {int(row['trial'])}: the highest validation accuracy ({row['val_acc']:.4f}) of {n} trained "
             f"trials within the budget ({limits}); {row['mflops']:.2f} MFLOPs, {row['mparams']:.3f} M params")
         return int(row["trial"])

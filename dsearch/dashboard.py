@@ -28,6 +28,7 @@ from .ops import CONV_TYPES
 from .pareto import (
     best_within_budget, pareto_front, progress_frame, reference_point, study_budget, trained, trials_frame,
 )
+from .study import count_statuses
 
 # A fixed colour per conv kind (Okabe-Ito, colour-blind safe), so one kind looks the same in every figure.
 KIND_COLOURS = {"regular": "#0072B2", "dsc": "#E69F00", "bsconv_u": "#009E73", "bsconv_s": "#CC79A7",
@@ -42,7 +43,6 @@ IMPORTANCE_COLOUR = "#4477AA"
 BEST_COLOUR = "#222222"
 HYPERVOLUME_COLOUR = "#6A3D9A"
 
-STATUSES = ("complete", "rejected", "invalid", "pruned", "failed", "running")
 STATUS_WORDS = {"complete": "complete (trained)", "rejected": "rejected (over budget, not trained)",
                 "invalid": "invalid", "pruned": "pruned", "failed": "failed", "running": "running"}
 MIN_IMPORTANCE_TRIALS = 5  # PED-ANOVA compares a top group with all trials; fewer than this says nothing
@@ -348,12 +348,8 @@ def importance_figure(importances: dict[str, float]) -> go.Figure:
 
 
 def status_counts(frame: pd.DataFrame) -> dict[str, int]:
-    """Trials per dsearch status; RUNNING and FAIL states win over a stale status attribute."""
-    counts = dict.fromkeys(STATUSES, 0)
-    for state, status in zip(frame["state"], frame["status"]):
-        key = "running" if state == "RUNNING" else "failed" if state == "FAIL" else str(status)
-        counts[key] = counts.get(key, 0) + 1
-    return counts
+    """Trials per dsearch status, by the same rule as `dsearch run` and `dsearch show`."""
+    return count_statuses(zip(frame["state"], frame["status"]))
 
 
 def summary_text(study: optuna.Study, frame: pd.DataFrame, budget: dict[str, float | None],

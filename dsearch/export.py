@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import functools
 import importlib.util
 import io
 import math
@@ -80,6 +81,7 @@ def _identifier(name: str) -> str:
     return name
 
 
+@functools.cache  # layers.py does not change while dsearch runs; parse it once
 def _layer_definitions() -> tuple[list[str], dict[str, str], dict[str, set[str]]]:
     """Top-level names of dsearch.layers in file order, their source, and the layer names each refers to."""
     path = Path(layers.__file__)

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
 from .archspec import ArchSpec
 from .data import load_dataset
 from .errors import DsearchError
@@ -84,8 +86,6 @@ def study_defaults(study_config: dict[str, Any], cfg: FullTrainConfig) -> FullTr
 
 def write_trained(out_dir: Path, spec: ArchSpec, state: dict, facts: dict[str, Any]) -> Path:
     """arch.json + weights.pt + metrics.json in `out_dir` (each written whole, then moved into place)."""
-    import torch
-
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = f".tmp-{time.time_ns()}"
     for name, write in (("arch.json", lambda p: p.write_text(spec.to_json() + "\n")),

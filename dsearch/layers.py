@@ -114,6 +114,11 @@ def scc_index(in_channels: int, out_channels: int, groups: int, overlap: float) 
     return (starts[:, None] + torch.arange(k)[None, :]) % in_channels
 
 
+def scc_dense_weight(weight: Tensor, index: Tensor, in_channels: int) -> Tensor:
+    """The N x M matrix holding the N x K real weights at their window columns, zero elsewhere."""
+    return weight.new_zeros(weight.shape[0], in_channels).scatter(1, index, weight)
+
+
 class SlidingChannelConv(nn.Module):
     """Sliding-channel pointwise map M -> N: output c reads the K = M / g channels (s_c + j) mod M.
 
@@ -141,8 +146,7 @@ class SlidingChannelConv(nn.Module):
 
     def dense_weight(self) -> Tensor:
         """The equivalent N x M x 1 x 1 conv weight, zero outside each output channel's window."""
-        dense = self.weight.new_zeros(self.out_channels, self.in_channels).scatter(1, self.index, self.weight)
-        return dense[:, :, None, None]
+        return scc_dense_weight(self.weight, self.index, self.in_channels)[:, :, None, None]
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, groups={self.groups}, overlap={self.overlap:g}"

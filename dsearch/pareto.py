@@ -8,7 +8,7 @@ the net's searchable conv units (`share.dsc`, ...) and the dominant one (`domina
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import Any, Iterable
 
 import optuna
 import pandas as pd
@@ -108,13 +108,18 @@ def hypervolume(front: pd.DataFrame, ref_cost: float, ref_score: float = 0.0, co
     Points costlier than `ref_cost` or scoring below `ref_score` add nothing. Units: score x cost
     (e.g. accuracy x MFLOPs).
     """
-    points = sorted((float(c), float(s)) for c, s in zip(front[cost], front[score]) if c < ref_cost and s > ref_score)
-    area, best = 0.0, ref_score
-    edges = [c for c, _ in points] + [ref_cost]
-    for i, (c, s) in enumerate(points):
-        best = max(best, s)  # the best score reachable at a cost between this point's and the next one's
-        area += (edges[i + 1] - c) * (best - ref_score)
-    return area
+    return _dominated_area(zip(front[cost], front[score]), ref_cost, ref_score)
+
+
+def _dominated_area(points: Iterable[tuple[float, float]], ref_cost: float, ref_score: float) -> float:
+    # Only the non-dominated points bound the area: dropping the rest keeps the sum the same whatever is passed.
+    front: list[tuple[float, float]] = []
+    for c, s in sorted(((float(c), float(s)) for c, s in points if c < ref_cost and s > ref_score),
+                       key=lambda p: (p[0], -p[1])):
+        if not front or s > front[-1][1]:
+            front.append((c, s))
+    edges = [c for c, _ in front] + [ref_cost]
+    return sum((edges[i + 1] - c) * (s - ref_score) for i, (c, s) in enumerate(front))
 
 
 def reference_point(frame: pd.DataFrame, budget: float | None, cost: str = "mflops") -> float:
@@ -131,16 +136,16 @@ def progress_frame(frame: pd.DataFrame, budget: float | None, cost: str = "mflop
     """After each finished trial (in trial order): best score within budget and hypervolume so far."""
     ref = reference_point(frame, budget, cost)
     finished = frame[frame["state"] != "RUNNING"].sort_values("trial") if not frame.empty else frame
+    points: list[tuple[float, float]] = []
+    best = None
     rows = []
-    for i in range(len(finished)):
-        seen = finished.iloc[: i + 1]
-        done = trained(seen, score)
-        within = done[done[cost] <= ref] if budget is not None else done
-        rows.append({
-            "trial": int(finished["trial"].iloc[i]),
-            "best_score": float(within[score].max()) if not within.empty else None,
-            "hypervolume": hypervolume(pareto_front(seen, cost, score), ref, cost=cost, score=score),
-        })
+    for trial, status, c, value in zip(finished["trial"], finished["status"], finished[cost], finished[score]):
+        if status == "complete" and pd.notna(value):
+            if pd.notna(c):
+                points.append((float(c), float(value)))
+            if budget is None or c <= ref:
+                best = float(value) if best is None else max(best, float(value))
+        rows.append({"trial": int(trial), "best_score": best, "hypervolume": _dominated_area(points, ref, 0.0)})
     return pd.DataFrame(rows, columns=["trial", "best_score", "hypervolume"])
 
 

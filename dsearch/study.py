@@ -13,7 +13,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import optuna
 from optuna.trial import TrialState
@@ -284,17 +284,22 @@ def data_facts(data: Dataset) -> dict[str, Any]:
             "classes": [str(c) for c in data.classes], "image_size": list(data.image_size)}
 
 
-def trial_counts(study: optuna.Study) -> dict[str, int]:
+def count_statuses(pairs: Iterable[tuple[str, str]]) -> dict[str, int]:
+    """Trials per dsearch status from (Optuna state name, status attr) pairs; RUNNING and FAIL states win."""
     counts = {"complete": 0, "rejected": 0, "invalid": 0, "pruned": 0, "failed": 0, "running": 0}
-    for t in study.get_trials(deepcopy=False):
-        if t.state == TrialState.RUNNING:
+    for state, status in pairs:
+        if state == TrialState.RUNNING.name:
             counts["running"] += 1
-        elif t.state == TrialState.FAIL:
+        elif state == TrialState.FAIL.name:
             counts["failed"] += 1
         else:
-            status = t.user_attrs.get("status", t.state.name.lower())
             counts[status if status in counts else "failed"] += 1
     return counts
+
+
+def trial_counts(study: optuna.Study) -> dict[str, int]:
+    return count_statuses((t.state.name, t.user_attrs.get("status", t.state.name.lower()))
+                          for t in study.get_trials(deepcopy=False))
 
 
 def run_search(cfg: SearchConfig, study_name: str, storage_url: str | None = None, n_trials: int = 10,

@@ -30,11 +30,16 @@ def default_artifact_dir(study_name: str, storage_url: str) -> Path:
     return Path("studies") / study_name / "artifacts"
 
 
-def artifact_dir(study: optuna.Study, storage_url: str) -> Path:
-    """The study's artifact folder: recorded on the study when first used, so every command and worker finds it."""
+def recorded_artifact_dir(study: optuna.Study, storage_url: str) -> Path:
+    """Where the study's artifacts are (or will be): the folder recorded on it, else the default one."""
     recorded = study.user_attrs.get(ARTIFACTS_ATTR)
-    path = Path(recorded) if recorded else default_artifact_dir(study.study_name, storage_url).resolve()
-    if not recorded:
+    return Path(recorded) if recorded else default_artifact_dir(study.study_name, storage_url).resolve()
+
+
+def artifact_dir(study: optuna.Study, storage_url: str) -> Path:
+    """The study's artifact folder, ready to write: recorded on the study when first used, so every worker finds it."""
+    path = recorded_artifact_dir(study, storage_url)
+    if ARTIFACTS_ATTR not in study.user_attrs:
         study.set_user_attr(ARTIFACTS_ATTR, str(path))
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -85,7 +90,7 @@ def trial_weights(study: optuna.Study, number: int, storage_url: str) -> tuple[d
     proxy = trial.user_attrs.get("weights_artifact")
     if full is None and proxy is None:
         return None
-    store = artifact_dir(study, storage_url)
+    store = recorded_artifact_dir(study, storage_url)  # reading: nothing to create or record
     if full is not None:
         what = (f"fully trained weights ({full.get('epochs')} epochs on {full.get('dataset')}, "
                 f"test accuracy {full.get('test_acc', float('nan')):.4f})")

@@ -20,17 +20,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import layers
-from ..layers import SCC_FLOAT_SLACK, scc_index, scc_window_starts
+from ..layers import SCC_FLOAT_SLACK, scc_dense_weight, scc_index, scc_window_starts
 from .convs import MID_ACTIVATION, WITH_BN, _hw_out, _positive_int
 from .registry import ConvType, Knob, register_conv
 
 __all__ = ["SCC", "SlidingChannelConvOp", "scc_dense_weight", "scc_index", "scc_pointwise", "scc_pointwise_macs",
            "scc_window_starts"]
-
-
-def scc_dense_weight(weight: Tensor, index: Tensor, in_channels: int) -> Tensor:
-    """The N x M matrix that is zero outside each output channel's window."""
-    return weight.new_zeros(weight.shape[0], in_channels).scatter(1, index, weight)
 
 
 @torch.library.custom_op("dsearch::scc_pointwise", mutates_args=())

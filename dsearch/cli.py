@@ -387,6 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dsearch", description="Architecture search over separable convolutions under a compute budget."
     )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"dsearch {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("cost", help="MFLOPs and parameters of an architecture (preset or ArchSpec JSON)")

@@ -1,4 +1,4 @@
-"""Search spaces: YAML files (spaces/*.yaml) -> Space -> ArchSpec sampled by an Optuna trial.
+"""Search spaces: YAML files (the built-in ones ship beside this module) -> Space -> ArchSpec per Optuna trial.
 
 Every value in a space file is either fixed or a list of choices. `sample(space, trial, ...)`
 turns an Optuna trial into an ArchSpec with stable, readable parameter names (stage2.conv,
@@ -15,14 +15,14 @@ from typing import Any, Mapping, Protocol
 
 import yaml
 
-from .archspec import ArchSpec, ConvSpec, HeadSpec, StageSpec, StemSpec
-from .blocks import BLOCKS, conv_units
-from .errors import DsearchError
-from .ops import CONV_TYPES, ConvConfigError, conv_macs, resolve_knobs
-from .ops.activations import check_activation
-from .ops.registry import out_size
+from ..archspec import ArchSpec, ConvSpec, HeadSpec, StageSpec, StemSpec
+from ..blocks import BLOCKS, conv_units
+from ..errors import DsearchError
+from ..ops import CONV_TYPES, ConvConfigError, conv_macs, resolve_knobs
+from ..ops.activations import check_activation
+from ..ops.registry import out_size
 
-SPACES_DIR = Path(__file__).resolve().parent.parent / "spaces"
+SPACES_DIR = Path(__file__).resolve().parent  # shipped inside the package (wheel and editable installs alike)
 
 Choices = tuple[Any, ...]
 
@@ -69,7 +69,7 @@ class Space:
 
 
 def available_spaces() -> dict[str, Path]:
-    """Built-in spaces by name (the YAML files in the repository's spaces/ folder)."""
+    """Built-in spaces by name (the YAML files shipped in dsearch/spaces/)."""
     return {p.stem: p for p in sorted(SPACES_DIR.glob("*.yaml"))}
 
 

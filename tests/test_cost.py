@@ -1,4 +1,4 @@
-"""fvcore counts against DESIGN.md's formulas, and against torchvision's MobileNetV2."""
+"""fvcore counts against DESIGN.md's formulas and torchvision's MobileNetV2; the analytic model against fvcore."""
 import math
 
 import pytest
@@ -134,3 +134,35 @@ def test_count_cost_restores_training_mode():
     model.train()
     count_cost(model, (3, 32, 32))
     assert model.training
+
+
+def _fvcore(spec, resolution):
+    return count_cost(build_model(spec), (spec.in_channels, resolution, resolution))
+
+
+@pytest.mark.parametrize("space_name,resolutions", [("mobile", (224, 28, 37, 64)), ("residual", (32, 28, 17)),
+                                                    ("tiny", (32, 19))])
+def test_analytic_cost_equals_fvcore_on_space_samples(space_name, resolutions, tiny_space):
+    import optuna
+
+    from dsearch.spaces import load_space, sample
+
+    space = load_space(str(tiny_space) if space_name == "tiny" else space_name)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=11))
+    for i in range(6):
+        spec = sample(space, study.ask(), in_channels=1 + 2 * (i % 2), num_classes=10 + i)
+        res = resolutions[i % len(resolutions)]
+        cost, ref = spec_cost(spec, res), _fvcore(spec, res)
+        assert (cost.macs, cost.params) == (ref.macs, ref.params), spec.summary()
+
+
+KNOB_CASES = CASES + [(kind, {"with_bn": True}) for kind in ("dsc", "bsconv_u", "bsconv_s", "scc")] + [
+    ("dsc", {"with_bn": True, "activation": "relu6"}), ("bsconv_s", {"p": 0.125, "min_mid_channels": 8})]
+
+
+@pytest.mark.parametrize("kind,knobs", KNOB_CASES)
+def test_analytic_cost_equals_fvcore_for_every_kind_and_knob(kind, knobs):
+    # resnet20: basic blocks with projection shortcuts; the space samples cover inverted-residual blocks
+    spec = with_conv(preset("resnet20", num_classes=7, in_channels=2), kind, **knobs)
+    cost, ref = spec_cost(spec, 20), _fvcore(spec, 20)
+    assert (cost.macs, cost.params) == (ref.macs, ref.params)

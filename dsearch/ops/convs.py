@@ -72,6 +72,7 @@ register_conv(ConvType(
     params=lambda m, n, k, kn: m * k * k + m * n,
     macs=lambda m, n, k, s, hw, kn: _hw_out(hw, k, s) * (m * k * k + m * n),
     knobs=(WITH_BN, MID_ACTIVATION),
+    inner_bn=lambda m, n, kn: (m if kn["with_bn"] else 0, True),
     doc="depthwise k x k on M (stride) -> pointwise M -> N",
 ))
 
@@ -82,6 +83,7 @@ register_conv(ConvType(
     params=lambda m, n, k, kn: m * n + n * k * k,
     macs=lambda m, n, k, s, hw, kn: hw[0] * hw[1] * m * n + _hw_out(hw, k, s) * n * k * k,
     knobs=(WITH_BN,),
+    inner_bn=lambda m, n, kn: (n if kn["with_bn"] else 0, False),
     doc="pointwise M -> N -> depthwise k x k on N (stride)",
 ))
 
@@ -103,5 +105,6 @@ register_conv(ConvType(
         Knob("min_mid_channels", 4, _positive_int, "lower bound on M'"),
         WITH_BN,
     ),
+    inner_bn=lambda m, n, kn: (n if kn["with_bn"] else 0, False),
     doc="pointwise M -> M' -> pointwise M' -> N -> depthwise k x k on N (stride)",
 ))

@@ -34,6 +34,8 @@ class ConvType:
     and `macs(M, N, k, stride, (H, W), knobs)` are the analytic costs from DESIGN.md (conv
     weights only: an optional inner batch-norm is not part of the formula);
     `check(M, N, k, stride, knobs)` returns an error text for channel-dependent rules.
+    `inner_bn(M, N, knobs)` gives the channels of the optional batch-norm between the two parts
+    (0: none) and whether it sits after the strided part (so at the output size) or before it.
     `standalone` names the torch-only builder in dsearch.layers that `dsearch export` writes
     into model.py: same arguments, same parameters and state_dict keys as `build` (empty: the
     kind cannot be exported).
@@ -47,6 +49,7 @@ class ConvType:
     check: Callable[[int, int, int, int, Mapping[str, Any]], str | None] | None = None
     doc: str = ""
     standalone: str = ""
+    inner_bn: Callable[[int, int, Mapping[str, Any]], tuple[int, bool]] = lambda m, n, kn: (0, False)
     knob_names: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:

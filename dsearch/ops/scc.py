@@ -113,6 +113,7 @@ register_conv(ConvType(
         MID_ACTIVATION,
     ),
     check=_scc_check,
+    inner_bn=lambda m, n, kn: (m if kn["with_bn"] else 0, True),
     doc="depthwise k x k on M (stride) -> sliding-channel conv M -> N (g groups, overlap o)",
     standalone="SCC",
 ))

@@ -112,7 +112,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary = run_search(cfg, args.study_name, args.storage, n_trials=args.n_trials, timeout=args.timeout, log=log,
                          progress_factory=bars, trial_progress=steps)
     print_summary(summary, args.study_name, cfg)
-    return 130 if summary.interrupted else 0
+    if summary.interrupted:
+        return 130
+    if summary.stopped:
+        print(f"dsearch run: error: stopped after training {summary.trained} of {args.n_trials} architectures: "
+              f"{summary.stopped}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def print_summary(summary, study_name: str, cfg) -> None:
@@ -122,8 +128,14 @@ def print_summary(summary, study_name: str, cfg) -> None:
     c = summary.counts
     if summary.interrupted:
         print("interrupted: every finished trial is kept; run the same command again to resume.")
-    print(f"study '{study_name}': {c['complete']} trained, {c['rejected']} rejected by the budget before training, "
-          f"{c['invalid']} invalid, {c['pruned']} pruned, {c['failed']} failed ({summary.wall_s:.0f} s this run)")
+    print(f"study '{study_name}': {c['complete']} trained, {c['rejected']} rejected by the budget before training "
+          f"(each repaired into a candidate within it), {c['duplicate']} duplicates not retrained, {c['invalid']} "
+          f"invalid, {c['pruned']} pruned, {c['failed']} failed")
+    share = summary.untrained_s / summary.wall_s if summary.wall_s else 0.0
+    print(f"this run: {summary.trained} architectures trained in {summary.wall_s:.0f} s; samples not trained "
+          f"(rejected, invalid, duplicate) took {summary.untrained_s:.1f} s ({share:.1%})")
+    if summary.exhausted:
+        print(f"done: {summary.exhausted}")
     front = pareto_front(trials_frame(summary.study))
     if front.empty:
         print("no trained trial yet")
@@ -368,18 +380,50 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 @command
 def cmd_spaces(args: argparse.Namespace) -> int:
+    from .budget import Budget, budget_share
     from .cost import spec_cost
     from .spaces import available_spaces, extreme_spec, load_space, space_size
 
+    for value, flag in ((args.budget_mflops, "--budget-mflops"), (args.budget_mparams, "--budget-mparams")):
+        if value is not None and not (value > 0 and value != float("inf")):
+            raise DsearchError(f"{flag} must be a positive finite number, got {value:g}")
+    if args.samples < 100:
+        raise DsearchError(f"--samples must be at least 100, got {args.samples}")
+    names = args.space or list(available_spaces())
+    spaces = [load_space(name) for name in names]
+    budget = Budget(args.budget_mflops, args.budget_mparams)
     print(f"MFLOPs at each space's resolution, for {args.in_channels} input channel(s) and {args.num_classes} classes")
     print(f"{'space':<10} {'resolution':>10} {'architectures':>14} {'MFLOPs min':>11} {'MFLOPs max':>11}  description")
-    for name, path in available_spaces().items():
-        space = load_space(str(path))
+    for space in spaces:
         lo = spec_cost(extreme_spec(space, args.in_channels, args.num_classes))
         hi = spec_cost(extreme_spec(space, args.in_channels, args.num_classes, cheapest=False))
         res = f"{space.resolution}x{space.resolution}"
-        print(f"{name:<10} {res:>10} {space_size(space):>14.3g} {lo.mflops:>11.2f} {hi.mflops:>11.2f}  "
+        print(f"{space.name:<10} {res:>10} {space_size(space):>14.3g} {lo.mflops:>11.2f} {hi.mflops:>11.2f}  "
               f"{space.description}")
+    if args.budget_mflops is None and args.budget_mparams is None:
+        return 0
+    print()
+    print(f"Share of each space within {budget.describe()} (at the space's resolution), from {args.samples} "
+          f"uniform random samples (every choice equally likely, as Optuna's RandomSampler draws them):")
+    for space in spaces:
+        share = budget_share(space, budget, args.in_channels, args.num_classes, args.samples, args.seed)
+        lo_ci, hi_ci = share.interval()
+        cheapest = extreme_spec(space, args.in_channels, args.num_classes)
+        dearest = extreme_spec(space, args.in_channels, args.num_classes, cheapest=False)
+        print(f"{space.name}: {share.share:.2%} within budget (95% interval {lo_ci:.2%}-{hi_ci:.2%}; "
+              f"{share.invalid} invalid samples; {share.seconds:.1f} s)")
+        if not budget.fits(cheapest):
+            print("  no architecture of this space fits the budget")
+        elif share.within == 0:
+            print("  none of the samples fit, but the cheapest architecture does: `dsearch run` repairs samples "
+                  "into the budget")
+        if share.largest_within is not None:
+            largest = spec_cost(share.largest_within)
+            print(f"  costliest sample within budget: {largest.mflops:.2f} MFLOPs, {largest.mparams:.3f} M params: "
+                  f"{share.largest_within.summary()}")
+        for label, spec in (("cheapest", cheapest), ("costliest", dearest)):
+            cost = spec_cost(spec)
+            print(f"  {label} of the space: {cost.mflops:.2f} MFLOPs, {cost.mparams:.3f} M params: {spec.summary()}")
     return 0
 
 
@@ -483,7 +527,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="for a JSON target: default trained/<json name>")
     p.add_argument("--quiet", action="store_true")
 
-    p = sub.add_parser("spaces", help="list the search spaces with their size and MFLOPs range")
+    p = sub.add_parser("spaces", help="list the search spaces with their size and MFLOPs range; with a budget, "
+                                      "the share of each space within it")
+    p.add_argument("space", nargs="*", help="built-in space names or YAML files (default: every built-in space)")
+    p.add_argument("--budget-mflops", type=float, help="MFLOPs budget at each space's resolution")
+    p.add_argument("--budget-mparams", type=float, help="parameter budget in millions")
+    p.add_argument("--samples", type=int, default=10_000, help="random samples per space for the share (default "
+                                                                "10000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random samples (default 0)")
     p.add_argument("--in-channels", type=int, default=1, help="input channels the range is counted for (default 1)")
     p.add_argument("--num-classes", type=int, default=10, help="classes the range is counted for (default 10)")
     return parser

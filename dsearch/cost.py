@@ -135,7 +135,7 @@ def fvcore_spec_cost(spec: ArchSpec, resolution: int | None = None) -> Cost:
     return count_cost(build_model(spec), (spec.in_channels, size, size))
 
 
-def _unit_cost(conv: ConvSpec, kernel: int, in_channels: int, out_channels: int, stride: int, size: int) -> Counts:
+def unit_cost(conv: ConvSpec, kernel: int, in_channels: int, out_channels: int, stride: int, size: int) -> Counts:
     """A conv unit's formula MACs and params (the registry's table) plus its optional inner batch-norm."""
     ct, knobs = CONV_TYPES[conv.kind], conv.knob_dict
     macs = ct.macs(in_channels, out_channels, kernel, stride, (size, size), knobs)
@@ -163,7 +163,7 @@ def spec_cost(spec: ArchSpec, resolution: int | None = None) -> Cost:
     for st in spec.stages:
         block = BLOCKS[st.block]
         fields = {name: getattr(st, name) for name in block.fields}
-        unit = functools.partial(_unit_cost, st.conv, st.kernel)
+        unit = functools.partial(unit_cost, st.conv, st.kernel)
         for r in range(st.repeats):
             stride = st.stride if r == 0 else 1
             m, p = block.cost(channels, st.out_channels, stride, size, unit, **fields)

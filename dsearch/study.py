@@ -2,23 +2,30 @@
 
 Every candidate's cost is counted at the deployment resolution before any training. One over
 budget is never trained: it is recorded (cost, reason) as a PRUNED trial whose constraint
-values are positive, so the sampler learns from it (`trial.set_constraint`). Several
+values are positive, so the sampler learns from it (`trial.set_constraint`), and its repair
+(dsearch.budget: the closest architecture within the budget by a documented rule) is enqueued
+as the next trial, so every sample leads to a trainable candidate. An architecture already
+trained in the study is not trained again: the repeat is recorded as a duplicate with the
+original's result. A run that cannot find anything new to train stops and says why. Several
 `dsearch run` processes on one storage cooperate on one study; RDB storages (SQLite by default,
 PostgreSQL/MySQL for many machines) carry heartbeats, so a killed worker's trial is marked failed.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import random
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import optuna
 from optuna.trial import TrialState
 
-from .archspec import ArchSpecError
+from .archspec import ArchSpec, ArchSpecError
+from .budget import Budget, build, feasible_count, random_recorder, repair
 from .cost import Cost, spec_cost
 from .data import Dataset, load_dataset
 from .errors import DsearchError
@@ -29,6 +36,8 @@ from .weights import artifact_dir, save_trial_weights
 
 OBJECTIVES = ("multi", "accuracy")
 MAX_FAILURES_IN_A_ROW = 5  # a broken setup should not burn through every sample
+STALE_AFTER = 12  # trials in a row that trained nothing new before a random untried candidate is enqueued
+FRESH_ATTEMPTS = 300  # random samples (repaired) tried when looking for an untried candidate
 HEARTBEAT_S = 20
 STORAGE_ATTEMPTS = 4
 GRACE_S = 60
@@ -50,6 +59,10 @@ class SearchConfig:
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     measure_latency: bool = False  # batch-1 eval latency of each trained candidate on the training device
 
+    @property
+    def budget(self) -> Budget:
+        return Budget(self.budget_mflops, self.budget_mparams, self.resolution)
+
     def identity(self) -> dict[str, Any]:
         """The settings a study is bound to; resuming with other values is an error."""
         return {"space": self.space, "dataset": self.dataset, "budget_mflops": self.budget_mflops,
@@ -64,6 +77,10 @@ class SearchSummary:
     counts: dict[str, int]
     wall_s: float
     interrupted: bool = False
+    trained: int = 0  # architectures this run trained
+    untrained_s: float = 0.0  # this run's time in trials that trained nothing (rejected, invalid, duplicate)
+    stopped: str | None = None  # why the run stopped before training what was asked, when it could not go on
+    exhausted: str | None = None  # set when every architecture within the budget has been trained
 
 
 def default_storage(study_name: str, root: str | Path = "studies") -> str:
@@ -177,7 +194,9 @@ class Objective:
             self._finish(trial, "invalid", f"invalid architecture: {err}")
             raise optuna.TrialPruned(f"invalid architecture: {err}") from None
         cost = spec_cost(spec)
+        key = arch_key(spec)
         trial.set_user_attr("arch", spec.to_json())
+        trial.set_user_attr("arch_key", key)
         trial.set_user_attr("arch_summary", spec.summary())
         trial.set_user_attr("mflops", cost.mflops)
         trial.set_user_attr("mparams", cost.mparams)
@@ -194,8 +213,15 @@ class Objective:
                 limits.append(f"> {self.cfg.budget_mparams:g} M params")
             reason = f"over budget: {where} ({', '.join(limits)})"
             self._finish(trial, "rejected", reason)
-            self.log(f"trial {trial.number}: rejected, {reason}")
+            fixed, params, steps = repair(self.space, trial.params, self.cfg.budget, self.data.in_channels,
+                                          self.data.num_classes)
+            trial.study.enqueue_trial(params, user_attrs={"repair_of": trial.number, "repair_changes": steps})
+            self.log(f"trial {trial.number}: rejected, {reason}; queued its repair "
+                     f"({spec_cost(fixed).mflops:.1f} MFLOPs, {steps} change(s))")
             raise optuna.TrialPruned(reason)
+        original = self.trained_with(trial.study, key, trial.number)
+        if original is not None:
+            return self._duplicate(trial, original)
         train_cost = spec_cost(spec, self.train_resolution)
         trial.set_user_attr("mflops_train", train_cost.mflops)
         trial.set_user_attr("train_resolution", self.train_resolution)
@@ -238,6 +264,24 @@ class Objective:
                  f"{result.train_time_s:.0f} s, {spec.summary()}")
         return result.val_acc if single else (result.val_acc, cost.mflops)
 
+    def trained_with(self, study: optuna.Study, key: str, exclude: int) -> optuna.trial.FrozenTrial | None:
+        """The earliest finished trial of `study` that trained the architecture `key`, if any."""
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
+            if (t.number != exclude and t.user_attrs.get("trained") and t.user_attrs.get("status") != "duplicate"
+                    and trial_arch_key(t) == key):
+                return t
+        return None
+
+    def _duplicate(self, trial: optuna.Trial, original: optuna.trial.FrozenTrial) -> float | Sequence[float]:
+        """Record a repeat of an architecture the study already trained, with the original's result."""
+        trial.set_user_attr("duplicate_of", original.number)
+        reason = f"same architecture as trial {original.number}, which holds its result; not trained again"
+        self._finish(trial, "duplicate", reason)
+        self.log(f"trial {trial.number}: duplicate of trial {original.number}, not trained again")
+        if original.state != TrialState.COMPLETE:
+            raise optuna.TrialPruned(reason)
+        return original.values if self.cfg.objective == "multi" else original.value
+
     @staticmethod
     def _constraints(trial: optuna.Trial, over_flops: float = -1.0, over_params: float = -1.0,
                      invalid: float = 0.0) -> None:
@@ -251,6 +295,22 @@ class Objective:
         trial.set_user_attr("status", status)
         if reason:
             trial.set_user_attr("reason", reason)
+
+
+def arch_key(spec: ArchSpec) -> str:
+    """A short fingerprint of an architecture: equal ArchSpecs, equal keys."""
+    return hashlib.sha256(json.dumps(spec.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def trial_arch_key(trial: optuna.trial.FrozenTrial) -> str | None:
+    """The trial's architecture fingerprint (computed from its stored ArchSpec for studies made before keys)."""
+    key = trial.user_attrs.get("arch_key")
+    if key is None and "arch" in trial.user_attrs:
+        try:
+            key = arch_key(ArchSpec.from_json(trial.user_attrs["arch"]))
+        except ArchSpecError:
+            return None
+    return key
 
 
 def prepare_study(cfg: SearchConfig, study_name: str, storage_url: str) -> optuna.Study:
@@ -286,10 +346,13 @@ def data_facts(data: Dataset) -> dict[str, Any]:
 
 def count_statuses(pairs: Iterable[tuple[str, str]]) -> dict[str, int]:
     """Trials per dsearch status from (Optuna state name, status attr) pairs; RUNNING and FAIL states win."""
-    counts = {"complete": 0, "rejected": 0, "invalid": 0, "pruned": 0, "failed": 0, "running": 0}
+    counts = {"complete": 0, "rejected": 0, "invalid": 0, "duplicate": 0, "pruned": 0, "failed": 0, "running": 0,
+              "waiting": 0}
     for state, status in pairs:
         if state == TrialState.RUNNING.name:
             counts["running"] += 1
+        elif state == TrialState.WAITING.name:
+            counts["waiting"] += 1
         elif state == TrialState.FAIL.name:
             counts["failed"] += 1
         else:
@@ -326,38 +389,114 @@ def run_search(cfg: SearchConfig, study_name: str, storage_url: str | None = Non
     if "dsearch_data" not in study.user_attrs:
         study.set_user_attr("dsearch_data", data_facts(data))
     device_data = DeviceData(data, device, cfg.proxy.train_subset, cfg.proxy.train_resolution)
-    bar = progress_factory(n_trials) if progress_factory else None
     objective = Objective(cfg, space, data, device_data, log, trial_progress, artifact_dir(study, storage_url))
+    target, exhausted = _target(study, space, data, cfg, n_trials, log)
+    bar = progress_factory(target) if progress_factory and target else None
     trained = 0
     failures_in_a_row = 0
+    stale = 0  # trials in a row that trained nothing new
+    stopped: str | None = None
+    rng = random.Random(f"{cfg.seed}/{len(study.get_trials(deepcopy=False))}")
+    first = len(study.get_trials(deepcopy=False))
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        nonlocal trained, failures_in_a_row
+        nonlocal trained, failures_in_a_row, stale, stopped, exhausted
         if trial.state == TrialState.FAIL and not trial.user_attrs.get("trained"):
             failures_in_a_row += 1
             reason = trial.system_attrs.get("fail_reason", "unknown error").strip().splitlines()[-1]
             log(f"trial {trial.number}: failed: {reason}")
             if failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
-                log(f"stopping: {failures_in_a_row} trials in a row failed; last error: {reason}")
+                stopped = f"{failures_in_a_row} trials in a row failed; last error: {reason}"
+                log(f"stopping: {stopped}")
                 study.stop()
             return
         failures_in_a_row = 0
-        if trial.user_attrs.get("trained"):
-            trained += 1
+        if trial.user_attrs.get("trained") and trial.user_attrs.get("status") != "duplicate":
+            trained, stale = trained + 1, 0
             if bar is not None:
                 bar.update(1)
-            if trained >= n_trials:
+            if trained >= target:
                 study.stop()
+            return
+        stale += 1
+        if stale >= STALE_AFTER and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            params = fresh_candidate(study, space, data, cfg, rng)
+            if params is None:
+                count = feasible_count(space, cfg.budget, data.in_channels, data.num_classes)
+                if count is not None and count <= len(trained_keys(study)):
+                    exhausted = f"all {count} architectures of the space within the budget are trained"
+                else:
+                    stopped = (f"the sampler proposed nothing new in {stale} trials and {FRESH_ATTEMPTS} random "
+                               "samples found no untrained architecture within the budget")
+                log(f"stopping: {exhausted or stopped}")
+                study.stop()
+                return
+            study.enqueue_trial(params, user_attrs={"fresh_after": stale})
+            log(f"the sampler proposed nothing new in {stale} trials: queued an untried random architecture")
+            stale = 0
 
     start = time.perf_counter()
     interrupted = False
-    try:
-        study.optimize(objective, n_trials=max(50, 50 * n_trials), timeout=timeout, callbacks=[after_trial],
-                       catch=(Exception,), gc_after_trial=False, show_progress_bar=False)
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        if bar is not None:
-            bar.close()
+    if target and not exhausted:
+        try:
+            study.optimize(objective, n_trials=1000 + 100 * target, timeout=timeout, callbacks=[after_trial],
+                           catch=(Exception,), gc_after_trial=False, show_progress_bar=False)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            if bar is not None:
+                bar.close()
+    wall = time.perf_counter() - start
+    this_run = study.get_trials(deepcopy=False)[first:]
+    if not interrupted and not stopped and not exhausted and trained < target and timeout is None:
+        stopped = f"sampled {len(this_run)} trials without training {target} architectures"
     return SearchSummary(study=study, storage_url=storage_url, resolution=cfg.resolution or space.resolution,
-                         counts=trial_counts(study), wall_s=time.perf_counter() - start, interrupted=interrupted)
+                         counts=trial_counts(study), wall_s=wall, interrupted=interrupted, trained=trained,
+                         untrained_s=untrained_seconds(this_run), stopped=stopped, exhausted=exhausted)
+
+
+def _target(study: optuna.Study, space: Space, data: Dataset, cfg: SearchConfig, n_trials: int,
+            log: Callable[[str], None]) -> tuple[int, str | None]:
+    """How many architectures this run trains: n_trials, or fewer where the space has fewer left within the budget."""
+    count = feasible_count(space, cfg.budget, data.in_channels, data.num_classes)
+    if count is None:
+        return n_trials, None
+    left = count - len(trained_keys(study))
+    if left <= 0:
+        return 0, f"all {count} architectures of the space within the budget are trained"
+    if left < n_trials:
+        log(f"only {count} architectures of space '{space.name}' fit the budget and {left} are untrained: "
+            f"training those {left}")
+        return left, None
+    return n_trials, None
+
+
+def trained_keys(study: optuna.Study) -> set[str]:
+    """Fingerprints of the architectures the study has trained (complete, pruned or diverged)."""
+    return {k for t in study.get_trials(deepcopy=False) if t.user_attrs.get("trained")
+            and t.user_attrs.get("status") != "duplicate" and (k := trial_arch_key(t)) is not None}
+
+
+def fresh_candidate(study: optuna.Study, space: Space, data: Dataset, cfg: SearchConfig,
+                    rng: random.Random) -> dict[str, Any] | None:
+    """The parameters of a random architecture within the budget (repaired) that the study has not trained."""
+    known = trained_keys(study)
+    for _ in range(FRESH_ATTEMPTS):
+        recorder = random_recorder(rng)
+        try:
+            sample(space, recorder, data.in_channels, data.num_classes, cfg.resolution)
+        except ArchSpecError:
+            continue
+        spec, params, _ = repair(space, recorder.used, cfg.budget, data.in_channels, data.num_classes)
+        if arch_key(spec) not in known:
+            return params
+    return None
+
+
+def untrained_seconds(trials: Sequence[optuna.trial.FrozenTrial]) -> float:
+    """Time in finished trials that trained nothing: rejected, invalid or duplicate samples (and their repairs)."""
+    total = 0.0
+    for t in trials:
+        if t.user_attrs.get("status") in ("rejected", "invalid", "duplicate") and t.datetime_complete is not None:
+            total += (t.datetime_complete - t.datetime_start).total_seconds()
+    return total

@@ -299,17 +299,24 @@ def all_params(space: Space) -> Iterator[Params]:
 
 def feasible_count(space: Space, budget: Budget, in_channels: int, num_classes: int) -> int | None:
     """How many distinct valid architectures of the space fit `budget`; None for spaces too large to count."""
+    feasible = feasible_params(space, budget, in_channels, num_classes)
+    return None if feasible is None else len(feasible)
+
+
+def feasible_params(space: Space, budget: Budget, in_channels: int, num_classes: int) -> list[Params] | None:
+    """Every architecture of the space within `budget`, as parameters; None for spaces too large to enumerate."""
     from .spaces import space_size
 
     if space_size(space) > ENUMERATE_AT_MOST:
         return None
-    return _feasible_count(space, budget, in_channels, num_classes)
+    return list(_feasible_params(space, budget, in_channels, num_classes))
 
 
 @functools.lru_cache(maxsize=64)
-def _feasible_count(space: Space, budget: Budget, in_channels: int, num_classes: int) -> int:
-    count = 0
+def _feasible_params(space: Space, budget: Budget, in_channels: int, num_classes: int) -> tuple[Params, ...]:
+    fitting = []
     for params in all_params(space):
         counts = params_counts(space, params, in_channels, num_classes, budget.resolution)
-        count += counts is not None and budget.counts_ratio(*counts) <= 1.0
-    return count
+        if counts is not None and budget.counts_ratio(*counts) <= 1.0:
+            fitting.append(params)
+    return tuple(fitting)

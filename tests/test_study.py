@@ -223,3 +223,76 @@ def postgres():
 
 def test_two_workers_share_a_postgresql_study(tiny_space, tmp_path, postgres):
     check_shared(run_two_workers(tiny_space, tmp_path, postgres, 2), 4)
+
+
+def _brute_force_feasible(space_path, mflops):
+    from dsearch.budget import all_params, build
+
+    space = load_space(str(space_path))
+    return sum(spec_cost(build(space, p, 1, 10)[0]).mflops <= mflops for p in all_params(space))
+
+
+def test_rejected_samples_are_repaired_into_trained_candidates(tiny_space, tmp_path):
+    cfg = config(tiny_space, budget_mflops=budget_between(tiny_space, 0.05), sampler="random")
+    summary = run_search(cfg, "t", f"sqlite:///{tmp_path}/t.db", n_trials=3, log=quiet)
+    trials = summary.study.get_trials()
+    assert summary.trained == 3 and summary.stopped is None
+    rejected = [t for t in trials if t.user_attrs.get("status") == "rejected"]
+    assert rejected, "a budget at 5% of the range must reject samples"
+    repairs = {t.user_attrs["repair_of"]: t for t in trials if "repair_of" in t.user_attrs}
+    for t in rejected[:-1]:  # the last rejection's repair may be left queued when the run reached its count
+        fixed = repairs[t.number]
+        assert fixed.params != t.params
+        assert fixed.user_attrs["status"] in ("complete", "duplicate")
+        assert spec_cost(ArchSpec.from_json(fixed.user_attrs["arch"])).mflops <= cfg.budget_mflops
+
+
+def test_duplicates_are_recorded_not_retrained(tiny_space, tmp_path):
+    url = f"sqlite:///{tmp_path}/d.db"
+    cfg = config(tiny_space)
+    first = run_search(cfg, "d", url, n_trials=1, log=quiet)
+    original = next(t for t in first.study.get_trials() if t.user_attrs.get("status") == "complete")
+    first.study.enqueue_trial(original.params)
+    second = run_search(cfg, "d", url, n_trials=1, log=quiet)
+    trials = second.study.get_trials()
+    repeat = next(t for t in trials if t.user_attrs.get("status") == "duplicate")
+    assert repeat.user_attrs["duplicate_of"] == original.number
+    assert repeat.values == original.values and "train_time_s" not in repeat.user_attrs
+    assert second.trained == 1 and second.counts["duplicate"] == 1 and second.counts["complete"] == 2
+
+
+def test_a_budget_that_few_architectures_fit_trains_them_all_and_says_so(tiny_space, tmp_path, capsys):
+    from dsearch.cli import main
+
+    cheapest = budget_between(tiny_space, 0.0)
+    fits = _brute_force_feasible(tiny_space, cheapest)
+    assert 1 <= fits <= 8
+    url = f"sqlite:///{tmp_path}/e.db"
+    args = ["run", "--space", str(tiny_space), "--budget-mflops", repr(cheapest), "--n-trials", str(fits + 2),
+            "--epochs", "1", "--train-subset", "128", "--batch-size", "64", "--study-name", "e", "--storage", url,
+            "--quiet"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert f"all {fits} architectures of the space within the budget are trained" in out
+    study = optuna.load_study(study_name="e", storage=url)
+    assert sum(t.user_attrs.get("status") == "complete" for t in study.get_trials()) == fits
+    assert main(args) == 0  # nothing left: says so again, trains nothing
+    assert f"{fits} trained" in capsys.readouterr().out
+
+
+def test_a_run_that_cannot_progress_stops_with_an_error(tiny_space, tmp_path, monkeypatch, capsys):
+    import dsearch.study as study_mod
+    from dsearch.cli import main
+
+    # As for a space too large to enumerate: the run cannot know that nothing is left, so it must call it stuck.
+    monkeypatch.setattr(study_mod, "feasible_count", lambda *a, **k: None)
+    monkeypatch.setattr(study_mod, "FRESH_ATTEMPTS", 20)
+    cheapest = budget_between(tiny_space, 0.0)
+    fits = _brute_force_feasible(tiny_space, cheapest)
+    args = ["run", "--space", str(tiny_space), "--budget-mflops", repr(cheapest), "--n-trials", str(fits + 1),
+            "--epochs", "1", "--train-subset", "128", "--batch-size", "64", "--study-name", "s", "--storage",
+            f"sqlite:///{tmp_path}/s.db", "--quiet"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert f"stopped after training {fits} of {fits + 1} architectures" in err
+    assert "found no untrained architecture within the budget" in err

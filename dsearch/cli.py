@@ -100,7 +100,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                        budget_mflops=args.budget_mflops, budget_mparams=args.budget_mparams,
                        resolution=args.resolution, objective=args.objective, sampler=args.sampler,
                        pruner=args.pruner, seed=args.seed, device=args.device, proxy=proxy,
-                       measure_latency=args.measure_latency)
+                       measure_latency=args.measure_latency, early_stop=args.early_stop,
+                       early_stop_margin=args.early_stop_margin)
     if args.quiet:
         log, bars, steps = (lambda _msg: None), None, None
     else:
@@ -479,6 +480,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sampler", default="tpe", choices=["tpe", "nsga2", "random"])
     g.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"],
                    help="with --objective accuracy (Optuna prunes single-objective studies only)")
+    g.add_argument("--early-stop", action="store_true",
+                   help="with --objective multi: stop a trial whose val accuracy after an epoch trails a cheaper-or-"
+                        "equal Pareto-front trial's at that epoch by more than --early-stop-margin (off by default)")
+    g.add_argument("--early-stop-margin", type=float, default=0.02, help="accuracy margin of --early-stop (default "
+                                                                         "0.02)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--quiet", action="store_true", help="no progress bars or per-trial lines")
 

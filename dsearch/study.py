@@ -59,6 +59,10 @@ class SearchConfig:
     device: str = "auto"
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     measure_latency: bool = False  # batch-1 eval latency of each trained candidate on the training device
+    # Multi-objective early stopping: stop a trial whose val acc after an epoch trails, by more than the margin,
+    # a cheaper-or-equal Pareto-front trial's val acc after the same epoch (Optuna's pruners are single-objective).
+    early_stop: bool = False
+    early_stop_margin: float = 0.02
 
     @property
     def budget(self) -> Budget:
@@ -254,6 +258,16 @@ class Objective:
 
         def on_epoch(epoch: int, acc: float) -> None:
             trial.set_user_attr("history", trial.user_attrs.get("history", []) + [acc])
+            if self.cfg.early_stop and not single and epoch + 1 < self.cfg.proxy.epochs:
+                better = outpaced_by(trial.study, cost.mflops, epoch, acc, self.cfg.early_stop_margin)
+                if better is not None:
+                    self._finish(trial, "pruned", (
+                        f"stopped early after epoch {epoch + 1}: val acc {acc:.4f} is more than "
+                        f"{self.cfg.early_stop_margin:g} below the {better.user_attrs['history'][epoch]:.4f} of trial "
+                        f"{better.number} ({better.user_attrs['mflops']:.1f} MFLOPs, on the Pareto front) at that epoch"))
+                    trial.set_user_attr("trained", True)
+                    self.log(f"trial {trial.number}: {trial.user_attrs.get('reason', 'stopped early')}")
+                    raise optuna.TrialPruned()
             if single:
                 trial.report(acc, epoch)
                 if trial.should_prune():
@@ -316,6 +330,22 @@ class Objective:
         trial.set_user_attr("status", status)
         if reason:
             trial.set_user_attr("reason", reason)
+
+
+def outpaced_by(study: optuna.Study, mflops: float, epoch: int, acc: float,
+                margin: float) -> optuna.trial.FrozenTrial | None:
+    """A Pareto-front trial costing at most `mflops` whose val acc after `epoch` beat `acc` by more than `margin`."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.user_attrs.get("status") == "complete" and "val_acc" in t.user_attrs]
+    front = [t for t in done if not any(
+        o.user_attrs["val_acc"] >= t.user_attrs["val_acc"] and o.user_attrs["mflops"] <= t.user_attrs["mflops"]
+        and (o.user_attrs["val_acc"], -o.user_attrs["mflops"]) != (t.user_attrs["val_acc"], -t.user_attrs["mflops"])
+        for o in done)]
+    for t in sorted(front, key=lambda t: t.number):
+        history = t.user_attrs.get("history", [])
+        if t.user_attrs["mflops"] <= mflops and len(history) > epoch and history[epoch] > acc + margin:
+            return t
+    return None
 
 
 def arch_key(spec: ArchSpec) -> str:

@@ -296,3 +296,21 @@ def test_a_run_that_cannot_progress_stops_with_an_error(tiny_space, tmp_path, mo
     err = capsys.readouterr().err
     assert f"stopped after training {fits} of {fits + 1} architectures" in err
     assert "found no untrained architecture within the budget" in err
+
+
+def test_early_stop_compares_with_cheaper_front_trials_at_the_same_epoch():
+    from optuna.distributions import CategoricalDistribution
+
+    from dsearch.study import outpaced_by
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    # (MFLOPs, final val acc, per-epoch history): trials 0 and 1 are on the front, 2 is dominated by 0
+    for mflops, acc, history in ((10.0, 0.80, [0.60, 0.80]), (30.0, 0.90, [0.70, 0.90]), (20.0, 0.70, [0.68, 0.70])):
+        study.add_trial(optuna.trial.create_trial(
+            params={"x": 0}, distributions={"x": CategoricalDistribution([0])}, values=[acc, mflops],
+            user_attrs={"status": "complete", "val_acc": acc, "mflops": mflops, "history": history}))
+    assert outpaced_by(study, 25.0, 0, 0.50, 0.02).number == 0  # the cheaper front trial was 0.10 ahead
+    assert outpaced_by(study, 25.0, 0, 0.59, 0.02) is None  # within the margin
+    assert outpaced_by(study, 5.0, 0, 0.10, 0.02) is None  # nothing on the front is as cheap
+    assert outpaced_by(study, 25.0, 0, 0.62, 0.02) is None  # trial 2 is ahead by 0.06 but is not on the front
+    assert outpaced_by(study, 40.0, 0, 0.65, 0.02).number == 1

@@ -5,8 +5,8 @@ millisecond per architecture), so a search can afford to cost thousands of candi
 
 Repair rule (documented in README, "Search"): an over-budget architecture is changed one
 parameter at a time. Each step looks at every single change of one parameter to another of its
-choices (a width, depth, expansion, kernel, block, conv kind with its knobs, stem or head width)
-and measures the result against the budget as r = max(MFLOPs / MFLOPs budget, M params / params
+choices (a block, a conv kind with its knobs, or a smaller width, depth, expansion, kernel,
+stem or head width) and measures the result against the budget as r = max(MFLOPs / MFLOPs budget, M params / params
 budget). If some change brings r <= 1, it takes the one of those with the highest r (the least
 shrinkage); otherwise it takes the change with the lowest r (the largest saving), and repeats.
 If no change lowers r, it falls back to the space's cheapest architecture, which is known to fit.
@@ -155,7 +155,10 @@ def _multi(name: str, choices: Choices) -> Iterator[tuple[str, Any]]:
 
 
 def single_changes(space: Space, params: Mapping[str, Any]) -> Iterator[Params]:
-    """Every parameter set that differs from `params` in one choice (a conv kind change brings its knobs)."""
+    """Every parameter set that differs from `params` in one choice and may cost less.
+
+    A conv kind change brings its knobs; widths, depths, kernels and expansions only go down.
+    """
     current = dict(params)
     plain: list[tuple[str, Choices]] = [("stem.width", space.stem_width), ("head.width", space.head_width)]
     for i, st in enumerate(space.stages, start=1):

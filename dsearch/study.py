@@ -23,6 +23,7 @@ from .cost import Cost, spec_cost
 from .data import Dataset, load_dataset
 from .errors import DsearchError
 from .latency import measure_latency
+from .record import arch_attrs, name_metrics, set_constraints
 from .spaces import Space, extreme_spec, load_space, sample
 from .train import OPTIMIZERS, DeviceData, ProxyConfig, TrainingDiverged, select_device, train_proxy
 from .weights import artifact_dir, save_trial_weights
@@ -177,8 +178,8 @@ class Objective:
             self._finish(trial, "invalid", f"invalid architecture: {err}")
             raise optuna.TrialPruned(f"invalid architecture: {err}") from None
         cost = spec_cost(spec)
-        trial.set_user_attr("arch", spec.to_json())
-        trial.set_user_attr("arch_summary", spec.summary())
+        for key, value in arch_attrs(spec).items():
+            trial.set_user_attr(key, value)
         trial.set_user_attr("mflops", cost.mflops)
         trial.set_user_attr("mparams", cost.mparams)
         trial.set_user_attr("resolution", self.resolution)
@@ -242,9 +243,8 @@ class Objective:
     def _constraints(trial: optuna.Trial, over_flops: float = -1.0, over_params: float = -1.0,
                      invalid: float = 0.0) -> None:
         # The same keys on every trial: the samplers compare constraint vectors across trials.
-        trial.set_constraint("mflops_over_budget", over_flops)
-        trial.set_constraint("mparams_over_budget", over_params)
-        trial.set_constraint("invalid", invalid)
+        set_constraints(trial, {"mflops_over_budget": over_flops, "mparams_over_budget": over_params,
+                                "invalid": invalid})
 
     @staticmethod
     def _finish(trial: optuna.Trial, status: str, reason: str | None) -> None:
@@ -275,6 +275,7 @@ def prepare_study(cfg: SearchConfig, study_name: str, storage_url: str) -> optun
     if existing is None:
         study.set_user_attr("dsearch_identity", identity)
         study.set_user_attr("dsearch_config", json.loads(json.dumps(asdict(cfg))))
+    name_metrics(study, cfg.objective, cfg.resolution or load_space(cfg.space).resolution)
     return study
 
 

@@ -177,7 +177,7 @@ def test_cli_export_best_trial_with_its_proxy_weights(searched_study, tmp_path):
     weights = torch.load(tmp_path / "exp" / "weights.pt", weights_only=True)
     kept = download(study, best.user_attrs["weights_artifact"], tmp_path)
     assert weights.keys() == kept.keys() and all(torch.equal(weights[k], kept[k]) for k in kept)
-    assert ArchSpec.from_json((tmp_path / "exp" / "arch.json").read_text()) == ArchSpec.from_json(
+    assert ArchSpec.from_json((tmp_path / "exp" / "arch.json").read_text()) == ArchSpec.from_dict(
         best.user_attrs["arch"])
 
 

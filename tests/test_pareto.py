@@ -130,6 +130,19 @@ def test_cli_show_and_csv_round_trip(searched_study, tmp_path):
     back = pd.read_csv(tmp_path / "t.csv")
     assert list(back.columns) == list(frame.columns) and len(back) == len(frame)
     pd.testing.assert_series_equal(back["val_acc"], frame["val_acc"].astype(float), check_names=False)
+    # integers stay integers and flags stay booleans in the file, even where some trials lack the value
+    raw = pd.read_csv(tmp_path / "t.csv", dtype=str, keep_default_na=False)
+    for column in ("trial", "epochs", "resolution", "stage1.width", "stage1.kernel"):
+        assert all(v == "" or v.isdigit() for v in raw[column]), column
+    assert set(raw["pareto"]) <= {"True", "False"} and back["pareto"].dtype == bool
+    assert raw["epochs"].eq("").any() and frame["epochs"].dtype == "Int64"  # rejected trials were not trained
+    done = [(c, a, n) for n, st, c, a in zip(frame["trial"], frame["status"], frame["mflops"], frame["val_acc"])
+            if st == "complete"]
+    brute = {n for c, a, n in done if not any(c2 <= c and a2 >= a and (c2, a2) != (c, a) for c2, a2, _ in done)}
+    assert set(back.loc[back["pareto"], "trial"]) == brute
+    starts = pd.to_datetime(back["datetime_start"])
+    ends = pd.to_datetime(back["datetime_complete"])
+    assert (ends >= starts).all() and starts.is_monotonic_increasing
 
     def plain(f):
         return f.astype(object).where(f.notna(), None)

@@ -44,7 +44,7 @@ def test_search_respects_budget_and_records_everything(tiny_space, tmp_path):
     assert len(trained) == 4 and summary.counts["complete"] == 4
     assert rejected, "a budget at 15% of the range must reject some samples"
     for t in trained:
-        spec = ArchSpec.from_json(t.user_attrs["arch"])
+        spec = ArchSpec.from_dict(t.user_attrs["arch"])
         cost = spec_cost(spec)  # recount independently from the stored spec
         assert cost.mflops <= cfg.budget_mflops
         assert t.values == [t.user_attrs["val_acc"], pytest.approx(cost.mflops)]

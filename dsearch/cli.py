@@ -405,8 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, help="override the number of classes (default: the spec's)")
     p.add_argument("--in-channels", type=int, help="override the number of input channels (default: the spec's)")
     p.add_argument("--width", type=float, help="width multiplier, presets only (default: the preset's 1.0)")
-    p.add_argument("--conv", choices=list(CONV_TYPES),
-                   help="switch every conv unit to this kind with its default knobs (default: keep the spec's)")
+    p.add_argument("--conv", help=f"switch every conv unit to this kind with its default knobs: "
+                                  f"{', '.join(CONV_TYPES)} (default: keep the spec's)")
     p.add_argument("--depth", type=int, default=3, help="module depth of the per-layer table")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
 
@@ -455,8 +455,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study", metavar="STUDY", help="study name")
     study_args(p)
     p.add_argument("--by", default="mflops", choices=list(COSTS), help="the cost axis of the Pareto front")
-    p.add_argument("--csv", metavar="FILE", help="write the whole trial frame (flattened architectures) as CSV (default: no file)")
-    p.add_argument("--parquet", metavar="FILE", help="write the whole trial frame as Parquet, needs pyarrow (default: no file)")
+    p.add_argument("--csv", metavar="FILE",
+                   help="write the whole trial frame (flattened architectures) as CSV (default: no file)")
+    p.add_argument("--parquet", metavar="FILE",
+                   help="write the whole trial frame as Parquet, needs pyarrow (default: no file)")
 
     p = command_parser("dashboard", "write a self-contained HTML dashboard of a study (Plotly, works offline)")
     p.add_argument("study", metavar="STUDY", help="study name")

@@ -13,9 +13,10 @@ import math
 import os
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 import pandas as pd
@@ -26,7 +27,13 @@ from plotly.subplots import make_subplots
 from .errors import DsearchError
 from .ops import CONV_TYPES
 from .pareto import (
-    best_within_budget, pareto_front, progress_frame, reference_point, study_budget, trained, trials_frame,
+    best_within_budget,
+    pareto_front,
+    progress_frame,
+    reference_point,
+    study_budget,
+    trained,
+    trials_frame,
 )
 from .study import count_statuses
 
@@ -374,7 +381,7 @@ def importance_figure(importances: dict[str, float]) -> go.Figure:
 
 def status_counts(frame: pd.DataFrame) -> dict[str, int]:
     """Trials per dsearch status, by the same rule as `dsearch run` and `dsearch show`."""
-    return count_statuses(zip(frame["state"], frame["status"]))
+    return count_statuses(zip(frame["state"], frame["status"], strict=True))
 
 
 def summary_text(study: optuna.Study, frame: pd.DataFrame, budget: dict[str, float | None],

@@ -20,6 +20,7 @@ import os
 import shutil
 import sys
 import tempfile
+import types
 import uuid
 import warnings
 from dataclasses import dataclass, field
@@ -102,6 +103,8 @@ def _layer_definitions() -> tuple[list[str], dict[str, str], dict[str, set[str]]
         else:
             continue
         segment = ast.get_source_segment(text, node, padded=False)
+        if segment is None:  # only for nodes without positions, which ast.parse never makes
+            raise DsearchError(f"cannot read the source of {names[0]} in {path}")
         for name in names:
             order.append(name)
             source[name] = segment
@@ -225,10 +228,12 @@ arch.json next to this file holds the same architecture as a dsearch ArchSpec.
     return text
 
 
-def import_model_file(path: Path):
+def import_model_file(path: Path) -> types.ModuleType:
     """Import a model.py from `path` as a fresh module (not added to sys.modules)."""
     name = f"_dsearch_export_{uuid.uuid4().hex}"
     module_spec = importlib.util.spec_from_file_location(name, path)
+    if module_spec is None or module_spec.loader is None:
+        raise DsearchError(f"cannot import {path} as a Python module")
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[name] = module  # dataclass/annotation machinery looks modules up while executing
     try:

@@ -68,7 +68,7 @@ def create_model(arch: str | Path | ArchSpec, *, num_classes: int | None = None,
     return build_model(resolve_arch(arch, num_classes=num_classes, in_channels=in_channels, width=width, conv=conv))
 
 
-def trial_number(study: "optuna.Study", trial: int | str) -> int:
+def trial_number(study: optuna.Study, trial: int | str) -> int:
     """'best' (the most accurate trained trial within the study's budget) or a trial number, checked."""
     from .pareto import best_within_budget, study_budget, trials_frame
 
@@ -84,7 +84,7 @@ def trial_number(study: "optuna.Study", trial: int | str) -> int:
     return trial
 
 
-def load_trial(study: "str | optuna.Study", trial: int | str = "best", storage: str | None = None) -> nn.Module:
+def load_trial(study: str | optuna.Study, trial: int | str = "best", storage: str | None = None) -> nn.Module:
     """A study's trial as a module in eval mode with its kept weights (fully trained ones if any, else the proxy's).
 
     `study` is a study name (storage: `storage`, default sqlite:///studies/<name>/study.db) or an optuna.Study.

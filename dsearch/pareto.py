@@ -8,7 +8,8 @@ the net's searchable conv units (`share.dsc`, ...) and the dominant one (`domina
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import optuna
 import pandas as pd
@@ -124,7 +125,7 @@ def hypervolume(front: pd.DataFrame, ref_cost: float, ref_score: float = 0.0, co
     Points costlier than `ref_cost` or scoring below `ref_score` add nothing. Units: score x cost
     (e.g. accuracy x MFLOPs).
     """
-    return _dominated_area(zip(front[cost], front[score]), ref_cost, ref_score)
+    return _dominated_area(zip(front[cost], front[score], strict=True), ref_cost, ref_score)
 
 
 def _dominated_area(points: Iterable[tuple[float, float]], ref_cost: float, ref_score: float) -> float:
@@ -155,7 +156,8 @@ def progress_frame(frame: pd.DataFrame, budget: float | None, cost: str = "mflop
     points: list[tuple[float, float]] = []
     best = None
     rows = []
-    for trial, status, c, value in zip(finished["trial"], finished["status"], finished[cost], finished[score]):
+    columns = (finished["trial"], finished["status"], finished[cost], finished[score])
+    for trial, status, c, value in zip(*columns, strict=True):
         if status == "complete" and pd.notna(value):
             if pd.notna(c):
                 points.append((float(c), float(value)))

@@ -53,7 +53,7 @@ def trial_arch(attrs: Mapping[str, Any]) -> ArchSpec | None:
 def set_constraints(trial: optuna.Trial, values: Mapping[str, float]) -> None:
     """Every CONSTRAINT_KEYS value (<= 0: satisfied), in the form Optuna 5 reads and the one optuna-dashboard reads."""
     ordered = [float(values[key]) for key in CONSTRAINT_KEYS]
-    for key, value in zip(CONSTRAINT_KEYS, ordered):
+    for key, value in zip(CONSTRAINT_KEYS, ordered, strict=True):
         trial.set_constraint(key, value)
     trial.storage.set_trial_system_attr(trial._trial_id, DASHBOARD_CONSTRAINTS, ordered)
 

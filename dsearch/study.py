@@ -23,7 +23,7 @@ from .cost import Cost, spec_cost
 from .data import Dataset, load_dataset
 from .errors import DsearchError
 from .latency import measure_latency
-from .record import arch_attrs, name_metrics, set_constraints
+from .record import STATUSES, arch_attrs, name_metrics, set_constraints
 from .spaces import Space, extreme_spec, load_space, sample
 from .train import OPTIMIZERS, DeviceData, ProxyConfig, TrainingDiverged, select_device, train_proxy
 from .weights import artifact_dir, save_trial_weights
@@ -287,7 +287,7 @@ def data_facts(data: Dataset) -> dict[str, Any]:
 
 def count_statuses(pairs: Iterable[tuple[str, str]]) -> dict[str, int]:
     """Trials per dsearch status from (Optuna state name, status attr) pairs; RUNNING and FAIL states win."""
-    counts = {"complete": 0, "rejected": 0, "invalid": 0, "pruned": 0, "failed": 0, "running": 0}
+    counts = dict.fromkeys(STATUSES, 0)
     for state, status in pairs:
         if state == TrialState.RUNNING.name:
             counts["running"] += 1

@@ -12,9 +12,20 @@ from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 from plotly.offline import get_plotlyjs
 
-from dsearch.dashboard import (TITLE_CONV, TITLE_IMPORTANCE, TITLE_MFLOPS, TITLE_MPARAMS, TITLE_PROGRESS, KIND_COLOURS,
-                               conv_type_figure, dashboard_html, param_importances, pareto_figure,
-                               progress_figure, write_dashboard)
+from dsearch.dashboard import (
+    KIND_COLOURS,
+    TITLE_CONV,
+    TITLE_IMPORTANCE,
+    TITLE_MFLOPS,
+    TITLE_MPARAMS,
+    TITLE_PROGRESS,
+    conv_type_figure,
+    dashboard_html,
+    param_importances,
+    pareto_figure,
+    progress_figure,
+    write_dashboard,
+)
 from dsearch.ops import CONV_TYPES
 from dsearch.pareto import trials_frame
 from dsearch.presets import preset, with_conv
@@ -122,7 +133,7 @@ def test_pareto_step_is_the_brute_force_front(cost, column):
     assert front.line.shape == "hv"
     assert list(front.x) == sorted(front.x)
     truth = non_dominated([(row[column], row[4]) for row in TRAINED])
-    assert set(zip(front.x, front.y)) == truth
+    assert set(zip(front.x, front.y, strict=True)) == truth
     assert len(front.x) == len(truth)  # a duplicated point is drawn once
     # every trained trial is plotted once, in the trace of its conv kind, with its trial number in the hover
     plotted = {}
@@ -130,7 +141,7 @@ def test_pareto_step_is_the_brute_force_front(cost, column):
         t = trace(fig, {"regular": "regular", "dsc": "DSC", "bsconv_u": "BSConv-U", "bsconv_s": "BSConv-S",
                         "scc": "SCC"}[kind] + " (")
         assert t.marker.color == KIND_COLOURS[kind]
-        for x, y, data in zip(t.x, t.y, t.customdata):
+        for x, y, data in zip(t.x, t.y, t.customdata, strict=True):
             plotted[int(data[0])] = (kind, x, y)
             assert "bb" in data[5]  # the compact arch string
     done = frame[frame["status"] == "complete"][["trial", "dominant_conv", cost, "val_acc"]]
@@ -170,7 +181,7 @@ def test_conv_panels_show_each_measured_trial_once_at_its_cost():
     fig = conv_type_figure(frame, RESOLUTION)
     coloured = [t for t in fig.data if t.name != "other conv types"]
     assert len(coloured) == len({row[0] for row in TRAINED})  # one panel per conv type present
-    seen = sorted((float(x), float(y)) for t in coloured for x, y in zip(t.x, t.y))
+    seen = sorted((float(x), float(y)) for t in coloured for x, y in zip(t.x, t.y, strict=True))
     assert seen == sorted((row[2], row[4]) for row in TRAINED)  # every trained trial, no bin or mean
     for t in coloured:  # behind each panel: exactly the other types' trials, in grey
         grey = [g for g in fig.data if g.name == "other conv types" and g.xaxis == t.xaxis]

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from dsearch import ArchSpec, build_model, create_model, load_trial, preset
+from dsearch import build_model, create_model, load_trial, preset
 from dsearch.errors import DsearchError
 from dsearch.pareto import best_within_budget, study_budget, trials_frame
 from dsearch.weights import trial_weights

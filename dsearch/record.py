@@ -2,12 +2,15 @@
 
 One definition for every writer (study) and reader (pareto, dashboard, export, weights, CLI):
 
-- user attrs of a trial: `arch` (the ArchSpec as a JSON object; studies made before dsearch 0.2
+- user attrs of a trial: `arch` (the ArchSpec as a JSON object; studies made by earlier versions
   hold it as a JSON string, still read), `arch_summary` (one readable line), `status` (one of
   STATUSES), `reason`, cost and training facts (`mflops`, `mparams`, `resolution`, `val_acc`, ...).
 - constraints: CONSTRAINT_KEYS through `trial.set_constraint` (what Optuna 5's samplers read) and
   the same values as one list under the trial system attr `constraints` (what optuna-dashboard
   shows). Both forms hold the same numbers, so a trial is feasible in one exactly when in the other.
+  Optuna 5 reads both, so `trial.constraints` lists each value twice (by name and as '0', '1', '2'):
+  samplers' sums of violations double, which changes no feasibility and no ordering between trials.
+  Read them by name with `named_constraints`.
 - study metric names (`study.set_metric_names`): what Optuna's plots and optuna-dashboard label
   the objectives with.
 """

@@ -143,7 +143,7 @@ class SlidingChannelConv(nn.Module):
             windows = x.index_select(1, self.index.flatten())
             return F.conv2d(windows, self.weight[:, :, None, None], groups=self.out_channels)
         cache = self.dense_cache
-        if cache is not None and not (torch.is_grad_enabled() and self.weight.requires_grad):
+        if cache is not None and not self.training and not (torch.is_grad_enabled() and self.weight.requires_grad):
             return F.conv2d(x, cache)
         # Otherwise the same map as one dense 1x1 conv with zeros outside the windows: on CPU the fastest exact
         # form measured (the gather above copies every input channel ~N/g times).

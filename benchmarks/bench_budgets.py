@@ -14,7 +14,7 @@ import tempfile
 import time
 
 from dsearch.cost import spec_cost
-from dsearch.archspec import ArchSpec
+from dsearch.record import trial_arch
 from dsearch.study import SearchConfig, run_search
 from dsearch.train import ProxyConfig
 
@@ -38,7 +38,7 @@ def main() -> None:
             summary = run_search(cfg, "b", f"sqlite:///{tmp}/b.db", n_trials=args.n_trials, log=lambda _m: None)
             wall = time.perf_counter() - start
             trained = [t for t in summary.study.get_trials() if t.user_attrs.get("status") == "complete"]
-            worst = max(spec_cost(ArchSpec.from_json(t.user_attrs["arch"])).mflops for t in trained)
+            worst = max(spec_cost(trial_arch(t.user_attrs)).mflops for t in trained)
             c = summary.counts
             print(f"{space:<9} {budget:>13g} {summary.trained:>7} {worst:>10.1f} {c['rejected']:>8} "
                   f"{c['duplicate']:>9} {wall:>7.1f} {summary.untrained_s / wall:>11.1%}", flush=True)

@@ -7,6 +7,7 @@ from torch import nn
 
 from .archspec import ArchSpec, ConvSpec
 from .blocks import BLOCKS
+from .errors import DsearchError
 from .layers import Net, classifier_head, conv_bn_act, make_stage
 from .ops import make_conv
 
@@ -18,6 +19,10 @@ def conv_factory(conv: ConvSpec) -> functools.partial:
 
 def build_model(spec: ArchSpec) -> nn.Module:
     """The untrained network that `spec` describes."""
+    if not isinstance(spec, ArchSpec):
+        what = f"dsearch.create_model({spec!r})" if isinstance(spec, str) else "dsearch.create_model(...)"
+        raise DsearchError(f"build_model takes an ArchSpec, got {type(spec).__name__}; for a preset name or an "
+                           f"ArchSpec JSON file use {what}")
     stem = conv_bn_act(spec.in_channels, spec.stem.out_channels, spec.stem.kernel, spec.stem.stride,
                        spec.stem.activation)
     stages = []

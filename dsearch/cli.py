@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 
 from .archspec import ArchSpec
 from .errors import DsearchError
-from .presets import PRESETS, preset, with_conv
+from .presets import PRESETS
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -23,24 +23,9 @@ def command(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Names
 def load_arch(arch: str, *, width: float | None = None, num_classes: int | None = None,
               in_channels: int | None = None, conv: str | None = None) -> ArchSpec:
     """A preset name or the path of an ArchSpec JSON file, with optional overrides."""
-    if arch in PRESETS:
-        kwargs = {k: v for k, v in (("width", width), ("num_classes", num_classes), ("in_channels", in_channels))
-                  if v is not None}
-        spec = preset(arch, **kwargs)
-    else:
-        path = Path(arch)
-        if not path.is_file():
-            raise DsearchError(f"{arch!r} is neither a preset ({', '.join(sorted(PRESETS))}) nor an ArchSpec JSON file")
-        if width is not None:
-            raise DsearchError("--width applies to presets only; edit the widths in the JSON file instead")
-        try:
-            spec = ArchSpec.from_json(path.read_text())
-        except DsearchError as err:
-            raise DsearchError(f"{path}: {err}") from None
-        changes = {k: v for k, v in (("num_classes", num_classes), ("in_channels", in_channels)) if v is not None}
-        if changes:
-            spec = spec.replace(**changes)
-    return with_conv(spec, conv) if conv else spec
+    from .factory import resolve_arch
+
+    return resolve_arch(arch, width=width, num_classes=num_classes, in_channels=in_channels, conv=conv)
 
 
 @command
@@ -330,7 +315,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         out = Path(args.out or Path("exports") / _safe_name(Path(args.target).stem))
     if state is not None:
         check_weights_fit(spec, state, source)
-    result = export_spec(spec, out, state, info, onnx=args.onnx, torchscript=args.torchscript)
+    result = export_spec(spec, out, state, info, onnx=args.onnx, torchscript=args.torchscript,
+                         torch_export=args.torch_export)
     print(f"exported to {result.out_dir}: {', '.join(result.files)}")
     if state is not None:
         print(f"  weights: {source}; standalone model.py matches dsearch's network (max |diff| "
@@ -428,122 +414,168 @@ def cmd_spaces(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="dsearch", description="Architecture search over separable convolutions under a compute budget."
-    )
-    from . import __version__
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" where an option has a value by default; None and off-by-default flags say it in words."""
 
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    from .data import DATASETS
+    from .ops import CONV_TYPES
+    from .pareto import COSTS
+    from .study import OBJECTIVES, PRUNER_FACTORIES, SAMPLER_FACTORIES, SearchConfig
+    from .train import OPTIMIZERS, ProxyConfig
+
+    search, proxy, full = SearchConfig(), ProxyConfig(), _full_train_defaults()
+    parser = argparse.ArgumentParser(
+        prog="dsearch", description="Architecture search over separable convolutions under a compute budget.",
+        formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"dsearch {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("cost", help="MFLOPs and parameters of an architecture (preset or ArchSpec JSON)")
-    p.add_argument("arch", metavar="ARCH", help=f"preset ({', '.join(sorted(PRESETS))}) or ArchSpec JSON file")
+    def command_parser(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, formatter_class=HelpFormatter)
+
+    presets = ", ".join(sorted(PRESETS))
+    lr_help = (f"peak learning rate at batch 128, scaled linearly with --batch-size (default: {_lr_defaults()})")
+
+    p = command_parser("cost", "MFLOPs and parameters of an architecture (preset or ArchSpec JSON)")
+    p.add_argument("arch", metavar="ARCH", help=f"preset ({presets}) or ArchSpec JSON file")
     p.add_argument("--resolution", type=int, help="input size to count at (default: the spec's deployment size)")
-    p.add_argument("--num-classes", type=int, help="override the number of classes")
-    p.add_argument("--in-channels", type=int, help="override the number of input channels")
-    p.add_argument("--width", type=float, help="width multiplier (presets only)")
-    p.add_argument("--conv", help="switch every conv unit to this kind (regular, dsc, bsconv_u, bsconv_s, scc)")
+    p.add_argument("--num-classes", type=int, help="override the number of classes (default: the spec's)")
+    p.add_argument("--in-channels", type=int, help="override the number of input channels (default: the spec's)")
+    p.add_argument("--width", type=float, help="width multiplier, presets only (default: the preset's 1.0)")
+    p.add_argument("--conv", help=f"switch every conv unit to this kind with its default knobs: "
+                                  f"{', '.join(CONV_TYPES)} (default: keep the spec's)")
     p.add_argument("--depth", type=int, default=3, help="module depth of the per-layer table")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
 
-    p = sub.add_parser("run", help="search a space under a budget (trains proxies, stores every trial)")
+    p = command_parser("run", "search a space under a budget (trains proxies, stores every trial)")
     g = p.add_argument_group("budget and space")
-    g.add_argument("--budget-mflops", type=float, help="MFLOPs budget (millions of MACs at the deployment resolution)")
-    g.add_argument("--budget-mparams", type=float, help="parameter budget in millions")
-    g.add_argument("--space", default="mobile", help="space name (see `dsearch spaces`) or a space YAML file")
-    g.add_argument("--resolution", type=int, help="deployment resolution where budgets are counted (default: the space's)")
-    g.add_argument("--objective", default="multi", choices=["multi", "accuracy"],
+    g.add_argument("--budget-mflops", type=float,
+                   help="MFLOPs budget: millions of multiply-accumulates at the deployment resolution (default: none)")
+    g.add_argument("--budget-mparams", type=float, help="parameter budget in millions (default: none)")
+    g.add_argument("--space", default=search.space, help="space name (see `dsearch spaces`) or a space YAML file")
+    g.add_argument("--resolution", type=int,
+                   help="deployment resolution where budgets are counted (default: the space's)")
+    g.add_argument("--objective", default=search.objective, choices=list(OBJECTIVES),
                    help="multi: maximize val accuracy and minimize MFLOPs; accuracy: maximize val accuracy (prunable)")
     g = p.add_argument_group("data and proxy training")
-    g.add_argument("--dataset", default="fashion-mnist-embedded",
-                   help="fashion-mnist-embedded (offline default), mnist, fashion-mnist, cifar10, cifar100, svhn, "
-                        "or imagefolder:PATH")
-    g.add_argument("--data-dir", help="where torchvision datasets live (default ~/.cache/dsearch/data)")
+    g.add_argument("--dataset", default=search.dataset,
+                   help=f"{', '.join(DATASETS)} (the embedded one works offline)")
+    g.add_argument("--data-dir", help="where torchvision datasets live (default: ~/.cache/dsearch/data)")
     g.add_argument("--train-resolution", type=int, help="proxy training input size (default: the data's own)")
-    g.add_argument("--epochs", type=int, default=2, help="proxy training epochs per trial (default 2)")
-    g.add_argument("--batch-size", type=int, default=128)
-    g.add_argument("--train-subset", type=int, help="train on at most this many images")
-    g.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
-    g.add_argument("--lr", type=float, help="peak learning rate (default 0.1 sgd / 0.002 adamw at batch 128)")
-    g.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, ...")
+    g.add_argument("--epochs", type=int, default=proxy.epochs, help="proxy training epochs per trial")
+    g.add_argument("--batch-size", type=int, default=proxy.batch_size, help="proxy training batch size")
+    g.add_argument("--train-subset", type=int, help="train on at most this many images (default: all)")
+    g.add_argument("--optimizer", default=proxy.optimizer, choices=list(OPTIMIZERS), help="proxy optimizer")
+    g.add_argument("--lr", type=float, help=lr_help)
+    g.add_argument("--device", default=search.device, help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, ...")
     g.add_argument("--measure-latency", action="store_true",
                    help="also time each candidate's batch-1 forward pass at the deployment resolution on --device "
                         "(enables `dsearch show --by latency_ms`)")
     g = p.add_argument_group("study")
     g.add_argument("--n-trials", type=int, default=10,
-                   help="architectures this worker trains (rejected samples do not count; default 10)")
-    g.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
-    g.add_argument("--study-name", default="default", help="the study to create or resume (default: default)")
-    g.add_argument("--storage", help="Optuna storage URL (sqlite:///..., postgresql://...) or journal file path; "
-                                     "default sqlite:///studies/<study-name>/study.db")
-    g.add_argument("--sampler", default="tpe", choices=["tpe", "nsga2", "random"])
-    g.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"],
-                   help="with --objective accuracy (Optuna prunes single-objective studies only)")
+                   help="architectures this worker trains (rejected, repeated and invalid samples do not count)")
+    g.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds (default: none)")
+    g.add_argument("--study-name", default="default", help="the study to create or resume")
+    g.add_argument("--storage", help="Optuna storage URL (sqlite:///..., postgresql://...) or journal file path "
+                                     "(default: sqlite:///studies/<study-name>/study.db)")
+    g.add_argument("--sampler", default=search.sampler, choices=list(SAMPLER_FACTORIES), help="Optuna sampler")
+    g.add_argument("--pruner", default=search.pruner, choices=list(PRUNER_FACTORIES),
+                   help="Optuna pruner, used with --objective accuracy (Optuna prunes single-objective studies only)")
     g.add_argument("--early-stop", action="store_true",
                    help="with --objective multi: stop a trial whose val accuracy after an epoch trails a cheaper-or-"
-                        "equal Pareto-front trial's at that epoch by more than --early-stop-margin (off by default)")
-    g.add_argument("--early-stop-margin", type=float, default=0.02, help="accuracy margin of --early-stop (default "
-                                                                         "0.02)")
-    g.add_argument("--seed", type=int, default=0)
+                        "equal Pareto-front trial's at that epoch by more than --early-stop-margin")
+    g.add_argument("--early-stop-margin", type=float, default=search.early_stop_margin,
+                   help="accuracy margin of --early-stop")
+    g.add_argument("--seed", type=int, default=search.seed, help="sampler, data split and training seed")
     g.add_argument("--quiet", action="store_true", help="no progress bars or per-trial lines")
 
     def study_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--storage", help="Optuna storage URL or journal file (default sqlite:///studies/<name>/study.db)")
+        p.add_argument("--storage", help="Optuna storage URL or journal file "
+                                         "(default: sqlite:///studies/<name>/study.db)")
 
-    p = sub.add_parser("show", help="the Pareto table of a study; --csv/--parquet write every trial")
+    p = command_parser("show", "the Pareto table of a study; --csv/--parquet write every trial")
     p.add_argument("study", metavar="STUDY", help="study name")
     study_args(p)
-    p.add_argument("--by", default="mflops", choices=["mflops", "mparams", "latency_ms"],
-                   help="the cost axis of the Pareto front (default mflops)")
-    p.add_argument("--csv", metavar="FILE", help="write the whole trial frame (flattened architectures) as CSV")
-    p.add_argument("--parquet", metavar="FILE", help="write the whole trial frame as Parquet (needs pyarrow)")
+    p.add_argument("--by", default="mflops", choices=list(COSTS), help="the cost axis of the Pareto front")
+    p.add_argument("--csv", metavar="FILE",
+                   help="write the whole trial frame (flattened architectures) as CSV (default: no file)")
+    p.add_argument("--parquet", metavar="FILE",
+                   help="write the whole trial frame as Parquet, needs pyarrow (default: no file)")
 
-    p = sub.add_parser("dashboard", help="write a self-contained HTML dashboard of a study (Plotly, works offline)")
+    p = command_parser("dashboard", "write a self-contained HTML dashboard of a study (Plotly, works offline)")
     p.add_argument("study", metavar="STUDY", help="study name")
     study_args(p)
-    p.add_argument("--out", metavar="FILE.html", help="default studies/<name>/dashboard.html")
+    p.add_argument("--out", metavar="FILE.html", help="where to write it (default: studies/<name>/dashboard.html)")
     p.add_argument("--open", action="store_true", help="open it in the default browser")
 
-    p = sub.add_parser("export", help="write a standalone model.py (torch only), arch.json and weights.pt")
-    p.add_argument("target", metavar="STUDY|ARCH.json", help="a study name, or an ArchSpec JSON file")
+    p = command_parser("export", "write a standalone model.py (torch only), arch.json and weights.pt")
+    p.add_argument("target", metavar="STUDY|ARCH", help=f"a study name, an ArchSpec JSON file or a preset ({presets})")
     study_args(p)
     p.add_argument("--trial", default="best",
-                   help="'best' (most accurate trained trial within budget, default) or a trial number")
-    p.add_argument("--out", metavar="DIR", help="default exports/<study>-trial<N> (or exports/<json name>)")
-    p.add_argument("--weights", metavar="FILE", help="weights for an ArchSpec JSON target "
-                                                     "(default: weights.pt next to it, when present)")
+                   help="'best' (most accurate trained trial within budget) or a trial number")
+    p.add_argument("--out", metavar="DIR", help="default: exports/<study>-trial<N> (or exports/<json or preset name>)")
+    p.add_argument("--weights", metavar="FILE", help="weights for an ArchSpec JSON or preset target "
+                                                     "(default: weights.pt next to the JSON file, when present)")
     p.add_argument("--onnx", action="store_true", help="also write model.onnx (needs onnx and onnxscript)")
     p.add_argument("--torchscript", action="store_true", help="also write model.ts (scripted TorchScript)")
+    p.add_argument("--torch-export", action="store_true",
+                   help="also write model.pt2 (torch.export; load with torch.export.load), checked by loading it back")
 
-    p = sub.add_parser("train", help="train one architecture fully (a study trial or an ArchSpec JSON file)")
+    p = command_parser("train", "train one architecture fully (a study trial or an ArchSpec JSON file)")
     p.add_argument("target", metavar="STUDY|ARCH.json", help="a study name, or an ArchSpec JSON file")
     study_args(p)
-    p.add_argument("--trial", default="best", help="'best' (default) or a trial number (study targets)")
-    p.add_argument("--epochs", type=int, default=20, help="training epochs (default 20)")
-    p.add_argument("--dataset", help="default: the study's dataset (fashion-mnist-embedded for a JSON file)")
-    p.add_argument("--data-dir", help="where torchvision datasets live")
-    p.add_argument("--train-resolution", type=int, help="default: the study's proxy setting, else the data's size")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
-    p.add_argument("--lr", type=float, help="peak learning rate (default 0.04 sgd / 0.002 adamw at batch 128)")
-    p.add_argument("--label-smoothing", type=float, default=0.1)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", metavar="DIR", help="for a JSON target: default trained/<json name>")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--trial", default="best", help="'best' or a trial number (study targets)")
+    p.add_argument("--epochs", type=int, default=full.proxy.epochs, help="training epochs")
+    p.add_argument("--dataset", help=f"one of {', '.join(DATASETS)} (default: the study's; "
+                                     f"{search.dataset} for a JSON file)")
+    p.add_argument("--data-dir", help="where torchvision datasets live (default: the study's, else "
+                                      "~/.cache/dsearch/data)")
+    p.add_argument("--train-resolution", type=int,
+                   help="training input size (default: the study's proxy setting, else the data's own size)")
+    p.add_argument("--batch-size", type=int, default=full.proxy.batch_size, help="training batch size")
+    p.add_argument("--optimizer", default=full.proxy.optimizer, choices=list(OPTIMIZERS), help="optimizer")
+    p.add_argument("--lr", type=float, help=lr_help.replace(_lr_defaults(), _lr_defaults(full_training=True)))
+    p.add_argument("--label-smoothing", type=float, default=full.proxy.label_smoothing,
+                   help="label smoothing of the cross-entropy loss")
+    p.add_argument("--device", default=full.device, help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, ...")
+    p.add_argument("--seed", type=int, default=full.proxy.seed, help="data split and training seed")
+    p.add_argument("--out", metavar="DIR", help="for a JSON target (default: trained/<json name>)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
 
-    p = sub.add_parser("spaces", help="list the search spaces with their size and MFLOPs range; with a budget, "
-                                      "the share of each space within it")
+    p = command_parser("spaces", "list the search spaces with their size and MFLOPs range; with a budget, the "
+                                 "share of each space within it")
     p.add_argument("space", nargs="*", help="built-in space names or YAML files (default: every built-in space)")
-    p.add_argument("--budget-mflops", type=float, help="MFLOPs budget at each space's resolution")
-    p.add_argument("--budget-mparams", type=float, help="parameter budget in millions")
-    p.add_argument("--samples", type=int, default=10_000, help="random samples per space for the share (default "
-                                                                "10000)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random samples (default 0)")
-    p.add_argument("--in-channels", type=int, default=1, help="input channels the range is counted for (default 1)")
-    p.add_argument("--num-classes", type=int, default=10, help="classes the range is counted for (default 10)")
+    p.add_argument("--budget-mflops", type=float,
+                   help="MFLOPs budget at each space's resolution (default: none, no share is estimated)")
+    p.add_argument("--budget-mparams", type=float, help="parameter budget in millions (default: none)")
+    p.add_argument("--samples", type=int, default=10_000, help="random samples per space for the share")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random samples")
+    p.add_argument("--in-channels", type=int, default=1, help="input channels the costs are counted for")
+    p.add_argument("--num-classes", type=int, default=10, help="classes the costs are counted for")
     return parser
+
+
+def _full_train_defaults():
+    from .fulltrain import FullTrainConfig
+
+    return FullTrainConfig()
+
+
+def _lr_defaults(full_training: bool = False) -> str:
+    """The per-optimizer default peak learning rates, as the trainers pick them."""
+    from .fulltrain import FULL_TRAIN_SGD_LR
+    from .train import DEFAULT_LR
+
+    rates = {**DEFAULT_LR, "sgd": FULL_TRAIN_SGD_LR} if full_training else DEFAULT_LR
+    return " / ".join(f"{rate:g} {opt}" for opt, rate in rates.items())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,9 +13,10 @@ import math
 import os
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 import pandas as pd
@@ -26,7 +27,13 @@ from plotly.subplots import make_subplots
 from .errors import DsearchError
 from .ops import CONV_TYPES
 from .pareto import (
-    best_within_budget, pareto_front, progress_frame, reference_point, study_budget, trained, trials_frame,
+    best_within_budget,
+    pareto_front,
+    progress_frame,
+    reference_point,
+    study_budget,
+    trained,
+    trials_frame,
 )
 from .study import count_statuses
 
@@ -50,14 +57,17 @@ TOP_GROUP_SIZE = 5  # aim for this many trials in PED-ANOVA's top group (its aut
 
 TITLE_MFLOPS = "Validation accuracy vs MFLOPs"
 TITLE_MPARAMS = "Validation accuracy vs parameters"
-TITLE_CONV = "Validation accuracy per dominant conv type at similar MFLOPs"
+TITLE_CONV = "Validation accuracy vs MFLOPs, one panel per dominant conv type"
 TITLE_PROGRESS = "Search progress"
 TITLE_IMPORTANCE = "Parameter importances for validation accuracy"
 
-HOVER = ("<b>trial %{customdata[0]}</b><br>%{customdata[1]} MFLOPs, %{customdata[2]} M params<br>"
+# customdata[1] is "<x> MFLOPs at RxR": every hover names the resolution its MFLOPs were counted at.
+HOVER = ("<b>trial %{customdata[0]}</b><br>%{customdata[1]}, %{customdata[2]} M params<br>"
          "val acc %{customdata[3]}, test acc %{customdata[4]}<br>%{customdata[5]}<extra>%{fullData.name}</extra>")
-REJECTED_HOVER = ("<b>trial %{customdata[0]}: not trained</b><br>%{customdata[1]} MFLOPs, %{customdata[2]} M params"
+REJECTED_HOVER = ("<b>trial %{customdata[0]}: rejected, not trained</b><br>%{customdata[1]}, %{customdata[2]} M params"
                   "<br>%{customdata[5]}<extra>rejected</extra>")
+REJECTED_STRIP = "rejected (not trained)"
+CONTEXT_COLOUR = "#D9D9D9"  # the other conv types' trials behind each panel of the conv-type figure
 
 
 @dataclass(frozen=True)
@@ -143,22 +153,28 @@ def _arch_lines(arch: Any) -> str:
     return "<br>".join(html.escape(part) for part in arch.split(" | "))
 
 
+def _mflops_text(value: Any, resolution: Any) -> str:
+    """E.g. '12.34 MFLOPs at 224x224' (the trial's own deployment resolution)."""
+    where = f" at {int(resolution)}x{int(resolution)}" if resolution is not None and pd.notna(resolution) else ""
+    return f"{_fmt(value, 2)} MFLOPs{where}"
+
+
 def hover_data(rows: pd.DataFrame, text_column: str = "arch") -> list[list[str]]:
-    """customdata rows: trial, MFLOPs, M params, val acc, test acc, and the arch string (or another text column)."""
+    """customdata rows: trial, MFLOPs at RxR, M params, val acc, test acc, and the arch string (or another text)."""
     data = []
     for _, r in rows.iterrows():
         value = r[text_column]
         text = _arch_lines(value) if text_column == "arch" else html.escape(value) if isinstance(value, str) else ""
-        data.append([str(int(r["trial"])), _fmt(r["mflops"], 2), _fmt(r["mparams"], 3), _fmt(r["val_acc"], 4),
-                     _fmt(r["test_acc"], 4), text])
+        data.append([str(int(r["trial"])), _mflops_text(r["mflops"], r.get("resolution")), _fmt(r["mparams"], 3),
+                     _fmt(r["val_acc"], 4), _fmt(r["test_acc"], 4), text])
     return data
 
 
-def _accuracy_range(done: pd.DataFrame) -> tuple[float, float, float]:
-    """y range (low, high) around the trained accuracies and the y at which rejected trials sit."""
+def _accuracy_range(done: pd.DataFrame) -> tuple[float, float]:
+    """y range (low, high) around the trained accuracies."""
     low, high = float(done["val_acc"].min()), float(done["val_acc"].max())
     pad = max(0.05 * (high - low), 0.01)
-    return low - 3 * pad, high + 2 * pad, low - 2 * pad
+    return low - 2 * pad, high + 2 * pad
 
 
 def pareto_figure(frame: pd.DataFrame, cost: str, budget: float | None, resolution: int | None) -> go.Figure:
@@ -167,7 +183,7 @@ def pareto_figure(frame: pd.DataFrame, cost: str, budget: float | None, resoluti
     done = done[done[cost].notna()]
     if done.empty:
         raise DsearchError(f"no trained trial with a {cost} value")
-    y_low, y_high, y_rejected = _accuracy_range(done)
+    y_low, y_high = _accuracy_range(done)
     fig = go.Figure()
     for kind in kind_order(done["dominant_conv"]):
         rows = done[done["dominant_conv"] == kind] if kind is not None else done[done["dominant_conv"].isna()]
@@ -184,8 +200,9 @@ def pareto_figure(frame: pd.DataFrame, cost: str, budget: float | None, resoluti
         customdata=hover_data(front), hovertemplate=HOVER))
     rejected = frame[(frame["status"] == "rejected") & frame[cost].notna()] if not frame.empty else frame
     if not rejected.empty:
+        # Rejected samples have a cost but no accuracy: a rug on their own strip under the x axis, never a y value.
         fig.add_trace(go.Scatter(
-            x=rejected[cost], y=[y_rejected] * len(rejected), mode="markers",
+            x=rejected[cost], y=[REJECTED_STRIP] * len(rejected), yaxis="y2", mode="markers",
             name=f"rejected, not trained ({len(rejected)})",
             marker={"symbol": "x-thin", "size": 9, "color": REJECTED_COLOUR,
                     "line": {"color": REJECTED_COLOUR, "width": 2}},
@@ -209,10 +226,15 @@ def pareto_figure(frame: pd.DataFrame, cost: str, budget: float | None, resoluti
         ticks = log_ticks(float(xs.min()), float(xs.max()))
         xaxis.update(tickvals=ticks, ticktext=[f"{t:g}" for t in ticks])
     title = TITLE_MFLOPS if cost == "mflops" else TITLE_MPARAMS
+    yaxis: dict[str, Any] = {"title": {"text": "validation accuracy"}, "range": [y_low, y_high], "zeroline": False}
+    layout: dict[str, Any] = {}
+    if not rejected.empty:
+        yaxis["domain"] = [0.14, 1.0]
+        layout["yaxis2"] = {"domain": [0.0, 0.07], "type": "category", "categoryarray": [REJECTED_STRIP],
+                            "fixedrange": True, "showgrid": False, "zeroline": False}
     fig.update_layout(
-        title={"text": title}, template="plotly_white", height=560, hovermode="closest", xaxis=xaxis,
-        yaxis={"title": {"text": "validation accuracy"}, "range": [y_low, y_high], "zeroline": False},
-        legend={"title": {"text": "dominant conv type"}})
+        title={"text": title}, template="plotly_white", height=600, hovermode="closest", xaxis=xaxis, yaxis=yaxis,
+        legend={"title": {"text": "dominant conv type"}}, **layout)
     return fig
 
 
@@ -223,40 +245,50 @@ def log_ticks(low: float, high: float) -> list[float]:
     return [float(f"{t:.6g}") for t in ticks if low / 1.5 <= t <= high * 1.5]
 
 
-def cost_bins(costs: pd.Series, max_bins: int = 4, per_bin: int = 6) -> tuple[pd.Series, list[str]]:
-    """Quantile bins of `costs` (about `per_bin` trials each, at most `max_bins`), labelled by their range."""
-    n_bins = max(1, min(max_bins, len(costs) // per_bin, costs.nunique()))
-    codes = (pd.qcut(costs, n_bins, labels=False, duplicates="drop") if n_bins > 1
-             else pd.Series(0, index=costs.index))
-    labels = {}
-    for code in sorted(codes.unique()):
-        members = costs[codes == code]
-        labels[code] = f"{members.min():.3g}-{members.max():.3g} MFLOPs"
-    return codes.map(labels), [labels[c] for c in sorted(labels)]
-
-
 def conv_type_figure(frame: pd.DataFrame, resolution: int | None) -> go.Figure:
-    """Accuracy distribution per dominant conv type inside MFLOPs quantile bins (like against like)."""
+    """One panel per dominant conv type: its trained trials at their MFLOPs, every other type's in grey behind.
+
+    Shared axes put the types side by side at equal cost; only measured points are drawn (no bins, means or fits),
+    so a type with few trials shows just those few, where they are.
+    """
     done = trained(frame)
     done = done[done["mflops"].notna()]
     if done.empty:
         raise DsearchError("no trained trial with an MFLOPs value")
-    bins, order = cost_bins(done["mflops"].astype(float))
-    fig = go.Figure()
-    for kind in kind_order(done["dominant_conv"]):
+    kinds = kind_order(done["dominant_conv"])
+    cols = min(len(kinds), 3)
+    rows = math.ceil(len(kinds) / cols)
+    counts = {k: int((done["dominant_conv"] == k).sum() if k is not None else done["dominant_conv"].isna().sum())
+              for k in kinds}
+    fig = make_subplots(rows=rows, cols=cols, shared_xaxes="all", shared_yaxes="all", horizontal_spacing=0.04,
+                        vertical_spacing=0.12,
+                        subplot_titles=[f"{kind_label(k)}: {counts[k]} trial{'s' if counts[k] != 1 else ''}"
+                                        for k in kinds])
+    costs = done["mflops"].astype(float)
+    log_x = bool(costs.min() > 0 and costs.max() / costs.min() > 10)
+    for i, kind in enumerate(kinds):
+        row, col = i // cols + 1, i % cols + 1
         mask = done["dominant_conv"] == kind if kind is not None else done["dominant_conv"].isna()
-        rows = done[mask]
-        fig.add_trace(go.Box(
-            x=bins[mask], y=rows["val_acc"], name=f"{kind_label(kind)} ({len(rows)})",
-            marker={"color": kind_colour(kind), "size": 7},
-            line={"color": kind_colour(kind)}, boxpoints="all", jitter=0.4, pointpos=0,
-            customdata=hover_data(rows), hovertemplate=HOVER))
+        others, mine = done[~mask], done[mask]
+        if not others.empty:
+            fig.add_trace(go.Scatter(
+                x=others["mflops"], y=others["val_acc"], mode="markers", name="other conv types",
+                legendgroup="other", showlegend=False, marker={"color": CONTEXT_COLOUR, "size": 7},
+                hoverinfo="skip"), row=row, col=col)
+        fig.add_trace(go.Scatter(
+            x=mine["mflops"], y=mine["val_acc"], mode="markers", name=f"{kind_label(kind)} ({len(mine)})",
+            marker={"color": kind_colour(kind), "size": 10, "line": {"color": "white", "width": 1}},
+            customdata=hover_data(mine), hovertemplate=HOVER), row=row, col=col)
     where = f" at {resolution}x{resolution}" if resolution else ""
-    fig.update_layout(
-        title={"text": TITLE_CONV}, template="plotly_white", height=520, boxmode="group",
-        xaxis={"title": {"text": f"MFLOPs bin{where} (quantiles of the trained trials)"},
-               "categoryorder": "array", "categoryarray": order},
-        yaxis={"title": {"text": "validation accuracy"}}, legend={"title": {"text": "dominant conv type"}})
+    fig.update_xaxes(type="log" if log_x else "linear")
+    if log_x:
+        ticks = log_ticks(float(costs.min()), float(costs.max()))
+        fig.update_xaxes(tickvals=ticks, ticktext=[f"{t:g}" for t in ticks])
+    for col in range(1, cols + 1):
+        fig.update_xaxes(title_text=f"MFLOPs{where}" + (" (log)" if log_x else ""), row=rows, col=col)
+    fig.update_yaxes(title_text="validation accuracy", col=1)
+    fig.update_layout(title={"text": TITLE_CONV}, template="plotly_white", height=260 + 300 * rows,
+                      legend={"title": {"text": "dominant conv type"}}, hovermode="closest")
     return fig
 
 
@@ -349,7 +381,7 @@ def importance_figure(importances: dict[str, float]) -> go.Figure:
 
 def status_counts(frame: pd.DataFrame) -> dict[str, int]:
     """Trials per dsearch status, by the same rule as `dsearch run` and `dsearch show`."""
-    return count_statuses(zip(frame["state"], frame["status"]))
+    return count_statuses(zip(frame["state"], frame["status"], strict=True))
 
 
 def summary_text(study: optuna.Study, frame: pd.DataFrame, budget: dict[str, float | None],
@@ -406,14 +438,18 @@ def build_dashboard(study: optuna.Study, title: str | None = None) -> Dashboard:
         sections.append(_figure_section(
             TITLE_MFLOPS, lambda: pareto_figure(frame, "mflops", budget["mflops"], resolution),
             f"Each dot is a trained architecture, coloured by the conv type of most of its conv units. The black "
-            f"staircase is the Pareto front (no other trial is both cheaper and more accurate); grey x marks are "
-            f"samples rejected before training because they were over budget. MFLOPs counted{where}."))
+            f"staircase is the Pareto front (no other trial is both cheaper and more accurate). Grey x marks on the "
+            f"strip under the plot, labelled '{REJECTED_STRIP}', are samples rejected before training because they "
+            f"were over budget: they have a cost but no accuracy. MFLOPs counted{where}."))
         sections.append(_figure_section(
             TITLE_MPARAMS, lambda: pareto_figure(frame, "mparams", budget["mparams"], resolution),
             "The same trials against their trainable parameters; the staircase is the Pareto front over parameters."))
         sections.append(_figure_section(
             TITLE_CONV, lambda: conv_type_figure(frame, resolution),
-            "Trained trials grouped into MFLOPs quantile bins, so that conv types are compared at similar cost."))
+            "Each panel shows the trained trials whose conv units are mostly of one type, in its colour, over "
+            "every other trained trial in grey, on shared axes: compare types at equal MFLOPs only where both have "
+            "points. Only measured trials are drawn (no averages, bins or fits), so a type with few trials shows "
+            "only those few."))
         sections.append(_figure_section(
             TITLE_PROGRESS, lambda: progress_figure(frame, budget["mflops"], resolution),
             "Hypervolume: the area of the (MFLOPs down, accuracy up) plane dominated by the Pareto front, bounded by "

@@ -14,11 +14,13 @@ import contextlib
 import functools
 import importlib.util
 import io
+import json
 import math
 import os
 import shutil
 import sys
 import tempfile
+import types
 import uuid
 import warnings
 from dataclasses import dataclass, field
@@ -37,7 +39,8 @@ from .errors import DsearchError
 from .ops import CONV_TYPES
 
 ROOTS = ("Net", "make_stage", "classifier_head", "conv_bn_act")
-EXPORT_FILES = ("model.py", "arch.json", "weights.pt", "model.ts", "model.onnx")
+EXPORT_FILES = ("model.py", "arch.json", "weights.pt", "model.ts", "model.onnx", "model.pt2")
+ONNX_METADATA = ("resolution", "train_resolution", "in_channels", "num_classes", "mean", "std", "classes", "mflops")
 HEADER_IMPORTS = """from __future__ import annotations
 
 import math
@@ -100,6 +103,8 @@ def _layer_definitions() -> tuple[list[str], dict[str, str], dict[str, set[str]]
         else:
             continue
         segment = ast.get_source_segment(text, node, padded=False)
+        if segment is None:  # only for nodes without positions, which ast.parse never makes
+            raise DsearchError(f"cannot read the source of {names[0]} in {path}")
         for name in names:
             order.append(name)
             source[name] = segment
@@ -146,10 +151,17 @@ def _keyword(name: str) -> str:
 
 def build_function_source(spec: ArchSpec) -> tuple[str, list[str]]:
     """The generated `build_model()` and the layers names it calls."""
-    used = set(ROOTS)
+    used = set(ROOTS) | {"init_weights"}
+    n = literal(spec.num_classes)
     lines = [
-        "def build_model() -> nn.Module:",
-        '    """The exported architecture, freshly initialised (load weights.pt for the trained one)."""',
+        f"def build_model(num_classes: int = {n}, weights: str | None = None) -> nn.Module:",
+        '    """The exported architecture, freshly initialised; `weights` (e.g. "weights.pt") loads the trained one.',
+        "",
+        f"    A num_classes other than {n} (the classes it was trained for) replaces the final linear layer by a new,",
+        '    freshly initialised one (after loading `weights`), ready for fine-tuning on another label set.',
+        '    """',
+        "    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:",
+        '        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")',
         f"    stem = conv_bn_act({literal(spec.in_channels)}, {literal(spec.stem.out_channels)}, "
         f"{literal(spec.stem.kernel)}, {literal(spec.stem.stride)}, {literal(spec.stem.activation)})",
         "    stages = nn.Sequential(",
@@ -170,8 +182,14 @@ def build_function_source(spec: ArchSpec) -> tuple[str, list[str]]:
     lines += [
         "    )",
         f"    head = classifier_head({literal(channels)}, {literal(spec.head.channels)}, "
-        f"{literal(spec.head.activation)}, {literal(spec.head.dropout)}, {literal(spec.num_classes)})",
-        "    return Net(stem, stages, head)",
+        f"{literal(spec.head.activation)}, {literal(spec.head.dropout)}, {n})",
+        "    net = Net(stem, stages, head)",
+        "    if weights is not None:",
+        '        net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))',
+        f"    if num_classes != {n}:",
+        "        net.head[-1] = nn.Linear(net.head[-1].in_features, num_classes)",
+        "        init_weights(net.head[-1])",
+        "    return net",
     ]
     return "\n".join(lines) + "\n", sorted(used)
 
@@ -188,10 +206,9 @@ def model_source(spec: ArchSpec, info: dict[str, Any] | None = None) -> str:
     r, c = spec.resolution, spec.in_channels
     doc = f'''"""A standalone PyTorch network exported by dsearch (imports only torch and the standard library).
 
-    model = build_model()
-    model.load_state_dict(torch.load("weights.pt", weights_only=True))
-    model.eval()
-    logits = model(x)  # x: N x {c} x H x W, normalised with INFO["mean"] / INFO["std"] when present
+    model = build_model(weights="weights.pt").eval()  # build_model(num_classes=5, weights=...) to fine-tune
+    with torch.no_grad():
+        logits = model(x)  # x: N x {c} x H x W, normalised with INFO["mean"] / INFO["std"] when present
 
 The budget was counted at {r}x{r} (INFO["resolution"]); INFO["train_resolution"], when present, is the size the
 weights were trained at. The network is fully convolutional up to a global average pool, so both sizes run.
@@ -211,10 +228,12 @@ arch.json next to this file holds the same architecture as a dsearch ArchSpec.
     return text
 
 
-def import_model_file(path: Path):
+def import_model_file(path: Path) -> types.ModuleType:
     """Import a model.py from `path` as a fresh module (not added to sys.modules)."""
     name = f"_dsearch_export_{uuid.uuid4().hex}"
     module_spec = importlib.util.spec_from_file_location(name, path)
+    if module_spec is None or module_spec.loader is None:
+        raise DsearchError(f"cannot import {path} as a Python module")
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[name] = module  # dataclass/annotation machinery looks modules up while executing
     try:
@@ -237,8 +256,9 @@ def compare_outputs(spec: ArchSpec, standalone: nn.Module, state: dict[str, torc
 
 
 def export_spec(spec: ArchSpec, out_dir: Path, state: dict[str, torch.Tensor] | None = None,
-                info: dict[str, Any] | None = None, onnx: bool = False, torchscript: bool = False) -> ExportResult:
-    """Write model.py, arch.json and (when `state` is given) weights.pt [+ model.onnx, model.ts] into `out_dir`.
+                info: dict[str, Any] | None = None, onnx: bool = False, torchscript: bool = False,
+                torch_export: bool = False) -> ExportResult:
+    """Write model.py, arch.json and (when `state` is given) weights.pt [+ model.onnx, model.ts, model.pt2].
 
     Everything is written into a temporary folder and checked first; `out_dir` only receives complete files.
     """
@@ -274,7 +294,11 @@ def export_spec(spec: ArchSpec, out_dir: Path, state: dict[str, torch.Tensor] | 
                 scripted = torch.jit.script(standalone.eval())
             scripted.save(str(staging / "model.ts"))
         if onnx:
-            notes.append(_export_onnx(standalone.eval(), example, staging / "model.onnx"))
+            facts = {"in_channels": spec.in_channels, "num_classes": spec.num_classes, "resolution": spec.resolution,
+                     "mflops": round(spec_cost(spec).mflops, 4), **(info or {})}
+            notes.append(_export_onnx(standalone.eval(), example, staging / "model.onnx", facts))
+        if torch_export:
+            notes.append(_export_pt2(standalone.eval(), example, staging / "model.pt2"))
         files = tuple(sorted(p.name for p in staging.iterdir() if p.is_file()))
         out_dir.mkdir(parents=True, exist_ok=True)
         for name in files:
@@ -286,20 +310,38 @@ def export_spec(spec: ArchSpec, out_dir: Path, state: dict[str, torch.Tensor] | 
     return ExportResult(out_dir=out_dir, files=files, max_abs_diff=diff, notes=tuple(notes))
 
 
-def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> str:
-    """model.onnx in one file, any batch and image size; checked against torch with onnxruntime when installed."""
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():  # the exporter prints its progress
-        warnings.simplefilter("ignore")
+def _dynamic_shapes() -> tuple[dict[int, Any]]:
+    """Batch, height and width free: weights trained at the data's size run at any size."""
+    return ({0: torch.export.Dim("batch", min=1), 2: torch.export.Dim("height", min=8),
+             3: torch.export.Dim("width", min=8)},)
+
+
+def _check_input(example: torch.Tensor) -> torch.Tensor:
+    """Another batch and image size than the traced example, so that both axes are checked to be free."""
+    return torch.randn(3, example.shape[1], example.shape[2] // 2 + 3, example.shape[3] // 2 + 3,
+                       generator=torch.Generator().manual_seed(0))
+
+
+def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, facts: dict[str, Any]) -> str:
+    """model.onnx in one file with dsearch's facts as metadata; checked against torch with onnxruntime if installed."""
+    import onnx
+
+    # Under no_grad SCC layers run from their dense eval weight, so the graph holds dense weights and no scatter.
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the exporter prints and warns about its progress
         torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["logits"],
-                          dynamic_shapes=({0: torch.export.Dim("batch", min=1), 2: torch.export.Dim("height", min=8),
-                                           3: torch.export.Dim("width", min=8)},), external_data=False)
+                          dynamic_shapes=_dynamic_shapes(), external_data=False)
+    proto = onnx.load(str(path))
+    for key in ONNX_METADATA:
+        if facts.get(key) is not None:
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = f"dsearch.{key}", json.dumps(facts[key])
+    onnx.save(proto, str(path))
     if importlib.util.find_spec("onnxruntime") is None:
         return "model.onnx written; install onnxruntime to have its outputs checked"
     import onnxruntime
 
-    # Another batch and image size than the traced example, so that both axes are checked to be free.
-    x = torch.randn(3, example.shape[1], example.shape[2] // 2 + 3, example.shape[3] // 2 + 3,
-                    generator=torch.Generator().manual_seed(0))
+    x = _check_input(example)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (logits,) = session.run(None, {"input": x.numpy()})
     with torch.no_grad():
@@ -307,6 +349,21 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> str:
     if not diff <= 1e-3:
         raise DsearchError(f"ONNX self-check failed: onnxruntime differs from torch by {diff:.3g}")
     return f"model.onnx checked with onnxruntime: max |diff| {diff:.2g} against torch"
+
+
+def _export_pt2(model: nn.Module, example: torch.Tensor, path: Path) -> str:
+    """model.pt2 (torch.export, any batch and image size), loaded back and checked against the module."""
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        # A batch of 2: torch.export specialises a size-1 dimension, which would fix the batch at 1.
+        program = torch.export.export(model, (example.repeat(2, 1, 1, 1),), dynamic_shapes=_dynamic_shapes())
+    torch.export.save(program, str(path))
+    x = _check_input(example)
+    with torch.no_grad():
+        diff = float((torch.export.load(str(path)).module()(x) - model(x)).abs().max())
+    if not diff <= 1e-4:
+        raise DsearchError(f"torch.export self-check failed: model.pt2 differs from torch by {diff:.3g}")
+    return f"model.pt2 loaded back with torch.export.load: max |diff| {diff:.2g} against the module"
 
 
 def _require(module: str, message: str) -> None:

@@ -8,7 +8,8 @@ the net's searchable conv units (`share.dsc`, ...) and the dominant one (`domina
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import optuna
 import pandas as pd
@@ -16,10 +17,11 @@ import pandas as pd
 from .archspec import ArchSpec, iter_conv_units
 from .errors import DsearchError
 from .ops import CONV_TYPES
+from .record import trial_arch
 
-BASE_COLUMNS = ["trial", "state", "status", "val_acc", "test_acc", "mflops", "mparams", "latency_ms", "resolution",
-                "mflops_train", "train_resolution", "train_time_s", "epochs", "device", "arch", "dominant_conv",
-                "reason"]
+BASE_COLUMNS = ["trial", "state", "status", "pareto", "val_acc", "test_acc", "mflops", "mparams", "latency_ms",
+                "resolution", "mflops_train", "train_resolution", "train_time_s", "epochs", "device", "arch",
+                "dominant_conv", "reason", "datetime_start", "datetime_complete"]
 # cost column -> (label with unit, what the axis means)
 COSTS = {
     "mflops": "MFLOPs (millions of multiply-accumulates)",
@@ -59,13 +61,28 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             "train_time_s": a.get("train_time_s"), "epochs": a.get("epochs"), "device": a.get("device"),
             "arch": a.get("arch_summary"), "dominant_conv": None,
             "reason": a.get("reason") or t.system_attrs.get("fail_reason"),
+            "datetime_start": t.datetime_start, "datetime_complete": t.datetime_complete,
         }
-        if "arch" in a:
-            row.update(arch_columns(ArchSpec.from_json(a["arch"])))
+        spec = trial_arch(a)
+        if spec is not None:
+            row.update(arch_columns(spec))
         rows.append(row)
-    frame = pd.DataFrame(rows)
+    frame = _typed(pd.DataFrame(rows), rows)
+    frame["pareto"] = frame.index.isin(pareto_front(frame).index) if not frame.empty else pd.Series(dtype=bool)
     extra = sorted((c for c in frame.columns if c not in BASE_COLUMNS), key=_column_order)
     return frame.reindex(columns=BASE_COLUMNS + extra)
+
+
+def _typed(frame: pd.DataFrame, rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Integer columns as nullable integers and boolean ones as nullable booleans (pandas makes them float/object
+    as soon as one trial lacks the value), so a table and a CSV show 3, not 3.0."""
+    for column in frame.columns:
+        kinds = {type(row[column]) for row in rows if row.get(column) is not None}
+        if kinds == {bool}:
+            frame[column] = frame[column].astype("boolean")
+        elif kinds == {int}:
+            frame[column] = frame[column].astype("Int64")
+    return frame
 
 
 def _column_order(name: str) -> tuple:
@@ -108,7 +125,7 @@ def hypervolume(front: pd.DataFrame, ref_cost: float, ref_score: float = 0.0, co
     Points costlier than `ref_cost` or scoring below `ref_score` add nothing. Units: score x cost
     (e.g. accuracy x MFLOPs).
     """
-    return _dominated_area(zip(front[cost], front[score]), ref_cost, ref_score)
+    return _dominated_area(zip(front[cost], front[score], strict=True), ref_cost, ref_score)
 
 
 def _dominated_area(points: Iterable[tuple[float, float]], ref_cost: float, ref_score: float) -> float:
@@ -139,7 +156,8 @@ def progress_frame(frame: pd.DataFrame, budget: float | None, cost: str = "mflop
     points: list[tuple[float, float]] = []
     best = None
     rows = []
-    for trial, status, c, value in zip(finished["trial"], finished["status"], finished[cost], finished[score]):
+    columns = (finished["trial"], finished["status"], finished[cost], finished[score])
+    for trial, status, c, value in zip(*columns, strict=True):
         if status == "complete" and pd.notna(value):
             if pd.notna(c):
                 points.append((float(c), float(value)))
@@ -172,7 +190,8 @@ def arch_of(study: optuna.Study, number: int) -> ArchSpec:
     if not 0 <= number < len(trials):
         raise DsearchError(f"study '{study.study_name}' has no trial {number} (trials 0..{len(trials) - 1})")
     attrs = trials[number].user_attrs
-    if "arch" not in attrs:
+    spec = trial_arch(attrs)
+    if spec is None:
         raise DsearchError(f"trial {number} has no architecture (status {attrs.get('status', 'unknown')}); "
                            "pick a trained trial, see `dsearch show`")
-    return ArchSpec.from_json(attrs["arch"])
+    return spec

@@ -31,6 +31,7 @@ from .cost import Cost, spec_cost
 from .data import Dataset, load_dataset
 from .errors import DsearchError
 from .latency import measure_latency
+from .record import STATUSES, arch_attrs, name_metrics, set_constraints, trial_arch
 from .spaces import Space, extreme_spec, load_space, sample
 from .train import OPTIMIZERS, DeviceData, ProxyConfig, TrainingDiverged, select_device, train_proxy
 from .weights import artifact_dir, save_trial_weights
@@ -220,9 +221,8 @@ class Objective:
             raise optuna.TrialPruned(f"invalid architecture: {err}") from None
         cost = spec_cost(spec)
         key = arch_key(spec)
-        trial.set_user_attr("arch", spec.to_json())
-        trial.set_user_attr("arch_key", key)
-        trial.set_user_attr("arch_summary", spec.summary())
+        for name, value in {**arch_attrs(spec), "arch_key": key}.items():
+            trial.set_user_attr(name, value)
         trial.set_user_attr("mflops", cost.mflops)
         trial.set_user_attr("mparams", cost.mparams)
         trial.set_user_attr("resolution", self.resolution)
@@ -321,9 +321,8 @@ class Objective:
     def _constraints(trial: optuna.Trial, over_flops: float = -1.0, over_params: float = -1.0,
                      invalid: float = 0.0) -> None:
         # The same keys on every trial: the samplers compare constraint vectors across trials.
-        trial.set_constraint("mflops_over_budget", over_flops)
-        trial.set_constraint("mparams_over_budget", over_params)
-        trial.set_constraint("invalid", invalid)
+        set_constraints(trial, {"mflops_over_budget": over_flops, "mparams_over_budget": over_params,
+                                "invalid": invalid})
 
     @staticmethod
     def _finish(trial: optuna.Trial, status: str, reason: str | None) -> None:
@@ -356,11 +355,12 @@ def arch_key(spec: ArchSpec) -> str:
 def trial_arch_key(trial: optuna.trial.FrozenTrial) -> str | None:
     """The trial's architecture fingerprint (computed from its stored ArchSpec for studies made before keys)."""
     key = trial.user_attrs.get("arch_key")
-    if key is None and "arch" in trial.user_attrs:
+    if key is None:
         try:
-            key = arch_key(ArchSpec.from_json(trial.user_attrs["arch"]))
-        except ArchSpecError:
+            spec = trial_arch(trial.user_attrs)
+        except DsearchError:
             return None
+        key = arch_key(spec) if spec is not None else None
     return key
 
 
@@ -386,6 +386,7 @@ def prepare_study(cfg: SearchConfig, study_name: str, storage_url: str) -> optun
     if existing is None:
         study.set_user_attr("dsearch_identity", identity)
         study.set_user_attr("dsearch_config", json.loads(json.dumps(asdict(cfg))))
+    name_metrics(study, cfg.objective, cfg.resolution or load_space(cfg.space).resolution)
     return study
 
 
@@ -397,8 +398,7 @@ def data_facts(data: Dataset) -> dict[str, Any]:
 
 def count_statuses(pairs: Iterable[tuple[str, str]]) -> dict[str, int]:
     """Trials per dsearch status from (Optuna state name, status attr) pairs; RUNNING and FAIL states win."""
-    counts = {"complete": 0, "rejected": 0, "invalid": 0, "duplicate": 0, "pruned": 0, "failed": 0, "running": 0,
-              "waiting": 0}
+    counts = dict.fromkeys(STATUSES, 0)
     for state, status in pairs:
         if state == TrialState.RUNNING.name:
             counts["running"] += 1

@@ -41,6 +41,7 @@ class ProxyConfig:
 
 
 OPTIMIZERS = ("sgd", "adamw")
+DEFAULT_LR = {"sgd": 0.1, "adamw": 0.002}  # peak learning rate at batch 128 when ProxyConfig.lr is None
 
 
 @dataclass
@@ -115,11 +116,11 @@ def _optimizer(model: nn.Module, cfg: ProxyConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         wd = 5e-4 if cfg.weight_decay is None else cfg.weight_decay
         groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
-        return torch.optim.SGD(groups, lr=cfg.lr or 0.1 * scale, momentum=0.9, nesterov=True)
+        return torch.optim.SGD(groups, lr=cfg.lr or DEFAULT_LR["sgd"] * scale, momentum=0.9, nesterov=True)
     if cfg.optimizer == "adamw":
         wd = 0.05 if cfg.weight_decay is None else cfg.weight_decay
         groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=cfg.lr or 0.002 * scale)
+        return torch.optim.AdamW(groups, lr=cfg.lr or DEFAULT_LR["adamw"] * scale)
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
 
 

@@ -6,7 +6,7 @@ A search keeps every trained proxy's state_dict (trial user attr `weights_artifa
 """
 from __future__ import annotations
 
-import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -45,20 +45,21 @@ def artifact_dir(study: optuna.Study, storage_url: str) -> Path:
     return path
 
 
-def _upload(folder: Path, state: dict[str, torch.Tensor], target: Any) -> str:
-    fd, tmp = tempfile.mkstemp(suffix=".pt", dir=folder)
-    os.close(fd)
+def _upload(folder: Path, state: dict[str, torch.Tensor], target: Any, file_name: str) -> str:
+    # Optuna keeps the uploaded file's name with the artifact: optuna-dashboard offers it for download under it.
+    tmp = Path(tempfile.mkdtemp(prefix=".upload-", dir=folder))
     try:
-        torch.save(state, tmp)
-        return upload_artifact(artifact_store=FileSystemArtifactStore(str(folder)), file_path=tmp,
+        path = tmp / file_name
+        torch.save(state, path)
+        return upload_artifact(artifact_store=FileSystemArtifactStore(str(folder)), file_path=str(path),
                                study_or_trial=target)
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def save_trial_weights(trial: optuna.Trial, state: dict[str, torch.Tensor], folder: Path) -> str:
     """Keep a trained proxy's weights with its trial."""
-    artifact = _upload(folder, state, trial)
+    artifact = _upload(folder, state, trial, f"trial-{trial.number}-proxy.pt")
     trial.set_user_attr("weights_artifact", artifact)
     return artifact
 
@@ -66,7 +67,7 @@ def save_trial_weights(trial: optuna.Trial, state: dict[str, torch.Tensor], fold
 def save_full_weights(study: optuna.Study, number: int, state: dict[str, torch.Tensor], folder: Path,
                       facts: dict[str, Any]) -> str:
     """Keep fully trained weights for trial `number` (the newest replaces older ones for export)."""
-    artifact = _upload(folder, state, study)
+    artifact = _upload(folder, state, study, f"trial-{number}-full.pt")
     study.set_user_attr(f"trained.{number}", {**facts, "weights_artifact": artifact, "saved_at": time.time()})
     return artifact
 

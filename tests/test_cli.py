@@ -1,9 +1,12 @@
 """The command line, end to end in a subprocess."""
+import argparse
 import json
 import subprocess
 import sys
 
-from dsearch import spec_cost, preset, with_conv
+import pytest
+
+from dsearch import preset, spec_cost, with_conv
 
 
 def run(*args):
@@ -43,3 +46,64 @@ def test_cost_bad_inputs_give_one_line(tmp_path):
         assert needle in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
         assert proc.stdout == ""
+
+
+def _subparsers():
+    from dsearch.cli import build_parser
+
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return parser, action.choices
+
+
+def test_every_option_has_help_and_shows_its_default():
+    _, commands = _subparsers()
+    assert set(commands) == {"cost", "run", "show", "dashboard", "export", "train", "spaces"}
+    for name, sub in commands.items():
+        text = sub.format_help()
+        for action in sub._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help, f"{name} {action.dest} has no help text"
+            if action.option_strings and action.default not in (None, False):
+                assert f"(default: {action.default})" in " ".join(text.split()), f"{name} {action.dest}"
+            elif action.option_strings and action.default is None:
+                assert "default" in action.help, f"{name} {action.dest}: say what happens when it is not given"
+
+
+def test_cli_defaults_and_choices_come_from_the_configs_and_registries():
+    from dsearch.fulltrain import FullTrainConfig
+    from dsearch.ops import CONV_TYPES
+    from dsearch.study import PRUNER_FACTORIES, SAMPLER_FACTORIES, SearchConfig
+    from dsearch.train import OPTIMIZERS, ProxyConfig
+
+    parser, commands = _subparsers()
+    run = parser.parse_args(["run"])
+    search, proxy = SearchConfig(), ProxyConfig()
+    for field in ("space", "dataset", "budget_mflops", "budget_mparams", "resolution", "objective", "sampler",
+                  "pruner", "seed", "device"):
+        assert getattr(run, field) == getattr(search, field), field
+    for field in ("epochs", "batch_size", "train_subset", "train_resolution", "optimizer", "lr"):
+        assert getattr(run, field) == getattr(proxy, field), field
+    train = parser.parse_args(["train", "x"])
+    full = FullTrainConfig()
+    assert (train.epochs, train.label_smoothing) == (full.proxy.epochs, full.proxy.label_smoothing)
+
+    def choices(command, dest):
+        return next(a.choices for a in commands[command]._actions if a.dest == dest)
+
+    assert choices("run", "sampler") == list(SAMPLER_FACTORIES) and choices("run", "pruner") == list(PRUNER_FACTORIES)
+    assert choices("run", "optimizer") == list(OPTIMIZERS) == choices("train", "optimizer")
+    conv_help = next(a.help for a in commands["cost"]._actions if a.dest == "conv")
+    assert all(kind in conv_help for kind in CONV_TYPES)
+
+
+def test_version_and_help_exit_cleanly():
+    from dsearch import __version__
+    from dsearch.cli import main
+
+    for argv in (["--version"], ["run", "--help"]):
+        with pytest.raises(SystemExit) as done:
+            main(argv)
+        assert done.value.code == 0
+    assert __version__

@@ -12,9 +12,20 @@ from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 from plotly.offline import get_plotlyjs
 
-from dsearch.dashboard import (TITLE_CONV, TITLE_IMPORTANCE, TITLE_MFLOPS, TITLE_MPARAMS, TITLE_PROGRESS, KIND_COLOURS,
-                               conv_type_figure, cost_bins, dashboard_html, param_importances, pareto_figure,
-                               progress_figure, write_dashboard)
+from dsearch.dashboard import (
+    KIND_COLOURS,
+    TITLE_CONV,
+    TITLE_IMPORTANCE,
+    TITLE_MFLOPS,
+    TITLE_MPARAMS,
+    TITLE_PROGRESS,
+    conv_type_figure,
+    dashboard_html,
+    param_importances,
+    pareto_figure,
+    progress_figure,
+    write_dashboard,
+)
 from dsearch.ops import CONV_TYPES
 from dsearch.pareto import trials_frame
 from dsearch.presets import preset, with_conv
@@ -122,7 +133,7 @@ def test_pareto_step_is_the_brute_force_front(cost, column):
     assert front.line.shape == "hv"
     assert list(front.x) == sorted(front.x)
     truth = non_dominated([(row[column], row[4]) for row in TRAINED])
-    assert set(zip(front.x, front.y)) == truth
+    assert set(zip(front.x, front.y, strict=True)) == truth
     assert len(front.x) == len(truth)  # a duplicated point is drawn once
     # every trained trial is plotted once, in the trace of its conv kind, with its trial number in the hover
     plotted = {}
@@ -130,7 +141,7 @@ def test_pareto_step_is_the_brute_force_front(cost, column):
         t = trace(fig, {"regular": "regular", "dsc": "DSC", "bsconv_u": "BSConv-U", "bsconv_s": "BSConv-S",
                         "scc": "SCC"}[kind] + " (")
         assert t.marker.color == KIND_COLOURS[kind]
-        for x, y, data in zip(t.x, t.y, t.customdata):
+        for x, y, data in zip(t.x, t.y, t.customdata, strict=True):
             plotted[int(data[0])] = (kind, x, y)
             assert "bb" in data[5]  # the compact arch string
     done = frame[frame["status"] == "complete"][["trial", "dominant_conv", cost, "val_acc"]]
@@ -138,6 +149,11 @@ def test_pareto_step_is_the_brute_force_front(cost, column):
     assert plotted == expected
     rejected = trace(fig, "rejected")
     assert sorted(rejected.x) == sorted(row[column] for row in REJECTED)
+    # no invented accuracy: rejected trials sit on their own category strip, not on the accuracy axis
+    assert rejected.yaxis == "y2" and set(rejected.y) == {"rejected (not trained)"}
+    assert all(t.yaxis in (None, "y") for t in fig.data if t is not rejected and not t.name.startswith("budget"))
+    assert all(d[1].endswith(f"MFLOPs at {RESOLUTION}x{RESOLUTION}") for t in fig.data if t.customdata is not None
+               for d in t.customdata)
 
 
 def test_budget_line_sits_at_the_budget():
@@ -155,22 +171,23 @@ def test_conv_kinds_keep_their_colour_across_figures():
     frame = trials_frame(full_study())
     scatter = {t.name: t.marker.color for t in pareto_figure(frame, "mflops", BUDGET, RESOLUTION).data
                if t.name.split(" (")[0] in {"regular", "DSC", "BSConv-U", "BSConv-S", "SCC"}}
-    boxes = {t.name: t.marker.color for t in conv_type_figure(frame, RESOLUTION).data}
-    assert scatter == boxes and len(scatter) == 5
+    panels = {t.name: t.marker.color for t in conv_type_figure(frame, RESOLUTION).data if t.name != "other conv types"}
+    assert scatter == panels and len(scatter) == 5
     assert len(set(scatter.values())) == 5
 
 
-@pytest.mark.parametrize("n", [1, 3, 7, 12, 30])
-def test_cost_bins_cover_every_trial_without_overlap(n):
-    import pandas as pd
-    costs = pd.Series([1.0 + (i * 7919 % 97) / 10 for i in range(n)])
-    labels, order = cost_bins(costs)
-    assert 1 <= len(order) <= 4 and (len(order) == 1) == (n < 12)
-    ranges = [tuple(float(v) for v in label.removesuffix(" MFLOPs").split("-")) for label in order]
-    for cost, label in zip(costs, labels):
-        lo, hi = ranges[order.index(label)]
-        assert lo - 1e-9 <= round(cost, 2) <= hi + 1e-9
-    assert all(a[1] < b[0] for a, b in zip(ranges, ranges[1:]))
+def test_conv_panels_show_each_measured_trial_once_at_its_cost():
+    frame = trials_frame(full_study())
+    fig = conv_type_figure(frame, RESOLUTION)
+    coloured = [t for t in fig.data if t.name != "other conv types"]
+    assert len(coloured) == len({row[0] for row in TRAINED})  # one panel per conv type present
+    seen = sorted((float(x), float(y)) for t in coloured for x, y in zip(t.x, t.y, strict=True))
+    assert seen == sorted((row[2], row[4]) for row in TRAINED)  # every trained trial, no bin or mean
+    for t in coloured:  # behind each panel: exactly the other types' trials, in grey
+        grey = [g for g in fig.data if g.name == "other conv types" and g.xaxis == t.xaxis]
+        assert sum(len(g.x) for g in grey) == len(TRAINED) - len(t.x)
+    titles = [a.text for a in fig.layout.annotations]
+    assert "BSConv-S: 1 trial" in titles and "regular: 3 trials" in titles
 
 
 def test_progress_ends_at_the_brute_force_hypervolume_and_best_accuracy():

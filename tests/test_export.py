@@ -14,7 +14,7 @@ import torch
 from dsearch import ArchSpec, ConvSpec, StageSpec, StemSpec, build_model, preset, spec_cost, with_conv
 from dsearch.archspec import HeadSpec
 from dsearch.errors import DsearchError
-from dsearch.export import export_spec, literal, model_source
+from dsearch.export import export_spec, import_model_file, literal, model_source
 
 STDLIB_AND_TORCH = {"__future__", "math", "collections", "functools", "typing", "torch"}
 
@@ -177,7 +177,7 @@ def test_cli_export_best_trial_with_its_proxy_weights(searched_study, tmp_path):
     weights = torch.load(tmp_path / "exp" / "weights.pt", weights_only=True)
     kept = download(study, best.user_attrs["weights_artifact"], tmp_path)
     assert weights.keys() == kept.keys() and all(torch.equal(weights[k], kept[k]) for k in kept)
-    assert ArchSpec.from_json((tmp_path / "exp" / "arch.json").read_text()) == ArchSpec.from_json(
+    assert ArchSpec.from_json((tmp_path / "exp" / "arch.json").read_text()) == ArchSpec.from_dict(
         best.user_attrs["arch"])
 
 
@@ -251,12 +251,92 @@ def test_onnx_export_runs_in_onnxruntime(tmp_path):
     model = build_model(spec).eval()
     state = randomized_state(model)
     model.load_state_dict(state)
-    result = export_spec(spec, tmp_path, state, onnx=True)
+    info = {"train_resolution": 28, "mean": [0.286], "std": [0.353], "classes": [f"c{i}" for i in range(7)]}
+    result = export_spec(spec, tmp_path, state, info, onnx=True)
     assert "model.onnx" in result.files
     x = torch.randn(5, spec.in_channels, 28, 28)  # another batch and image size than the export's
     (logits,) = ort.InferenceSession(str(tmp_path / "model.onnx")).run(None, {"input": x.numpy()})
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(logits), model(x), rtol=1e-4, atol=1e-4)
+    import onnx
+
+    proto = onnx.load(str(tmp_path / "model.onnx"))
+    meta = {p.key: json.loads(p.value) for p in proto.metadata_props}
+    assert meta["dsearch.train_resolution"] == 28 and meta["dsearch.resolution"] == spec.resolution == 40
+    assert meta["dsearch.mean"] == [0.286] and meta["dsearch.std"] == [0.353] and meta["dsearch.classes"][3] == "c3"
+    assert meta["dsearch.num_classes"] == 7 and meta["dsearch.in_channels"] == 3
+    assert not [n.op_type for n in proto.graph.node if "Scatter" in n.op_type]  # SCC stored dense, no scatter
+
+
+class _Calls(torch.overrides.TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.names.append(getattr(func, "__name__", str(func)))
+        return func(*args, **(kwargs or {}))
+
+
+def test_standalone_scc_does_no_scatter_in_inference_and_follows_new_weights(tmp_path):
+    spec = SPECS["resnet20-scc"]().replace(resolution=16)
+    export_spec(spec, tmp_path, None)
+    module = import_model_file(tmp_path / "model.py")
+    net = module.build_model().eval()
+    x = torch.randn(2, 1, 16, 16)
+    reference = build_model(spec).eval()
+    state = randomized_state(reference)
+    reference.load_state_dict(state)
+    net.load_state_dict(state)  # loading in eval refreshes the dense cache
+    with torch.no_grad(), _Calls() as calls:
+        y = net(x)
+    assert not [n for n in calls.names if "scatter" in n]
+    with torch.no_grad():
+        torch.testing.assert_close(y, reference(x), rtol=1e-4, atol=1e-4)
+    net.train()
+    with _Calls() as calls:  # training builds the dense weight from the real N x K weights (gradients flow there)
+        net(x).sum().backward()
+    assert [n for n in calls.names if "scatter" in n]
+
+
+def test_build_model_takes_num_classes_with_a_fresh_classifier(tmp_path):
+    spec = SPECS["separable-mixed"]()
+    reference = build_model(spec).eval()
+    state = randomized_state(reference)
+    reference.load_state_dict(state)
+    export_spec(spec, tmp_path, state)
+    module = import_model_file(tmp_path / "model.py")
+    same = module.build_model(weights=str(tmp_path / "weights.pt")).eval()
+    five = module.build_model(num_classes=5, weights=str(tmp_path / "weights.pt")).eval()
+    x = torch.randn(2, spec.in_channels, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(same(x), reference(x), rtol=1e-4, atol=1e-4)
+        assert five(x).shape == (2, 5)
+        features = reference.head[:-1](reference.stages(reference.stem(x)))
+        torch.testing.assert_close(five.head[:-1](five.stages(five.stem(x))), features, rtol=1e-4, atol=1e-4)
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="num_classes"):
+            module.build_model(num_classes=bad)
+
+
+def small_scc_spec() -> ArchSpec:
+    """One separable stage with SCC: small enough that torch.export traces it quickly."""
+    return ArchSpec(in_channels=1, num_classes=3, resolution=16, name="small-scc", stem=StemSpec(8, 3, 1, "relu"),
+                    stages=(StageSpec("separable", 16, 1, 2, 3, conv=ConvSpec.of("scc", groups=2, overlap=0.5)),),
+                    head=HeadSpec(0, "relu", 0.0))
+
+
+def test_torch_export_program_loads_back(tmp_path):
+    spec = small_scc_spec()
+    model = build_model(spec).eval()
+    state = randomized_state(model)
+    model.load_state_dict(state)
+    result = export_spec(spec, tmp_path, state, torch_export=True)
+    assert "model.pt2" in result.files and any("model.pt2 loaded back" in n for n in result.notes)
+    program = torch.export.load(str(tmp_path / "model.pt2"))
+    x = torch.randn(4, 1, 24, 24)  # another batch and size than the exported example
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x), model(x), rtol=1e-4, atol=1e-4)
 
 
 def test_cli_export_of_a_rejected_trial_says_so_and_writes_no_weights(searched_study, tmp_path):

@@ -1,4 +1,4 @@
-"""Each conv type against an independent truth (DESIGN.md's definitions)."""
+"""Each conv type against an independent truth (docs/design.md's definitions)."""
 import math
 from fractions import Fraction
 

@@ -41,8 +41,8 @@ def test_front_is_the_non_dominated_set(seed, cost):
     frame = random_frame(40, seed)
     front = pareto_front(frame, cost)
     # Duplicated points are one point of the set; the front keeps one trial for each.
-    assert set(zip(front[cost], front["val_acc"])) == brute_force_front(frame, cost)
-    assert len(front) == len(set(zip(front[cost], front["val_acc"])))
+    assert set(zip(front[cost], front["val_acc"], strict=True)) == brute_force_front(frame, cost)
+    assert len(front) == len(set(zip(front[cost], front["val_acc"], strict=True)))
     assert list(front[cost]) == sorted(front[cost])
 
 
@@ -74,7 +74,7 @@ def test_hypervolume_by_hand():
 def test_hypervolume_matches_grid_counting(seed):
     frame = random_frame(25, seed)
     front = pareto_front(frame)
-    points = list(zip(front["mflops"], front["val_acc"]))
+    points = list(zip(front["mflops"], front["val_acc"], strict=True))
     exact = hypervolume(front, 80.0, 0.2)
     inside = [(c, s) for c, s in points if c < 80.0 and s > 0.2]
     assert exact == pytest.approx(grid_area(inside, 80.0, 0.2), rel=0.02)
@@ -130,6 +130,19 @@ def test_cli_show_and_csv_round_trip(searched_study, tmp_path):
     back = pd.read_csv(tmp_path / "t.csv")
     assert list(back.columns) == list(frame.columns) and len(back) == len(frame)
     pd.testing.assert_series_equal(back["val_acc"], frame["val_acc"].astype(float), check_names=False)
+    # integers stay integers and flags stay booleans in the file, even where some trials lack the value
+    raw = pd.read_csv(tmp_path / "t.csv", dtype=str, keep_default_na=False)
+    for column in ("trial", "epochs", "resolution", "stage1.width", "stage1.kernel"):
+        assert all(v == "" or v.isdigit() for v in raw[column]), column
+    assert set(raw["pareto"]) <= {"True", "False"} and back["pareto"].dtype == bool
+    assert raw["epochs"].eq("").any() and frame["epochs"].dtype == "Int64"  # rejected trials were not trained
+    rows = zip(frame["trial"], frame["status"], frame["mflops"], frame["val_acc"], strict=True)
+    done = [(c, a, n) for n, st, c, a in rows if st == "complete"]
+    brute = {n for c, a, n in done if not any(c2 <= c and a2 >= a and (c2, a2) != (c, a) for c2, a2, _ in done)}
+    assert set(back.loc[back["pareto"], "trial"]) == brute
+    starts = pd.to_datetime(back["datetime_start"])
+    ends = pd.to_datetime(back["datetime_complete"])
+    assert (ends >= starts).all() and starts.is_monotonic_increasing
 
     def plain(f):
         return f.astype(object).where(f.notna(), None)
@@ -144,7 +157,7 @@ def test_latency_front_and_measurement(searched_study, tmp_path):
     done = frame[frame["status"] == "complete"]
     assert (done["latency_ms"] > 0).all()
     front = pareto_front(frame, "latency_ms")
-    assert set(zip(front["latency_ms"], front["val_acc"])) == brute_force_front(done, "latency_ms")
+    assert set(zip(front["latency_ms"], front["val_acc"], strict=True)) == brute_force_front(done, "latency_ms")
     proc = subprocess.run([sys.executable, "-m", "dsearch", "show", searched_study["name"], "--storage",
                            searched_study["storage"], "--by", "latency_ms"], capture_output=True, text=True,
                           cwd=tmp_path, timeout=120)

@@ -44,7 +44,7 @@ def test_search_respects_budget_and_records_everything(tiny_space, tmp_path):
     assert len(trained) == 4 and summary.counts["complete"] == 4
     assert rejected, "a budget at 15% of the range must reject some samples"
     for t in trained:
-        spec = ArchSpec.from_json(t.user_attrs["arch"])
+        spec = ArchSpec.from_dict(t.user_attrs["arch"])
         cost = spec_cost(spec)  # recount independently from the stored spec
         assert cost.mflops <= cfg.budget_mflops
         assert t.values == [t.user_attrs["val_acc"], pytest.approx(cost.mflops)]
@@ -244,7 +244,7 @@ def test_rejected_samples_are_repaired_into_trained_candidates(tiny_space, tmp_p
         fixed = repairs[t.number]
         assert fixed.params != t.params
         assert fixed.user_attrs["status"] in ("complete", "duplicate")
-        assert spec_cost(ArchSpec.from_json(fixed.user_attrs["arch"])).mflops <= cfg.budget_mflops
+        assert spec_cost(ArchSpec.from_dict(fixed.user_attrs["arch"])).mflops <= cfg.budget_mflops
 
 
 def test_duplicates_are_recorded_not_retrained(tiny_space, tmp_path):

@@ -52,7 +52,8 @@ def describe_changes(changes: dict[str, tuple[Any, Any]]) -> str:
     def show(key: str, value: Any) -> str:
         return f"{value[:12]}..." if key == "space_sha256" and isinstance(value, str) else repr(value)
 
-    return ", ".join(f"{k}={show(k, old)} (now {show(k, new)})" for k, (old, new) in changes.items())
+    labels = {"space_sha256": "space content sha256"}  # the file was edited (or another file with its name)
+    return ", ".join(f"{labels.get(k, k)}={show(k, old)} (now {show(k, new)})" for k, (old, new) in changes.items())
 
 
 def check_resume(study_name: str, existing: optuna.Study | None, identity: dict[str, Any],

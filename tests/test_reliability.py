@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import optuna
@@ -111,7 +112,7 @@ def test_resume_with_changed_settings_is_refused_or_recorded(tiny_space, tmp_pat
     # The same path with other content: an edited space file is another space.
     original = tiny_space.read_text()
     tiny_space.write_text(original.replace("kernel: [3, 5]", "kernel: [3]"))
-    with pytest.raises(DsearchError, match="was created with space_sha256="):
+    with pytest.raises(DsearchError, match="was created with space content sha256="):
         run_search(cfg(tiny_space), "bind", url, n_trials=1, log=quiet)
     assert len(optuna.load_study(study_name="bind", storage=url).trials) == n_before  # refusals wrote nothing
     # Asked for explicitly: the change is recorded on the study, and the new settings bind from then on.
@@ -122,7 +123,7 @@ def test_resume_with_changed_settings_is_refused_or_recorded(tiny_space, tmp_pat
     assert len(changes) == 1 and list(changes[0]["changes"]) == ["space_sha256"]
     assert changes[0]["from_trial"] == n_before
     tiny_space.write_text(original)
-    with pytest.raises(DsearchError, match="space_sha256="):
+    with pytest.raises(DsearchError, match="space content sha256="):
         run_search(cfg(tiny_space), "bind", url, n_trials=1, log=quiet)
 
 
@@ -164,6 +165,16 @@ def test_bad_numbers_and_places_are_one_line_before_anything_is_written(tiny_spa
     code, _, err = dsearch(capfd, "run", "--space", tiny_space, *RUN, *args)
     one_line_error(code, err, needle)
     assert not (tmp_path / "studies").exists()
+
+
+def test_cost_and_train_check_their_numbers(tmp_path, monkeypatch, capfd):
+    monkeypatch.chdir(tmp_path)
+    one_line_error(*dsearch(capfd, "train", "resnet20", "--lr", "inf")[::2], "--lr must be a finite number > 0")
+    one_line_error(*dsearch(capfd, "train", "resnet20", "--label-smoothing", "1.5")[::2],
+                   "--label-smoothing must be a finite number >= 0 and < 1")
+    one_line_error(*dsearch(capfd, "train", "resnet20", "--train-resolution", "0")[::2],
+                   "--train-resolution must be an integer >= 8")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_cost_refuses_a_resolution_that_cannot_fit(capfd):
@@ -348,20 +359,25 @@ def test_train_and_export_name_a_rejected_or_failed_trial(searched_study, tmp_pa
 # --- the fault test: SIGKILL mid-trial, then resume ---------------------------------------------------------------
 
 def _states(db: Path) -> dict[int, tuple[str, str | None]]:
-    """trial number -> (state, status attr), read straight from the SQLite file."""
-    with sqlite3.connect(db, timeout=30) as con:
-        rows = con.execute("SELECT t.number, t.state, a.value_json FROM trials t LEFT JOIN trial_user_attributes a "
-                           "ON a.trial_id = t.trial_id AND a.key = 'status'").fetchall()
+    """trial number -> (state, status attr), read straight from the SQLite file ({} before Optuna made its tables)."""
+    try:
+        with closing(sqlite3.connect(db, timeout=30)) as con:
+            rows = con.execute("SELECT t.number, t.state, a.value_json FROM trials t LEFT JOIN trial_user_attributes a "
+                               "ON a.trial_id = t.trial_id AND a.key = 'status'").fetchall()
+    except sqlite3.OperationalError:
+        return {}
     return {n: (state, status and status.strip('"')) for n, state, status in rows}
 
 
 def test_a_worker_killed_mid_trial_loses_nothing_on_resume(tiny_space, tmp_path, monkeypatch):
     monkeypatch.setenv("DSEARCH_HEARTBEAT_S", "1")  # marked failed after 3 missed heartbeats, not 60 s
     db = tmp_path / "kill.db"
-    args = ["run", "--space", str(tiny_space), "--budget-mflops", str(BUDGET), "--sampler", "random", "--epochs", "2",
+    args = ["run", "--space", str(tiny_space), "--budget-mflops", str(BUDGET), "--sampler", "random", "--epochs", "1",
             "--batch-size", "64", "--train-subset", "512", "--n-trials", "50", "--quiet",
             "--study-name", "kill", "--storage", f"sqlite:///{db}"]
-    worker = subprocess.Popen([sys.executable, "-m", "dsearch", *args], cwd=tmp_path, env=os.environ.copy(),
+    code_under_test = str(Path(cli.__file__).resolve().parents[1])  # not whichever dsearch is installed
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [code_under_test, os.environ.get("PYTHONPATH")]))}
+    worker = subprocess.Popen([sys.executable, "-m", "dsearch", *args], cwd=tmp_path, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     try:
@@ -385,7 +401,7 @@ def test_a_worker_killed_mid_trial_loses_nothing_on_resume(tiny_space, tmp_path,
     killed = [t.number for t in before if t.state == TrialState.RUNNING]
     assert finished and len(killed) == 1
     time.sleep(3.5)  # the grace period of three 1-s heartbeats
-    proxy = ProxyConfig(epochs=2, batch_size=64, train_subset=512)
+    proxy = ProxyConfig(epochs=1, batch_size=64, train_subset=512)
     summary = run_search(cfg(tiny_space, proxy=proxy), "kill", f"sqlite:///{db}", n_trials=1, log=quiet)
     after = {t.number: t for t in summary.study.trials}
     assert sorted(after) == list(range(len(after)))  # none lost, none duplicated

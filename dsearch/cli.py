@@ -242,6 +242,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 def _trial_note(study, number: int, doing: str) -> str | None:
     """A note when trial `number` is not a trained trial within budget (its status and reason), else None."""
+    from .failures import failure_reason
     from .study import trial_status
 
     trials = study.get_trials(deepcopy=False)
@@ -250,7 +251,8 @@ def _trial_note(study, number: int, doing: str) -> str | None:
     status = trial_status(trials[number])
     if status == "complete":
         return None
-    reason = trials[number].user_attrs.get("reason") if status != "running" else None
+    reason = failure_reason(trials[number]) if status == "failed" else trials[number].user_attrs.get("reason")
+    reason = None if status == "running" else reason
     what = {"rejected": "was rejected by the budget before training", "failed": "failed",
             "running": "is still running"}.get(status, f"is {status}")
     return f"note: trial {number} {what}" + (f" ({reason})" if reason else "") + f"; {doing} anyway"

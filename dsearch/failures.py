@@ -56,7 +56,7 @@ def failure_reason(trial: FrozenTrial) -> str:
     if status == "failed" and reason:
         return reason
     if status in (None, "training"):  # nothing after the objective ran: its process ended mid-trial
-        return "its worker stopped (killed or lost) while the trial ran"
+        return "its worker was killed or lost while the trial ran"
     return f"Optuna refused its result (status {status})"
 
 

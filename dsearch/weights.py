@@ -76,16 +76,20 @@ def _download(folder: Path, artifact: str) -> dict[str, torch.Tensor]:
         except Exception as err:  # noqa: BLE001 - a missing or unreadable artifact becomes one line
             raise DsearchError(f"weights {artifact} are missing from {folder}: "
                                f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
-        try:  # tensors only: a pickle payload or a damaged file is refused, never executed
-            with warnings.catch_warnings():  # torch warns about a foreign pickle protocol before refusing it
-                warnings.simplefilter("ignore")
-                state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - any unpickling problem becomes one line
-            raise DsearchError(f"weights {artifact} in {folder} are damaged or not a state_dict of tensors "
-                               f"({type(err).__name__}); retrain them with `dsearch train`") from None
+        return load_state(path, f"weights {artifact} in {folder}", "retrain them with `dsearch train`")
+
+
+def load_state(path: Path, what: str, fix: str) -> dict[str, torch.Tensor]:
+    """A state_dict of tensors from `path`; anything else (damaged, or a pickle that would run code) is one line."""
+    try:  # tensors only: a pickle payload is refused, never executed
+        with warnings.catch_warnings():  # torch warns about a foreign pickle protocol before refusing it
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling problem becomes one line
+        raise DsearchError(f"{what} are damaged or not a state_dict of tensors ({type(err).__name__}; dsearch "
+                           f"loads tensors only and never runs code from a weights file); {fix}") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise DsearchError(f"weights {artifact} in {folder} are not a state_dict of tensors; retrain them with "
-                           "`dsearch train`")
+        raise DsearchError(f"{what} are not a state_dict of tensors; {fix}")
     return state
 
 

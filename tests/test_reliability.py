@@ -279,6 +279,10 @@ def test_damaged_or_malicious_artifacts_are_refused_in_one_line(searched_study, 
     for trial in kept[:2]:
         code, _, err = dsearch(capfd, "export", "searched", "--storage", url, "--trial", trial.number, "--out", "e")
         one_line_error(code, err, "are damaged or not a state_dict of tensors")
+    (tmp_path / "arch.json").write_text(preset("resnet20").to_json())
+    (tmp_path / "payload.pt").write_bytes(pickle.dumps(Payload()))
+    code, _, err = dsearch(capfd, "export", "arch.json", "--weights", "payload.pt", "--out", "e")
+    one_line_error(code, err, "weights payload.pt are damaged or not a state_dict of tensors")
     assert not (tmp_path / "PWNED").exists() and not (tmp_path / "e").exists()
 
 

@@ -390,7 +390,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_spaces(args: argparse.Namespace) -> int:
     from .cost import spec_cost
     from .spaces import available_spaces, extreme_spec, load_space, space_size
+    from .validate import check_int
 
+    check_int(args.in_channels, "--in-channels", 1)
+    check_int(args.num_classes, "--num-classes", 1)
     print(f"MFLOPs at each space's resolution, for {args.in_channels} input channel(s) and {args.num_classes} classes")
     print(f"{'space':<10} {'resolution':>10} {'architectures':>14} {'MFLOPs min':>11} {'MFLOPs max':>11}  description")
     for name, path in available_spaces().items():

@@ -174,6 +174,7 @@ def test_cost_and_train_check_their_numbers(tmp_path, monkeypatch, capfd):
                    "--label-smoothing must be a finite number >= 0 and < 1")
     one_line_error(*dsearch(capfd, "train", "resnet20", "--train-resolution", "0")[::2],
                    "--train-resolution must be an integer >= 8")
+    one_line_error(*dsearch(capfd, "spaces", "--num-classes", "0")[::2], "--num-classes must be an integer >= 1")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -87,7 +87,7 @@ def test_a_copied_study_reads_its_own_artifacts(searched_study, tmp_path):
     shutil.rmtree(first)  # nothing may depend on the folder it was copied from
     url = f"sqlite:///{second}/study.db"
     study = optuna.load_study(study_name="searched", storage=url)
-    assert ARTIFACTS_ATTR not in study.user_attrs  # no absolute path recorded
+    study.set_user_attr(ARTIFACTS_ATTR, str(first / "artifacts"))  # as older versions recorded it
     assert recorded_artifact_dir(study, url) == (second / "artifacts").resolve()
     number = next(t.number for t in study.trials if t.user_attrs.get("weights_artifact"))
     copied, _ = trial_weights(study, number, url)
@@ -230,6 +230,7 @@ def test_inf_batch_norm_statistics_fail_the_trial_and_are_not_trained(tiny_space
     assert len(failed) == 1 and summary.counts["complete"] == 1 and summary.trained == 1
     assert "running_var holds inf after training" in failed[0].user_attrs["reason"]
     assert "weights_artifact" not in failed[0].user_attrs and not failed[0].user_attrs.get("trained")
+    assert ARTIFACTS_ATTR not in summary.study.user_attrs  # a local storage records no artifact path
     assert summary.failed == 1 and summary.shortfall() is None  # asked for one, got one
 
 
@@ -272,13 +273,11 @@ def test_damaged_or_malicious_artifacts_are_refused_in_one_line(searched_study, 
     shutil.copytree(searched_study["root"], tmp_path / "s")
     url = f"sqlite:///{tmp_path}/s/study.db"
     study = optuna.load_study(study_name="searched", storage=url)
-    kept = [t for t in study.trials if t.user_attrs.get("weights_artifact")]
-    garbage = tmp_path / "s" / "artifacts" / kept[0].user_attrs["weights_artifact"]
-    garbage.write_bytes(b"not a checkpoint")
-    payload = tmp_path / "s" / "artifacts" / kept[1].user_attrs["weights_artifact"]
-    payload.write_bytes(pickle.dumps(Payload()))
-    for trial in kept[:2]:
-        code, _, err = dsearch(capfd, "export", "searched", "--storage", url, "--trial", trial.number, "--out", "e")
+    number = next(t.number for t in study.trials if t.user_attrs.get("weights_artifact"))
+    for damage in (b"not a checkpoint", pickle.dumps(Payload())):
+        for artifact in (tmp_path / "s" / "artifacts").iterdir():  # proxy and any fully trained weights
+            artifact.write_bytes(damage)
+        code, _, err = dsearch(capfd, "export", "searched", "--storage", url, "--trial", number, "--out", "e")
         one_line_error(code, err, "are damaged or not a state_dict of tensors")
     (tmp_path / "arch.json").write_text(preset("resnet20").to_json())
     (tmp_path / "payload.pt").write_bytes(pickle.dumps(Payload()))

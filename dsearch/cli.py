@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Callable, Sequence
 
 from .archspec import ArchSpec
 from .errors import DsearchError
+from .paths import file_part, write_atomic
 from .presets import PRESETS
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
@@ -30,14 +33,23 @@ def load_arch(arch: str, *, width: float | None = None, num_classes: int | None 
 
 @command
 def cmd_cost(args: argparse.Namespace) -> int:
+    import torch
+
     from .builder import build_model
     from .cost import cost_table, count_cost
+    from .validate import check_fits_memory, check_int, check_number, check_resolution
 
+    for value, flag in ((args.num_classes, "--num-classes"), (args.in_channels, "--in-channels")):
+        if value is not None:
+            check_int(value, flag, 1)
+    if args.width is not None:
+        check_number(args.width, "--width", low=0, low_open=True)
+    check_int(args.depth, "--depth", 0)
+    check_resolution(args.resolution, "--resolution")
     spec = load_arch(args.arch, width=args.width, num_classes=args.num_classes, in_channels=args.in_channels,
                      conv=args.conv)
     size = args.resolution or spec.resolution
-    if size < 8:
-        raise DsearchError(f"--resolution {size} is too small; use at least 8 pixels")
+    check_fits_memory(spec, size, 1, torch.device("cpu"), "--resolution")  # before fvcore allocates the pass
     model = build_model(spec)
     shape = (spec.in_channels, size, size)
     cost = count_cost(model, shape)
@@ -96,11 +108,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         bars = lambda n: tqdm(total=n, desc="search", unit="trial")  # noqa: E731
         steps = _StepBar()
     summary = run_search(cfg, args.study_name, args.storage, n_trials=args.n_trials, timeout=args.timeout, log=log,
-                         progress_factory=bars, trial_progress=steps)
+                         progress_factory=bars, trial_progress=steps,
+                         allow_changed_settings=args.allow_changed_settings)
     print_summary(summary, args.study_name, cfg)
     if summary.interrupted:
         return 130
-    if summary.stopped:
+    shortfall = summary.shortfall()
+    if shortfall:  # fewer architectures than asked because trials failed: say so, and fail the command
+        print(f"dsearch run: error: {shortfall}; `dsearch show {args.study_name}` lists every trial", file=sys.stderr)
+        return 1
+    if summary.stopped:  # nothing new to train could be found
         print(f"dsearch run: error: stopped after training {summary.trained} of {args.n_trials} architectures: "
               f"{summary.stopped}", file=sys.stderr)
         return 1
@@ -186,7 +203,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def _write_csv(frame, path: Path) -> None:
-    _write_atomic(path, lambda tmp: frame.to_csv(tmp, index=False))
+    write_atomic(path, lambda tmp: frame.to_csv(tmp, index=False))
 
 
 def _check_parquet() -> None:
@@ -197,19 +214,7 @@ def _check_parquet() -> None:
 
 
 def _write_parquet(frame, path: Path) -> None:
-    _write_atomic(path, lambda tmp: frame.to_parquet(tmp, index=False))
-
-
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    if path.is_dir():
-        raise DsearchError(f"{path} is a folder; give a file name")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        write(tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, lambda tmp: frame.to_parquet(tmp, index=False))
 
 
 @command
@@ -217,7 +222,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     from .dashboard import write_dashboard
 
     study, _ = _open(args.study, args.storage)
-    out = Path(args.out or Path("studies") / _safe_name(study.study_name) / "dashboard.html")
+    out = Path(args.out or Path("studies") / file_part(study.study_name) / "dashboard.html")
     if out.is_dir():
         raise DsearchError(f"--out {out} is a folder; give an .html file name")
     info = write_dashboard(study, out)
@@ -233,10 +238,22 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
-def _safe_name(name: str) -> str:
-    """A study name as a file-name part (study names may hold any character)."""
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name).strip(".")
-    return safe or "study"
+def _trial_note(study, number: int, doing: str) -> str | None:
+    """A note when trial `number` is not a trained trial within budget (its status and reason), else None."""
+    from .failures import failure_reason
+    from .study import trial_status
+
+    trials = study.get_trials(deepcopy=False)
+    if not 0 <= number < len(trials):
+        return None  # arch_of says which numbers exist
+    status = trial_status(trials[number])
+    if status == "complete":
+        return None
+    reason = failure_reason(trials[number]) if status == "failed" else trials[number].user_attrs.get("reason")
+    reason = None if status == "running" else reason
+    what = {"rejected": "was rejected by the budget before training", "failed": "failed",
+            "running": "is still running"}.get(status, f"is {status}")
+    return f"note: trial {number} {what}" + (f" ({reason})" if reason else "") + f"; {doing} anyway"
 
 
 def _budget_text(budget: dict[str, float | None]) -> str:
@@ -284,9 +301,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         number = _pick_trial(study, args.trial)
         spec = arch_of(study, number)
         attrs = study.get_trials(deepcopy=False)[number].user_attrs
-        if attrs.get("status") != "complete":
-            print(f"note: trial {number} is {attrs.get('status', 'unfinished')}"
-                  + (f" ({attrs['reason']})" if attrs.get("reason") else "") + "; exporting its architecture anyway")
+        note = _trial_note(study, number, "exporting its architecture")
+        if note:
+            print(note)
         found = trial_weights(study, number, url)
         state, source = found if found is not None else (None, None)
         data = study.user_attrs.get("dsearch_data") or {}
@@ -295,7 +312,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         if found is not None:  # the size the weights were trained at (the budget is counted at `resolution`)
             full = study.user_attrs.get(f"trained.{number}") or {}
             info["train_resolution"] = full.get("train_resolution") or attrs.get("train_resolution")
-        out = Path(args.out or Path("exports") / f"{_safe_name(study.study_name)}-trial{number}")
+        out = Path(args.out or Path("exports") / f"{file_part(study.study_name)}-trial{number}")
         if found is None:
             storage = f" --storage {url}" if args.storage else ""
             print(f"trial {number} has no kept weights; `dsearch train {args.target} --trial {number}{storage}` "
@@ -312,7 +329,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             facts = json.loads(metrics.read_text())
             info = {k: facts[k] for k in ("dataset", "epochs", "test_acc", "train_resolution", "mean", "std", "classes")
                     if k in facts}
-        out = Path(args.out or Path("exports") / _safe_name(Path(args.target).stem))
+        out = Path(args.out or Path("exports") / file_part(Path(args.target).stem))
     if state is not None:
         check_weights_fit(spec, state, source)
     result = export_spec(spec, out, state, info, onnx=args.onnx, torchscript=args.torchscript,
@@ -344,6 +361,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         study, url = _open(args.target, args.storage)
         number = _pick_trial(study, args.trial, log)
         spec = arch_of(study, number)
+        note = _trial_note(study, number, "training it")
+        if note:
+            print(note)  # even with --quiet: the user asked for a trial the search did not train
         cfg = study_defaults(study.user_attrs.get("dsearch_config") or {}, cfg)
         result, facts = train_full(spec, cfg, steps, log)
         save_full_weights(study, number, result.state, artifact_dir(study, url), facts)
@@ -355,7 +375,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise DsearchError("--trial applies to a study; an ArchSpec JSON file is one architecture")
         spec = load_arch(args.target)
         result, facts = train_full(spec, cfg, steps, log)
-        out = Path(args.out or Path("trained") / _safe_name(Path(args.target).stem))
+        out = Path(args.out or Path("trained") / file_part(Path(args.target).stem))
         write_trained(out, spec, result.state, facts)
         where = (f"written to {out}/ (arch.json, weights.pt, metrics.json); `dsearch export {out / 'arch.json'}` "
                  "picks them up")
@@ -370,12 +390,14 @@ def cmd_spaces(args: argparse.Namespace) -> int:
     from .budget import Budget, budget_share
     from .cost import spec_cost
     from .spaces import available_spaces, extreme_spec, load_space, space_size
+    from .validate import check_int, check_number
 
+    check_int(args.in_channels, "--in-channels", 1)
+    check_int(args.num_classes, "--num-classes", 2)
+    check_int(args.samples, "--samples", 100)
     for value, flag in ((args.budget_mflops, "--budget-mflops"), (args.budget_mparams, "--budget-mparams")):
-        if value is not None and not (value > 0 and value != float("inf")):
-            raise DsearchError(f"{flag} must be a positive finite number, got {value:g}")
-    if args.samples < 100:
-        raise DsearchError(f"--samples must be at least 100, got {args.samples}")
+        if value is not None:
+            check_number(value, flag, low=0, low_open=True)
     names = args.space or list(available_spaces())
     spaces = [load_space(name) for name in names]
     budget = Budget(args.budget_mflops, args.budget_mparams)
@@ -436,6 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dsearch", description="Architecture search over separable convolutions under a compute budget.",
         formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"dsearch {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks (also Optuna's for failed trials)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command_parser(name: str, help: str) -> argparse.ArgumentParser:
@@ -495,6 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--early-stop-margin", type=float, default=search.early_stop_margin,
                    help="accuracy margin of --early-stop")
     g.add_argument("--seed", type=int, default=search.seed, help="sampler, data split and training seed")
+    g.add_argument("--allow-changed-settings", action="store_true",
+                   help="resume a study with settings other than those it was made with (recorded on the study)")
     g.add_argument("--quiet", action="store_true", help="no progress bars or per-trial lines")
 
     def study_args(p: argparse.ArgumentParser) -> None:
@@ -560,6 +585,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the random samples")
     p.add_argument("--in-channels", type=int, default=1, help="input channels the costs are counted for")
     p.add_argument("--num-classes", type=int, default=10, help="classes the costs are counted for")
+    for p in sub.choices.values():  # --debug also after the command; SUPPRESS keeps `dsearch --debug run` working
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
     return parser
 
 
@@ -579,13 +606,21 @@ def _lr_defaults(full_training: bool = False) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. A user error is one line and exit 2, Ctrl-C exit 130, both without a traceback unless
+    --debug; any other exception is a bug in dsearch and keeps its traceback."""
     args = build_parser().parse_args(argv)
+    debug = getattr(args, "debug", False)
+    logging.getLogger("dsearch").setLevel(logging.DEBUG if debug else logging.NOTSET)
     try:
         return COMMANDS[args.command](args)
     except DsearchError as err:
+        if debug:
+            traceback.print_exc()
         print(f"dsearch {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
         print(f"dsearch {args.command}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # e.g. `dsearch show X | head`: the reader left; say nothing more

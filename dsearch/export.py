@@ -373,13 +373,9 @@ def _require(module: str, message: str) -> None:
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
     """A state_dict saved by dsearch (safe loading: tensors only)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling problem becomes one line
-        raise DsearchError(f"cannot load weights {path}: {str(err).splitlines()[0]}") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise DsearchError(f"{path} is not a state_dict of tensors")
-    return state
+    from .weights import load_state
+
+    return load_state(path, f"weights {path}", "give the weights.pt that dsearch train or export wrote")
 
 
 def check_weights_fit(spec: ArchSpec, state: dict[str, torch.Tensor], source: str) -> None:

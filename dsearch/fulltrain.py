@@ -17,8 +17,10 @@ import torch
 from .archspec import ArchSpec
 from .data import load_dataset
 from .errors import DsearchError
-from .study import data_facts
+from .failures import check_finite_state
+from .study import check_proxy, data_facts
 from .train import DeviceData, ProxyConfig, TrainingDiverged, TrainResult, select_device, train_proxy
+from .validate import check_device, check_fits_memory, check_resolution
 
 
 # Peak SGD learning rate at batch 128 for full training. The proxy's 0.1 is fine for 2 epochs, but over 10 epochs
@@ -47,8 +49,9 @@ def train_full(spec: ArchSpec, cfg: FullTrainConfig, progress: Callable[[int, in
                log: Callable[[str], None] = print) -> tuple[TrainResult, dict[str, Any]]:
     """Train `spec` on the whole training split; returns the result and the facts to keep with the weights."""
     dataset = cfg.dataset or "fashion-mnist-embedded"
-    if cfg.proxy.epochs < 1:
-        raise DsearchError(f"--epochs must be >= 1, got {cfg.proxy.epochs}")
+    check_proxy(cfg.proxy)
+    check_resolution(cfg.train_resolution, "--train-resolution")
+    check_device(cfg.device)
     proxy = cfg.proxy
     if proxy.lr is None and proxy.optimizer == "sgd":
         proxy = replace(proxy, lr=FULL_TRAIN_SGD_LR * proxy.batch_size / 128)
@@ -56,8 +59,10 @@ def train_full(spec: ArchSpec, cfg: FullTrainConfig, progress: Callable[[int, in
     check_fits_data(spec, data.in_channels, data.num_classes, dataset)
     try:
         device = select_device(cfg.device)
-    except ValueError as err:
-        raise DsearchError(str(err)) from None
+    except (ValueError, RuntimeError) as err:
+        raise DsearchError(str(err).splitlines()[0]) from None
+    check_fits_memory(spec, cfg.train_resolution or data.image_size[0], proxy.batch_size, device, "--train-resolution",
+                      training=True)
     device_data = DeviceData(data, device, None, cfg.train_resolution)
     log(f"training {spec.summary()} for {proxy.epochs} epochs on {dataset} "
         f"({len(data.train_x)} images at {device_data.size}x{device_data.size}, {device})")
@@ -67,6 +72,7 @@ def train_full(spec: ArchSpec, cfg: FullTrainConfig, progress: Callable[[int, in
 
     try:
         result = train_proxy(spec, device_data, proxy, on_epoch, progress)
+        check_finite_state(result.state)
     except TrainingDiverged as err:
         raise DsearchError(f"training diverged ({err}); lower --lr or try --optimizer adamw") from None
     facts = {"epochs": result.epochs, "dataset": dataset, "val_acc": result.val_acc, "test_acc": result.test_acc,

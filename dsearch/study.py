@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import time
 import warnings
@@ -23,17 +24,22 @@ from typing import Any, Callable, Iterable, Sequence
 
 import optuna
 import sqlalchemy
-from optuna.trial import TrialState
+import torch
+from optuna.trial import FrozenTrial, TrialState
 
 from .archspec import ArchSpec, ArchSpecError
 from .budget import Budget, build, feasible_count, feasible_params, random_recorder, repair
 from .cost import Cost, spec_cost
 from .data import Dataset, load_dataset
 from .errors import DsearchError
+from .failures import check_finite_state, failure_reason, optuna_log_level, recording_failures
 from .latency import measure_latency
+from .paths import default_storage, local_storage_file
 from .record import STATUSES, arch_attrs, name_metrics, set_constraints, trial_arch
+from .resume import bind, check_resume, space_digest
 from .spaces import Space, extreme_spec, load_space, sample
 from .train import OPTIMIZERS, DeviceData, ProxyConfig, TrainingDiverged, select_device, train_proxy
+from .validate import check_device, check_fits_memory, check_int, check_number, check_resolution, check_seed
 from .weights import artifact_dir, save_trial_weights
 
 OBJECTIVES = ("multi", "accuracy")
@@ -42,7 +48,18 @@ STALE_AFTER = 6  # trials in a row that trained nothing new before a random untr
 FRESH_ATTEMPTS = 300  # random samples (repaired) tried when looking for an untried candidate
 HEARTBEAT_S = 20
 STORAGE_ATTEMPTS = 4
-GRACE_S = 60
+GRACE_HEARTBEATS = 3  # a trial whose worker missed 3 heartbeats (60 s by default) is marked failed
+HEARTBEAT_ENV = "DSEARCH_HEARTBEAT_S"  # seconds between heartbeats; tests shorten it to see a killed worker sooner
+
+
+def heartbeat_seconds() -> int:
+    """Seconds between a worker's heartbeats on an RDB storage: $DSEARCH_HEARTBEAT_S, else 20."""
+    text = os.environ.get(HEARTBEAT_ENV, "")
+    if not text:
+        return HEARTBEAT_S
+    if not text.isdigit() or int(text) < 1:
+        raise DsearchError(f"{HEARTBEAT_ENV}={text!r} must be a whole number of seconds >= 1")
+    return int(text)
 
 
 @dataclass(frozen=True)
@@ -69,10 +86,13 @@ class SearchConfig:
     def budget(self) -> Budget:
         return Budget(self.budget_mflops, self.budget_mparams, self.resolution)
 
-    def identity(self) -> dict[str, Any]:
-        """The settings a study is bound to; resuming with other values is an error."""
-        return {"space": self.space, "dataset": self.dataset, "budget_mflops": self.budget_mflops,
-                "budget_mparams": self.budget_mparams, "resolution": self.resolution, "objective": self.objective}
+    def identity(self, space: Space, train_resolution: int) -> dict[str, Any]:
+        """The settings a study is bound to (see dsearch.resume); resuming with other values is refused."""
+        proxy = {f"proxy.{k}": v for k, v in asdict(self.proxy).items() if k not in ("seed", "train_resolution")}
+        return {"version": 2, "space": space.name, "space_sha256": space_digest(space), "dataset": self.dataset,
+                "budget_mflops": self.budget_mflops, "budget_mparams": self.budget_mparams,
+                "resolution": self.resolution or space.resolution, "train_resolution": train_resolution,
+                "objective": self.objective, **proxy}
 
 
 @dataclass
@@ -83,23 +103,30 @@ class SearchSummary:
     counts: dict[str, int]
     wall_s: float
     interrupted: bool = False
-    trained: int = 0  # architectures this run trained
+    asked: int = 0  # architectures this run was asked to train
+    trained: int = 0  # ... and trained (this worker, this run)
+    failed: int = 0  # trials that failed in this run
+    last_failure: str | None = None  # the last failed trial's reason
     untrained_s: float = 0.0  # this run's time in trials that trained nothing (rejected, invalid, duplicate)
     stopped: str | None = None  # why the run stopped before training what was asked, when it could not go on
     exhausted: str | None = None  # set when every architecture within the budget has been trained
 
-
-def default_storage(study_name: str, root: str | Path = "studies") -> str:
-    """SQLite file under studies/<name>/ (optuna-dashboard opens it; workers share it with heartbeats)."""
-    return f"sqlite:///{Path(root) / study_name / 'study.db'}"
+    def shortfall(self) -> str | None:
+        """Why this run trained fewer architectures than asked, when trials failed; None otherwise."""
+        if self.interrupted or self.trained >= self.asked or not self.failed:
+            return None
+        return (f"{self.trained} of {self.asked} architectures trained: {self.failed} trial(s) failed "
+                f"(last: {self.last_failure})")
 
 
 def open_storage(url: str) -> optuna.storages.BaseStorage:
     """An Optuna storage for `url`: an RDB URL (sqlite/postgresql/mysql) with heartbeats, or a journal file path."""
+    local = local_storage_file(url)
+    if local is not None:
+        _check_storage_file(local, url)
     if "://" in url:
         engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-        if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        heartbeat = heartbeat_seconds()
         # Workers starting together on an empty database race to create Optuna's tables: retry.
         for attempt in range(STORAGE_ATTEMPTS):
             try:
@@ -107,7 +134,8 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
                     # Heartbeats are "experimental" in Optuna 5 but are what marks a killed worker's trial failed.
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                     storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
-                                                         heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+                                                         heartbeat_interval=heartbeat,
+                                                         grace_period=GRACE_HEARTBEATS * heartbeat)
                 if url.startswith("sqlite:///"):
                     _sqlite_write_ahead_log(storage)
                 return storage
@@ -115,9 +143,21 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
                 if "import" in str(err).lower() or attempt == STORAGE_ATTEMPTS - 1:
                     raise DsearchError(f"cannot open storage {url!r}: {str(err).splitlines()[0]}") from None
                 time.sleep(0.5 + attempt)
-    path = Path(url)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    try:
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url))
+    except OSError as err:
+        raise DsearchError(f"cannot open journal storage {url}: {err.strerror or err}") from None
+
+
+def _check_storage_file(path: Path, url: str) -> None:
+    """A storage file must be a file (or not exist yet) in a folder that can be made; one line otherwise."""
+    if path.is_dir():
+        example = path / ("study.db" if "://" in url else "journal.log")
+        raise DsearchError(f"storage {url} is a folder; give a file path (e.g. {example})")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DsearchError(f"cannot make the folder of storage {url}: {err.strerror or err}") from None
 
 
 def _sqlite_write_ahead_log(storage: optuna.storages.RDBStorage) -> None:
@@ -166,23 +206,47 @@ PRUNER_FACTORIES: dict[str, Callable[[], optuna.pruners.BasePruner]] = {
 
 
 def check_config(cfg: SearchConfig) -> None:
+    """Every setting checked before anything is loaded or written; each error states the rule."""
     for value, flag in ((cfg.budget_mflops, "--budget-mflops"), (cfg.budget_mparams, "--budget-mparams")):
-        if value is not None and not value > 0:
-            raise DsearchError(f"{flag} must be a positive number, got {value:g}")
-    if cfg.resolution is not None and cfg.resolution < 8:
-        raise DsearchError(f"--resolution must be at least 8 pixels, got {cfg.resolution}")
+        if value is not None:
+            check_number(value, flag, low=0, low_open=True)
+    check_resolution(cfg.resolution, "--resolution")
     if cfg.objective not in OBJECTIVES:
         raise DsearchError(f"unknown objective {cfg.objective!r}; valid: {', '.join(OBJECTIVES)}")
     for name, table, what in ((cfg.sampler, SAMPLER_FACTORIES, "sampler"), (cfg.pruner, PRUNER_FACTORIES, "pruner")):
         if name not in table:
             raise DsearchError(f"unknown {what} {name!r}; valid: {', '.join(table)}")
-    p = cfg.proxy
-    if p.epochs < 1 or p.batch_size < 2:
-        raise DsearchError("--epochs must be >= 1 and --batch-size >= 2")
-    if p.train_subset is not None and p.train_subset < p.batch_size:
-        raise DsearchError(f"--train-subset {p.train_subset} is smaller than one batch ({p.batch_size})")
+    check_seed(cfg.seed)
+    check_device(cfg.device)
+    check_proxy(cfg.proxy)
+
+
+def check_proxy(p: ProxyConfig) -> None:
+    """The proxy-training settings: finite and in range."""
+    check_int(p.epochs, "--epochs", 1)
+    check_int(p.batch_size, "--batch-size", 2)
+    if p.train_subset is not None:
+        check_int(p.train_subset, "--train-subset", 1)
+        if p.train_subset < p.batch_size:
+            raise DsearchError(f"--train-subset {p.train_subset} is smaller than one batch ({p.batch_size})")
+    check_resolution(p.train_resolution, "--train-resolution")
     if p.optimizer not in OPTIMIZERS:
         raise DsearchError(f"unknown optimizer {p.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+    if p.lr is not None:
+        check_number(p.lr, "--lr", low=0, low_open=True)
+    if p.weight_decay is not None:
+        check_number(p.weight_decay, "weight decay", low=0)
+    check_number(p.label_smoothing, "--label-smoothing", low=0, high=1, high_open=True)
+    check_number(p.bsconv_alpha, "bsconv_s alpha", low=0)
+    check_seed(p.seed)
+
+
+def check_fits(space: Space, data: Dataset, cfg: SearchConfig, device) -> None:
+    """Refuse resolutions whose activations cannot fit: counting the largest candidate, and training it."""
+    largest = extreme_spec(space, data.in_channels, data.num_classes, cfg.resolution, cheapest=False)
+    check_fits_memory(largest, cfg.resolution or space.resolution, 1, torch.device("cpu"), "--resolution")
+    check_fits_memory(largest, cfg.proxy.train_resolution or data.image_size[0], cfg.proxy.batch_size, device,
+                      "--train-resolution", training=True)
 
 
 def check_budget_reachable(space: Space, data: Dataset, cfg: SearchConfig) -> Cost:
@@ -278,10 +342,9 @@ class Objective:
 
         try:
             result = train_proxy(spec, self.device_data, self.cfg.proxy, on_epoch, self.progress)
-        except TrainingDiverged as err:
+            check_finite_state(result.state)  # a finite loss can hide inf batch-norm statistics
+        except TrainingDiverged as err:  # a failure, not a trained trial (run_search logs it)
             self._finish(trial, "failed", f"training diverged: {err}")
-            trial.set_user_attr("trained", True)
-            self.log(f"trial {trial.number}: failed, training diverged: {err}")
             raise
         for key, value in (("val_acc", result.val_acc), ("test_acc", result.test_acc),
                            ("train_time_s", round(result.train_time_s, 2)), ("device", result.device),
@@ -364,28 +427,21 @@ def trial_arch_key(trial: optuna.trial.FrozenTrial) -> str | None:
     return key
 
 
-def prepare_study(cfg: SearchConfig, study_name: str, storage_url: str) -> optuna.Study:
-    """Create the study, or load it and check that it was made with the same settings."""
+def prepare_study(cfg: SearchConfig, study_name: str, storage_url: str, identity: dict[str, Any],
+                  allow_changed_settings: bool = False) -> optuna.Study:
+    """Create the study, or load it and check that it was made with the same settings (see dsearch.resume)."""
     storage = open_storage(storage_url)
     directions = ["maximize", "minimize"] if cfg.objective == "multi" else ["maximize"]
-    identity = cfg.identity()
     try:
         existing = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
         existing = None
-    if existing is not None:
-        old = existing.user_attrs.get("dsearch_identity")
-        if old is not None and old != json.loads(json.dumps(identity)):
-            diffs = [f"{k}={old.get(k)!r} (now {v!r})" for k, v in identity.items() if old.get(k) != v]
-            raise DsearchError(f"study '{study_name}' was created with {', '.join(diffs)}; rerun with the same "
-                               "settings to resume it, or pick a new --study-name")
+    changes = check_resume(study_name, existing, identity, allow_changed_settings)
     # A distinct sampler seed per start, so that a resumed or second worker does not replay the same samples.
     seed = cfg.seed + (len(existing.get_trials(deepcopy=False)) if existing is not None else 0)
     study = optuna.create_study(study_name=study_name, storage=storage, directions=directions, load_if_exists=True,
                                 sampler=SAMPLER_FACTORIES[cfg.sampler](seed), pruner=PRUNER_FACTORIES[cfg.pruner]())
-    if existing is None:
-        study.set_user_attr("dsearch_identity", identity)
-        study.set_user_attr("dsearch_config", json.loads(json.dumps(asdict(cfg))))
+    bind(study, identity, asdict(cfg), existing is None, changes)
     name_metrics(study, cfg.objective, cfg.resolution or load_space(cfg.space).resolution)
     return study
 
@@ -411,32 +467,43 @@ def count_statuses(pairs: Iterable[tuple[str, str]]) -> dict[str, int]:
     return counts
 
 
+def trial_status(trial: FrozenTrial) -> str:
+    """A trial's dsearch status; a FAIL or RUNNING state wins over the attribute (a killed trial says "training")."""
+    if trial.state in (TrialState.FAIL, TrialState.RUNNING):
+        return "failed" if trial.state == TrialState.FAIL else "running"
+    return trial.user_attrs.get("status", trial.state.name.lower())
+
+
 def trial_counts(study: optuna.Study) -> dict[str, int]:
-    return count_statuses((t.state.name, t.user_attrs.get("status", t.state.name.lower()))
-                          for t in study.get_trials(deepcopy=False))
+    return count_statuses((t.state.name, trial_status(t)) for t in study.get_trials(deepcopy=False))
 
 
 def run_search(cfg: SearchConfig, study_name: str, storage_url: str | None = None, n_trials: int = 10,
                timeout: float | None = None, log: Callable[[str], None] = print,
                progress_factory: Callable[[int], Any] | None = None,
-               trial_progress: Callable[[int, int], None] | None = None) -> SearchSummary:
+               trial_progress: Callable[[int, int], None] | None = None,
+               allow_changed_settings: bool = False) -> SearchSummary:
     """Run (or resume) a search until this worker has trained `n_trials` architectures or `timeout` passes.
 
-    Every input is checked before anything is written, so bad input creates no study.
+    Every input is checked before anything is written, so bad input creates no study. A resume with
+    other settings is refused unless `allow_changed_settings` (then the change is recorded on the study).
     """
     check_config(cfg)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # dsearch prints its own one line per trial
-    if n_trials < 1:
-        raise DsearchError(f"--n-trials must be >= 1, got {n_trials}")
+    optuna.logging.set_verbosity(optuna_log_level())  # dsearch prints its own one line per trial
+    check_int(n_trials, "--n-trials", 1)
+    if timeout is not None:
+        check_number(timeout, "--timeout", low=0, low_open=True)
+    storage_url = storage_url or default_storage(study_name)
     space = load_space(cfg.space)
     data = load_dataset(cfg.dataset, cfg.data_dir, seed=cfg.seed)
     try:
         device = select_device(cfg.device)
-    except ValueError as err:
-        raise DsearchError(str(err)) from None
+    except (ValueError, RuntimeError) as err:
+        raise DsearchError(str(err).splitlines()[0]) from None
+    check_fits(space, data, cfg, device)
     check_budget_reachable(space, data, cfg)
-    storage_url = storage_url or default_storage(study_name)
-    study = prepare_study(cfg, study_name, storage_url)
+    identity = cfg.identity(space, cfg.proxy.train_resolution or data.image_size[0])
+    study = prepare_study(cfg, study_name, storage_url, identity, allow_changed_settings)
     if "dsearch_data" not in study.user_attrs:
         study.set_user_attr("dsearch_data", data_facts(data))
     device_data = DeviceData(data, device, cfg.proxy.train_subset, cfg.proxy.train_resolution)
@@ -445,6 +512,7 @@ def run_search(cfg: SearchConfig, study_name: str, storage_url: str | None = Non
     bar = progress_factory(target) if progress_factory and target else None
     trained = 0
     failures_in_a_row = 0
+    failed: list[str] = []  # this run's failure reasons
     stale = 0  # trials in a row that trained nothing new
     stopped: str | None = None
     rng = random.Random(f"{cfg.seed}/{len(study.get_trials(deepcopy=False))}")
@@ -452,18 +520,20 @@ def run_search(cfg: SearchConfig, study_name: str, storage_url: str | None = Non
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         nonlocal trained, failures_in_a_row, stale, stopped, exhausted
-        if trial.state == TrialState.FAIL and not trial.user_attrs.get("trained"):
+        if trial.state == TrialState.FAIL:
             failures_in_a_row += 1
-            reason = trial.system_attrs.get("fail_reason", "unknown error").strip().splitlines()[-1]
+            reason = failure_reason(trial)
+            failed.append(reason)
             log(f"trial {trial.number}: failed: {reason}")
             if failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
                 stopped = f"{failures_in_a_row} trials in a row failed; last error: {reason}"
                 log(f"stopping: {stopped}")
                 study.stop()
             return
-        failures_in_a_row = 0
+        # Only training resets the counts: rejections and repeats between failures do not.
         if trial.user_attrs.get("trained") and trial.user_attrs.get("status") != "duplicate":
-            trained, stale = trained + 1, 0
+            failures_in_a_row, stale = 0, 0
+            trained += 1
             if bar is not None:
                 bar.update(1)
             if trained >= target:
@@ -490,8 +560,8 @@ def run_search(cfg: SearchConfig, study_name: str, storage_url: str | None = Non
     interrupted = False
     if target and not exhausted:
         try:
-            study.optimize(objective, n_trials=1000 + 100 * target, timeout=timeout, callbacks=[after_trial],
-                           catch=(Exception,), gc_after_trial=False, show_progress_bar=False)
+            study.optimize(recording_failures(objective), n_trials=1000 + 100 * target, timeout=timeout,
+                           callbacks=[after_trial], catch=(Exception,), gc_after_trial=False, show_progress_bar=False)
         except KeyboardInterrupt:
             interrupted = True
         finally:
@@ -504,7 +574,8 @@ def run_search(cfg: SearchConfig, study_name: str, storage_url: str | None = Non
     if target < n_trials and trained == target and not exhausted:
         exhausted = f"all {len(trained_keys(study))} architectures of the space within the budget are trained"
     return SearchSummary(study=study, storage_url=storage_url, resolution=cfg.resolution or space.resolution,
-                         counts=trial_counts(study), wall_s=wall, interrupted=interrupted, trained=trained,
+                         counts=trial_counts(study), wall_s=wall, interrupted=interrupted, asked=target,
+                         trained=trained, failed=len(failed), last_failure=failed[-1] if failed else None,
                          untrained_s=untrained_seconds(this_run), stopped=stopped, exhausted=exhausted)
 
 

@@ -1,5 +1,8 @@
 """Trained weights kept with a study, as Optuna artifacts in a folder next to the study's storage.
 
+The folder is found from the storage's location (dsearch.paths.artifact_folder), never from a path
+recorded on the study, so a copied study folder is self-contained.
+
 A search keeps every trained proxy's state_dict (trial user attr `weights_artifact`);
 `dsearch train STUDY --trial N` adds the fully trained weights (study user attr `trained.N`).
 `dsearch export` takes the fully trained weights when there are some, else the proxy's.
@@ -9,6 +12,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,29 +21,21 @@ import torch
 from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_artifact
 
 from .errors import DsearchError
+from .paths import artifact_folder, local_storage_file
 
 ARTIFACTS_ATTR = "dsearch_artifacts"
 
 
-def default_artifact_dir(study_name: str, storage_url: str) -> Path:
-    """Beside a local storage file (sqlite or journal); for a database server, studies/<name>/artifacts here."""
-    if storage_url.startswith("sqlite:///"):
-        return Path(storage_url.removeprefix("sqlite:///")).parent / "artifacts"
-    if "://" not in storage_url:
-        return Path(storage_url).parent / "artifacts"
-    return Path("studies") / study_name / "artifacts"
-
-
 def recorded_artifact_dir(study: optuna.Study, storage_url: str) -> Path:
-    """Where the study's artifacts are (or will be): the folder recorded on it, else the default one."""
-    recorded = study.user_attrs.get(ARTIFACTS_ATTR)
-    return Path(recorded) if recorded else default_artifact_dir(study.study_name, storage_url).resolve()
+    """Where the study's artifacts are (or will be): found from a local storage's location, so a copied study
+    folder reads and writes its own copy; for a database server, the folder recorded on the study."""
+    return artifact_folder(study.study_name, storage_url, study.user_attrs.get(ARTIFACTS_ATTR))
 
 
 def artifact_dir(study: optuna.Study, storage_url: str) -> Path:
-    """The study's artifact folder, ready to write: recorded on the study when first used, so every worker finds it."""
+    """The study's artifact folder, ready to write; a server's is recorded on the study, so every worker finds it."""
     path = recorded_artifact_dir(study, storage_url)
-    if ARTIFACTS_ATTR not in study.user_attrs:
+    if local_storage_file(storage_url) is None and ARTIFACTS_ATTR not in study.user_attrs:
         study.set_user_attr(ARTIFACTS_ATTR, str(path))
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -81,7 +77,21 @@ def _download(folder: Path, artifact: str) -> dict[str, torch.Tensor]:
         except Exception as err:  # noqa: BLE001 - a missing or unreadable artifact becomes one line
             raise DsearchError(f"weights {artifact} are missing from {folder}: "
                                f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return load_state(path, f"weights {artifact} in {folder}", "retrain them with `dsearch train`")
+
+
+def load_state(path: Path, what: str, fix: str) -> dict[str, torch.Tensor]:
+    """A state_dict of tensors from `path`; anything else (damaged, or a pickle that would run code) is one line."""
+    try:  # tensors only: a pickle payload is refused, never executed
+        with warnings.catch_warnings():  # torch warns about a foreign pickle protocol before refusing it
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling problem becomes one line
+        raise DsearchError(f"{what} are damaged or not a state_dict of tensors ({type(err).__name__}; dsearch "
+                           f"loads tensors only and never runs code from a weights file); {fix}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise DsearchError(f"{what} are not a state_dict of tensors; {fix}")
+    return state
 
 
 def trial_weights(study: optuna.Study, number: int, storage_url: str) -> tuple[dict[str, torch.Tensor], str] | None:

@@ -65,7 +65,7 @@ def test_every_option_has_help_and_shows_its_default():
             if isinstance(action, argparse._HelpAction):
                 continue
             assert action.help, f"{name} {action.dest} has no help text"
-            if action.option_strings and action.default not in (None, False):
+            if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
                 assert f"(default: {action.default})" in " ".join(text.split()), f"{name} {action.dest}"
             elif action.option_strings and action.default is None:
                 assert "default" in action.help, f"{name} {action.dest}: say what happens when it is not given"

@@ -158,9 +158,10 @@ def dsearch_cli(*args, cwd):
                           timeout=300)
 
 
-def download(study, artifact_id, root):
+def download(searched, artifact_id, root):
     path = Path(tempfile.mkdtemp(dir=root)) / "w.pt"
-    store = optuna.artifacts.FileSystemArtifactStore(study.user_attrs["dsearch_artifacts"])
+    # A local storage keeps its artifacts in artifacts/ beside its file (README: "Storage and many workers").
+    store = optuna.artifacts.FileSystemArtifactStore(str(searched["root"] / "artifacts"))
     optuna.artifacts.download_artifact(artifact_store=store, file_path=str(path), artifact_id=artifact_id)
     return torch.load(path, weights_only=True)
 
@@ -175,7 +176,7 @@ def test_cli_export_best_trial_with_its_proxy_weights(searched_study, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert f"chose trial {best.number}" in proc.stdout and "proxy weights" in proc.stdout
     weights = torch.load(tmp_path / "exp" / "weights.pt", weights_only=True)
-    kept = download(study, best.user_attrs["weights_artifact"], tmp_path)
+    kept = download(s, best.user_attrs["weights_artifact"], tmp_path)
     assert weights.keys() == kept.keys() and all(torch.equal(weights[k], kept[k]) for k in kept)
     assert ArchSpec.from_json((tmp_path / "exp" / "arch.json").read_text()) == ArchSpec.from_dict(
         best.user_attrs["arch"])
@@ -197,10 +198,10 @@ def test_cli_train_then_export_picks_the_fully_trained_weights(searched_study, t
     study = optuna.load_study(study_name=s["name"], storage=s["storage"])
     facts = study.user_attrs[f"trained.{number}"]
     assert facts["test_acc"] == pytest.approx(acc, abs=1e-4)
-    kept = download(study, facts["weights_artifact"], tmp_path)
+    kept = download(s, facts["weights_artifact"], tmp_path)
     weights = torch.load(tmp_path / "exp" / "weights.pt", weights_only=True)
     assert all(torch.equal(weights[k], kept[k]) for k in kept)
-    proxy = download(study, study.trials[number].user_attrs["weights_artifact"], tmp_path)
+    proxy = download(s, study.trials[number].user_attrs["weights_artifact"], tmp_path)
     assert any(not torch.equal(weights[k], proxy[k]) for k in kept)
 
 

@@ -82,7 +82,9 @@ def load_space(name_or_path: str) -> Space:
             f"space {name_or_path!r} not found: give a YAML file path or one of: {', '.join(builtin) or '(none)'}"
         )
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise SpaceError(f"{path}: not UTF-8 text (byte {err.start}); save the space file as UTF-8") from None
     except yaml.YAMLError as err:
         first = str(err).splitlines()[0] if str(err) else "syntax error"
         mark = getattr(err, "problem_mark", None)
@@ -124,7 +126,7 @@ def parse_space(data: Any, source: str = "<space>") -> Space:
         stem_activation=reader.activation(stem.get("activation", "relu"), "stem.activation"),
         head_width=reader.choices(head.get("width", 0), "head.width", int, minimum=0),
         head_activation=reader.activation(head.get("activation", "relu"), "head.activation"),
-        head_dropout=float(head.get("dropout", 0.0)),
+        head_dropout=reader.fraction(head.get("dropout", 0.0), "head.dropout"),
         stages=stages,
         conv_knobs=tuple(conv_knobs),
         path=source,
@@ -171,6 +173,11 @@ class _Reader:
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
             self.fail(key, f"must be an integer >= {minimum}, got {value!r}")
         return value
+
+    def fraction(self, value: Any, key: str) -> float:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
+            self.fail(key, f"must be a number >= 0 and < 1, got {value!r}")
+        return float(value)
 
     def string(self, value: Any, key: str) -> str:
         if not isinstance(value, str) or not value:

@@ -1,0 +1,74 @@
+"""Where a study lives: the study-name rule, the default storage, the study folder, artifacts; atomic writes.
+
+A study name is a name, never a path: 1 to 64 characters from A-Z, a-z, 0-9, '.', '_' and '-',
+starting with a letter or a digit. So `studies/<name>/` can never point outside `studies/`.
+A local storage (an SQLite file or a journal file) keeps its trained weights in `artifacts/`
+beside it, found from the storage's own location, so a copied or moved study folder is
+self-contained. Only a database server's studies keep their artifact folder on this machine,
+under `studies/<name>/artifacts/`.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Callable
+
+from .errors import DsearchError
+
+STUDY_NAME_RULE = "1 to 64 characters from A-Z, a-z, 0-9, '.', '_' and '-', starting with a letter or a digit"
+_STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+STUDIES_ROOT = Path("studies")
+SQLITE_PREFIX = "sqlite:///"
+
+
+def check_study_name(name: str) -> str:
+    """`name` when it follows the study-name rule; otherwise one line saying the rule."""
+    if not _STUDY_NAME.fullmatch(name):
+        raise DsearchError(f"study name {name!r} is not allowed: use {STUDY_NAME_RULE} (e.g. m300)")
+    return name
+
+
+def study_folder(name: str, root: str | Path = STUDIES_ROOT) -> Path:
+    """studies/<name>: the default home of a study's storage, artifacts and dashboard."""
+    return Path(root) / check_study_name(name)
+
+
+def default_storage(name: str, root: str | Path = STUDIES_ROOT) -> str:
+    """SQLite file under studies/<name>/ (optuna-dashboard opens it; workers share it with heartbeats)."""
+    return f"{SQLITE_PREFIX}{study_folder(name, root) / 'study.db'}"
+
+
+def local_storage_file(url: str) -> Path | None:
+    """The file behind a local storage (sqlite:///FILE or a journal file path); None for a database server."""
+    if url.startswith(SQLITE_PREFIX):
+        return Path(url.removeprefix(SQLITE_PREFIX))
+    return None if "://" in url else Path(url)
+
+
+def artifact_folder(study_name: str, url: str, recorded: str | None = None) -> Path:
+    """A study's artifact folder: beside a local storage file; for a server, the recorded one or studies/<name>/."""
+    local = local_storage_file(url)
+    if local is not None:
+        return (local.parent / "artifacts").resolve()
+    if recorded:
+        return Path(recorded)
+    return (STUDIES_ROOT / file_part(study_name) / "artifacts").resolve()
+
+
+def file_part(name: str) -> str:
+    """A name as one safe file-name part (studies made by other tools in a server storage may be named anyhow)."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name).strip(".")
+    return safe or "study"
+
+
+def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Write `path` whole or not at all: `write` fills a temporary file beside it, which then replaces it."""
+    if path.is_dir():
+        raise DsearchError(f"{path} is a folder; give a file name")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        write(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)

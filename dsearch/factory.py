@@ -92,7 +92,7 @@ def load_trial(study: str | optuna.Study, trial: int | str = "best", storage: st
     import optuna
 
     from .pareto import arch_of
-    from .study import open_study
+    from .study import open_study, storage_url_of
     from .weights import trial_weights
 
     if storage is not None and not isinstance(storage, str):
@@ -100,7 +100,7 @@ def load_trial(study: str | optuna.Study, trial: int | str = "best", storage: st
     if isinstance(study, str):
         opened, url = open_study(study, storage)
     elif isinstance(study, optuna.Study):
-        opened, url = study, storage or ""  # its artifact folder is recorded on the study by `dsearch run`
+        opened, url = study, storage or storage_url_of(study)
     else:
         raise DsearchError(f"study must be a study name or an optuna.Study, got {type(study).__name__}")
     number = trial_number(opened, trial)

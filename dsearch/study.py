@@ -160,6 +160,18 @@ def _check_storage_file(path: Path, url: str) -> None:
         raise DsearchError(f"cannot make the folder of storage {url}: {err.strerror or err}") from None
 
 
+def storage_url_of(study: optuna.Study) -> str:
+    """The URL (RDB) or file path (journal) of an open study's storage, as `open_storage` takes it."""
+    storage = getattr(study, "_storage", None)
+    storage = getattr(storage, "_backend", storage)  # Optuna wraps RDB storages in a cache
+    if isinstance(storage, optuna.storages.RDBStorage):
+        return str(storage.url)
+    backend = getattr(storage, "_backend", None)
+    if isinstance(backend, optuna.storages.journal.JournalFileBackend):
+        return str(backend._file_path)
+    raise DsearchError("cannot tell where this study is stored; pass storage=URL")
+
+
 def _sqlite_write_ahead_log(storage: optuna.storages.RDBStorage) -> None:
     """WAL journal with synchronous=NORMAL on every connection: a commit costs ~4x less than in SQLite's default.
 

@@ -1,8 +1,8 @@
 """The proxy trainer: trains an ArchSpec on in-memory data and reports validation accuracy per epoch.
 
 Fast on both kinds of machine: data lives on the device as uint8 tensors (augmented there, no
-DataLoader workers, no per-batch host work), the model runs in channels_last (1.5-2.5x faster
-than NCHW on this CPU), and on CUDA the forward pass runs under bf16 autocast.
+DataLoader workers, no per-batch host work); on CPUs the model runs in channels_last, on CUDA
+each training step's forward and backward replay as CUDA graphs (see CUDA_GRAPHS).
 """
 from __future__ import annotations
 
@@ -85,13 +85,14 @@ class DeviceData:
         self.std = torch.tensor(data.std, device=device).view(shape) * 255
         self.size = train_resolution or data.image_size[0]
         self.native = tuple(data.image_size) == (self.size, self.size)
+        self.memory_format = memory_format(device)
 
     def prepare(self, x: Tensor) -> Tensor:
-        """uint8 batch -> normalised float batch at the training resolution, channels_last."""
+        """uint8 batch -> normalised float batch at the training resolution, in the device's layout."""
         x = (x.float() - self.mean) / self.std
         if not self.native:
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
-        return x.contiguous(memory_format=torch.channels_last)
+        return x.contiguous(memory_format=self.memory_format)
 
 
 def random_shift_flip(x: Tensor, pad: int, generator: torch.Generator) -> Tensor:
@@ -149,9 +150,37 @@ def evaluate(model: nn.Module, data: DeviceData, x: Tensor, y: Tensor, batch_siz
     return correct.item() / max(1, len(x))
 
 
+# Measured on an H100 (README, "Benchmarks"): the proxy's nets are so small that a GPU step is bound by kernel
+# launches, not arithmetic. bf16 autocast and channels_last only add casts and layout kernels there, so CUDA trains
+# in fp32 NCHW, and replays each training step's forward and backward as CUDA graphs (one launch each).
+CUDA_BF16 = False
+CUDA_GRAPHS = True
+
+
+def memory_format(device: torch.device) -> torch.memory_format:
+    """channels_last on CPUs (oneDNN's fast layout); NCHW on CUDA (see CUDA_BF16)."""
+    return torch.contiguous_format if device.type == "cuda" else torch.channels_last
+
+
 def _autocast(device: torch.device):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
-        device.type, enabled=False)
+    # No autocast cache: CUDA graphs capture the casts themselves.
+    return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False) if device.type == "cuda" and \
+        CUDA_BF16 else torch.autocast(device.type, enabled=False)
+
+
+def graph_training_step(model: nn.Module, sample: Tensor) -> nn.Module:
+    """`model` whose training-mode forward and backward replay as CUDA graphs (eval mode runs it plainly).
+
+    The same parameters and the same arithmetic; torch's capture runs three warm-up steps, whose batch-norm
+    statistics updates are undone so that training starts from the same state as without graphs.
+    """
+    buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+    with _autocast(sample.device):
+        graphed = torch.cuda.make_graphed_callables(model, (sample,))
+    with torch.no_grad():
+        for name, b in model.named_buffers():
+            b.copy_(buffers[name])
+    return graphed
 
 
 def train_proxy(
@@ -169,8 +198,11 @@ def train_proxy(
     device = data.device
     torch.manual_seed(cfg.seed)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    model = build_model(spec).to(device=device, memory_format=torch.channels_last)
+    model = build_model(spec).to(device=device, memory_format=data.memory_format)
     uses_bsconv_s = any(isinstance(m, BSConvS) for m in model.modules())
+    if device.type == "cuda" and CUDA_GRAPHS:
+        model.train()
+        model = graph_training_step(model, data.prepare(data.train_x[:cfg.batch_size]))
     optimizer = _optimizer(model, cfg)
     n = len(data.train_x)
     steps_per_epoch = max(1, n // cfg.batch_size)

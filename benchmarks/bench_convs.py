@@ -29,8 +29,8 @@ import contextlib
 import math
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -76,7 +76,7 @@ class Timing:
     spread: float  # interquartile range / median: how noisy the samples were
 
     @classmethod
-    def of(cls, samples: list[float]) -> "Timing":
+    def of(cls, samples: list[float]) -> Timing:
         median = statistics.median(samples)
         if len(samples) < 2:
             return cls(median, median, 0.0)

@@ -18,8 +18,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import typing
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from .blocks import BLOCKS, conv_units
 from .errors import DsearchError
@@ -48,7 +49,7 @@ class ConvSpec:
         object.__setattr__(self, "knobs", tuple(sorted(resolved.items())))
 
     @classmethod
-    def of(cls, kind: str, **knobs: KnobValue) -> "ConvSpec":
+    def of(cls, kind: str, **knobs: KnobValue) -> ConvSpec:
         return cls(kind, tuple(knobs.items()))
 
     @property
@@ -59,7 +60,7 @@ class ConvSpec:
         return {"kind": self.kind, **self.knob_dict}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], path: str = "conv") -> "ConvSpec":
+    def from_dict(cls, data: Mapping[str, Any], path: str = "conv") -> ConvSpec:
         if not isinstance(data, Mapping):
             raise ArchSpecError(f"{path}: must be an object like {{\"kind\": \"dsc\"}}, got {data!r}")
         data = dict(data)
@@ -123,7 +124,7 @@ class ArchSpec:
         return json.dumps(self.to_dict(), indent=indent)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ArchSpec":
+    def from_dict(cls, data: Mapping[str, Any]) -> ArchSpec:
         if not isinstance(data, Mapping):
             raise ArchSpecError("ArchSpec JSON must be an object")
         data = dict(data)
@@ -133,14 +134,14 @@ class ArchSpec:
         return _from_plain(cls, data, "")
 
     @classmethod
-    def from_json(cls, text: str) -> "ArchSpec":
+    def from_json(cls, text: str) -> ArchSpec:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
             raise ArchSpecError(f"not valid JSON: {err}") from None
         return cls.from_dict(data)
 
-    def replace(self, **changes: Any) -> "ArchSpec":
+    def replace(self, **changes: Any) -> ArchSpec:
         return dataclasses.replace(self, **changes)
 
     def summary(self) -> str:
@@ -155,7 +156,8 @@ class ArchSpec:
             elif kind == "bsconv_s":
                 extra = f"(p{st.conv.knob_dict['p']:.2g})"
             exp = f" e{st.expansion:g}" if st.block == "inverted_residual" else ""
-            parts.append(f"{BLOCKS[st.block].short}{st.out_channels}x{st.repeats}/{st.stride} {kind}{extra} k{st.kernel}{exp}")
+            block = f"{BLOCKS[st.block].short}{st.out_channels}x{st.repeats}/{st.stride}"
+            parts.append(f"{block} {kind}{extra} k{st.kernel}{exp}")
         if self.head.channels:
             parts.append(f"h{self.head.channels}")
         return " | ".join(parts)
@@ -198,7 +200,7 @@ def _from_plain(cls: type, data: Any, path: str) -> Any:
 def _convert(hint: Any, value: Any, path: str) -> Any:
     if hint is ConvSpec:
         return ConvSpec.from_dict(value, path)
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _from_plain(hint, value, path)
     if typing.get_origin(hint) is tuple:
         (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}

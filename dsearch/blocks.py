@@ -6,8 +6,8 @@ that class takes besides (in, out, stride). A new block kind plugs in through `r
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from torch import nn
 

@@ -18,8 +18,9 @@ import itertools
 import math
 import random
 import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 from .archspec import ArchSpec, ArchSpecError, ConvSpec
 from .blocks import BLOCKS, conv_bn_cost, conv_units
@@ -64,7 +65,8 @@ class Recorder:
     """A Suggester that answers with `answer(name, choices)` and records the parameters actually asked for."""
 
     def __init__(self, answer: Callable[[str, list[Any]], Any]) -> None:
-        self.answer, self.used = answer, {}
+        self.answer = answer
+        self.used: dict[str, Any] = {}
 
     def suggest_categorical(self, name: str, choices: list[Any]) -> Any:
         self.used[name] = self.answer(name, choices)
@@ -171,7 +173,7 @@ def single_changes(space: Space, params: Mapping[str, Any]) -> Iterator[Params]:
             names = [f"{p}.{kind}_{k}" for k in knobs]
             for combo in itertools.product(*knobs.values()):
                 change = {f"{p}.conv": kind} if len(st.conv) > 1 else {}
-                change.update({n: v for n, v, c in zip(names, combo, knobs.values()) if len(c) > 1})
+                change.update({n: v for n, v, c in zip(names, combo, knobs.values(), strict=True) if len(c) > 1})
                 same = kind == kind_now and all(current.get(n) == v for n, v in change.items())
                 if not same:
                     yield {**current, **change}
@@ -279,19 +281,20 @@ def all_params(space: Space) -> Iterator[Params]:
     per_stage: list[list[Params]] = []
     for i, st in enumerate(space.stages, start=1):
         p = f"stage{i}"
-        plain = [list(_multi(f"{p}.{key}", getattr(st, key))) or [None]
-                 for key in ("block", "width", "depth", "kernel", "expansion")]
+        plain: list[list[tuple[str, Any] | None]] = [list(_multi(f"{p}.{key}", getattr(st, key))) or [None]
+                                                     for key in ("block", "width", "depth", "kernel", "expansion")]
         options: list[Params] = []
         for kind in st.conv:
             knobs = space.knob_choices(kind)
             for combo in itertools.product(*knobs.values()):
                 conv = {f"{p}.conv": kind} if len(st.conv) > 1 else {}
-                conv.update({f"{p}.{kind}_{k}": v for (k, c), v in zip(knobs.items(), combo) if len(c) > 1})
+                conv.update({f"{p}.{kind}_{k}": v
+                             for (k, c), v in zip(knobs.items(), combo, strict=True) if len(c) > 1})
                 for picks in itertools.product(*plain):
                     options.append({**conv, **dict(x for x in picks if x is not None)})
         per_stage.append(options)
-    ends = [list(_multi("stem.width", space.stem_width)) or [None],
-            list(_multi("head.width", space.head_width)) or [None]]
+    ends: list[list[tuple[str, Any] | None]] = [list(_multi("stem.width", space.stem_width)) or [None],
+                                                list(_multi("head.width", space.head_width)) or [None]]
     for stages in itertools.product(*per_stage):
         for stem_head in itertools.product(*ends):
             params: Params = dict(x for x in stem_head if x is not None)

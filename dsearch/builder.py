@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 from torch import nn
 
@@ -14,7 +15,8 @@ from .ops import make_conv
 
 def conv_factory(conv: ConvSpec) -> functools.partial:
     """(in, out, kernel, stride) -> the conv unit `conv` describes."""
-    return functools.partial(make_conv, conv.kind, **conv.knob_dict)
+    knobs: dict[str, Any] = conv.knob_dict  # make_conv's **knobs: knob names never clash with its positional ones
+    return functools.partial(make_conv, conv.kind, **knobs)
 
 
 def build_model(spec: ArchSpec) -> nn.Module:

@@ -7,13 +7,17 @@ import logging
 import os
 import sys
 import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from .archspec import ArchSpec
 from .errors import DsearchError
 from .paths import file_part, write_atomic
 from .presets import PRESETS
+
+if TYPE_CHECKING:
+    from tqdm import tqdm  # for the annotation only: _StepBar imports it where a bar is made
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -72,7 +76,7 @@ class _StepBar:
     """A per-trial progress bar over training steps, made on the first step and closed on the last."""
 
     def __init__(self) -> None:
-        self.bar = None
+        self.bar: tqdm | None = None
 
     def __call__(self, step: int, total: int) -> None:
         from tqdm import tqdm
@@ -323,15 +327,16 @@ def cmd_export(args: argparse.Namespace) -> int:
         if args.weights and not Path(args.weights).is_file():
             raise DsearchError(f"--weights {args.weights} does not exist")
         weights = Path(args.weights) if args.weights else Path(args.target).with_name("weights.pt") if is_file else None
-        state, source = (load_weights(weights), str(weights)) if weights and weights.is_file() else (None, None)
+        found = (load_weights(weights), str(weights)) if weights and weights.is_file() else None
+        state, source = found if found is not None else (None, None)
         metrics = Path(args.target).with_name("metrics.json")  # written by `dsearch train ARCH.json`
         if state is not None and not args.weights and is_file and metrics.is_file():
             facts = json.loads(metrics.read_text())
             info = {k: facts[k] for k in ("dataset", "epochs", "test_acc", "train_resolution", "mean", "std", "classes")
                     if k in facts}
         out = Path(args.out or Path("exports") / file_part(Path(args.target).stem))
-    if state is not None:
-        check_weights_fit(spec, state, source)
+    if found is not None:
+        check_weights_fit(spec, *found)
     result = export_spec(spec, out, state, info, onnx=args.onnx, torchscript=args.torchscript,
                          torch_export=args.torch_export)
     print(f"exported to {result.out_dir}: {', '.join(result.files)}")
@@ -345,7 +350,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 @command
 def cmd_train(args: argparse.Namespace) -> int:
-    from .fulltrain import FullTrainConfig, study_defaults, train_full, write_trained
+    from .fulltrain import FullTrainConfig, kept_state, study_defaults, train_full, write_trained
     from .train import ProxyConfig
 
     proxy = ProxyConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
@@ -366,7 +371,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(note)  # even with --quiet: the user asked for a trial the search did not train
         cfg = study_defaults(study.user_attrs.get("dsearch_config") or {}, cfg)
         result, facts = train_full(spec, cfg, steps, log)
-        save_full_weights(study, number, result.state, artifact_dir(study, url), facts)
+        save_full_weights(study, number, kept_state(result), artifact_dir(study, url), facts)
         storage = f" --storage {url}" if args.storage else ""
         where = (f"kept with study '{study.study_name}' for trial {number}; `dsearch export {args.target} "
                  f"--trial {number}{storage}` picks them up")
@@ -376,7 +381,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         spec = load_arch(args.target)
         result, facts = train_full(spec, cfg, steps, log)
         out = Path(args.out or Path("trained") / file_part(Path(args.target).stem))
-        write_trained(out, spec, result.state, facts)
+        write_trained(out, spec, kept_state(result), facts)
         where = (f"written to {out}/ (arch.json, weights.pt, metrics.json); `dsearch export {out / 'arch.json'}` "
                  "picks them up")
     print(f"test accuracy {result.test_acc:.4f} (val {result.val_acc:.4f}) after {result.epochs} epochs, "

@@ -19,8 +19,8 @@ import contextlib
 import functools
 import logging
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -73,7 +73,7 @@ def _input_shape(input_shape: Sequence[int]) -> tuple[int, int, int, int]:
         shape = (1, *shape)
     if len(shape) != 4 or shape[0] != 1:
         raise ValueError(f"input_shape must be (C, H, W) or (1, C, H, W), got {tuple(input_shape)}")
-    return shape  # type: ignore[return-value]
+    return shape
 
 
 def flop_analysis(model: nn.Module, input_shape: Sequence[int]) -> FlopCountAnalysis:

@@ -8,7 +8,8 @@ weight that overflowed to inf/NaN. Such weights are checked after training and f
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import optuna
 import torch

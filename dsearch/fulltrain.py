@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -21,7 +22,6 @@ from .failures import check_finite_state
 from .study import check_proxy, data_facts
 from .train import DeviceData, ProxyConfig, TrainingDiverged, TrainResult, select_device, train_proxy
 from .validate import check_device, check_fits_memory, check_resolution
-
 
 # Peak SGD learning rate at batch 128 for full training. The proxy's 0.1 is fine for 2 epochs, but over 10 epochs
 # it collapsed the default study's best trial to chance in epoch 2 (test 0.765), where 0.04 reached 0.853.
@@ -80,6 +80,13 @@ def train_full(spec: ArchSpec, cfg: FullTrainConfig, progress: Callable[[int, in
              "device": result.device, "history": result.history, **data_facts(data),
              "config": json.loads(json.dumps(asdict(proxy)))}
     return result, facts
+
+
+def kept_state(result: TrainResult) -> dict[str, torch.Tensor]:
+    """The trained weights of a full training run (train_proxy always returns them)."""
+    if result.state is None:
+        raise RuntimeError("training returned no weights to keep: train_proxy must fill TrainResult.state")
+    return result.state
 
 
 def study_defaults(study_config: dict[str, Any], cfg: FullTrainConfig) -> FullTrainConfig:

@@ -20,7 +20,7 @@ def measure_latency(spec: ArchSpec, device: torch.device | str = "cpu", repeats:
     """Median milliseconds of one forward pass at batch 1 (channels_last, fp32; weights don't matter)."""
     device = torch.device(device)
     size = resolution or spec.resolution
-    model = build_model(spec).eval().to(device=device, memory_format=torch.channels_last)
+    model = build_model(spec).eval().to(device).to(memory_format=torch.channels_last)  # torch's stubs: no 2-key .to
     x = torch.randn(1, spec.in_channels, size, size, device=device).contiguous(memory_format=torch.channels_last)
     times = []
     for i in range(warmup + repeats):

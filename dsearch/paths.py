@@ -10,8 +10,8 @@ under `studies/<name>/artifacts/`.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .errors import DsearchError
 

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .archspec import ArchSpec, ConvSpec, HeadSpec, StageSpec, StemSpec
 from .errors import DsearchError
@@ -57,7 +58,8 @@ def resnet20(width: float = 1.0, num_classes: int = 10, in_channels: int = 3, re
     """CIFAR ResNet-20 (He et al. 2016): 3 stages x 3 basic blocks, 1x1 projection shortcuts."""
     regular = ConvSpec("regular")
     widths = [max(1, round(c * width)) for c in (16, 32, 64)]
-    stages = tuple(StageSpec("basic", w, 3, s, 3, 1.0, regular, "relu", True) for w, s in zip(widths, (1, 2, 2)))
+    stages = tuple(StageSpec("basic", w, 3, s, 3, 1.0, regular, "relu", True)
+                   for w, s in zip(widths, (1, 2, 2), strict=True))
     return ArchSpec(in_channels=in_channels, num_classes=num_classes, resolution=resolution,
                     stem=StemSpec(widths[0], 3, 1, "relu"), stages=stages, head=HeadSpec(0, "relu", 0.0),
                     name=f"resnet20_w{width:g}")

@@ -18,11 +18,13 @@ import os
 import random
 import time
 import warnings
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Literal
 
 import optuna
+import optuna.storages.journal  # a submodule: `import optuna` alone does not declare it
 import sqlalchemy
 import torch
 from optuna.trial import FrozenTrial, TrialState
@@ -339,8 +341,9 @@ class Objective:
                 if better is not None:
                     self._finish(trial, "pruned", (
                         f"stopped early after epoch {epoch + 1}: val acc {acc:.4f} is more than "
-                        f"{self.cfg.early_stop_margin:g} below the {better.user_attrs['history'][epoch]:.4f} of trial "
-                        f"{better.number} ({better.user_attrs['mflops']:.1f} MFLOPs, on the Pareto front) at that epoch"))
+                        f"{self.cfg.early_stop_margin:g} below the {better.user_attrs['history'][epoch]:.4f} "
+                        f"of trial {better.number} ({better.user_attrs['mflops']:.1f} MFLOPs, on the Pareto front) "
+                        "at that epoch"))
                     trial.set_user_attr("trained", True)
                     self.log(f"trial {trial.number}: {trial.user_attrs.get('reason', 'stopped early')}")
                     raise optuna.TrialPruned()
@@ -382,7 +385,7 @@ class Objective:
                 return t
         return None
 
-    def _duplicate(self, trial: optuna.Trial, original: optuna.trial.FrozenTrial) -> float | Sequence[float]:
+    def _duplicate(self, trial: optuna.Trial, original: optuna.trial.FrozenTrial) -> float | tuple[float, float]:
         """Record a repeat of an architecture the study already trained, with the original's result."""
         trial.set_user_attr("duplicate_of", original.number)
         reason = f"same architecture as trial {original.number}, which holds its result; not trained again"
@@ -390,7 +393,8 @@ class Objective:
         self.log(f"trial {trial.number}: duplicate of trial {original.number}, not trained again")
         if original.state != TrialState.COMPLETE:
             raise optuna.TrialPruned(reason)
-        return original.values if self.cfg.objective == "multi" else original.value
+        values = original.values  # a complete trial holds one value per objective: (val acc[, MFLOPs])
+        return (values[0], values[1]) if self.cfg.objective == "multi" else values[0]
 
     @staticmethod
     def _constraints(trial: optuna.Trial, over_flops: float = -1.0, over_params: float = -1.0,
@@ -443,7 +447,9 @@ def prepare_study(cfg: SearchConfig, study_name: str, storage_url: str, identity
                   allow_changed_settings: bool = False) -> optuna.Study:
     """Create the study, or load it and check that it was made with the same settings (see dsearch.resume)."""
     storage = open_storage(storage_url)
-    directions = ["maximize", "minimize"] if cfg.objective == "multi" else ["maximize"]
+    directions: list[Literal["maximize", "minimize"]] = ["maximize"]  # val acc, then MFLOPs for "multi"
+    if cfg.objective == "multi":
+        directions.append("minimize")
     try:
         existing = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
@@ -638,6 +644,8 @@ def untrained_seconds(trials: Sequence[optuna.trial.FrozenTrial]) -> float:
     """Time in finished trials that trained nothing: rejected, invalid or duplicate samples (and their repairs)."""
     total = 0.0
     for t in trials:
-        if t.user_attrs.get("status") in ("rejected", "invalid", "duplicate") and t.datetime_complete is not None:
+        if t.user_attrs.get("status") not in ("rejected", "invalid", "duplicate"):
+            continue
+        if t.datetime_start is not None and t.datetime_complete is not None:
             total += (t.datetime_complete - t.datetime_start).total_seconds()
     return total

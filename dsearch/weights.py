@@ -99,12 +99,13 @@ def trial_weights(study: optuna.Study, number: int, storage_url: str) -> tuple[d
     full = study.user_attrs.get(f"trained.{number}")
     trial = study.get_trials(deepcopy=False)[number]
     proxy = trial.user_attrs.get("weights_artifact")
-    if full is None and proxy is None:
+    artifact = full["weights_artifact"] if full is not None else proxy
+    if artifact is None:
         return None
     store = recorded_artifact_dir(study, storage_url)  # reading: nothing to create or record
     if full is not None:
         what = (f"fully trained weights ({full.get('epochs')} epochs on {full.get('dataset')}, "
                 f"test accuracy {full.get('test_acc', float('nan')):.4f})")
-        return _download(store, full["weights_artifact"]), what
-    epochs = trial.user_attrs.get("epochs")
-    return _download(store, proxy), f"proxy weights from the search ({epochs} epochs, not fully trained)"
+    else:
+        what = f"proxy weights from the search ({trial.user_attrs.get('epochs')} epochs, not fully trained)"
+    return _download(store, artifact), what

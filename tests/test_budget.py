@@ -8,7 +8,16 @@ import pytest
 
 from dsearch.archspec import ArchSpecError
 from dsearch.budget import (
-    Budget, Recorder, all_params, budget_share, build, feasible_count, params_counts, random_recorder, repair, single_changes,
+    Budget,
+    Recorder,
+    all_params,
+    budget_share,
+    build,
+    feasible_count,
+    params_counts,
+    random_recorder,
+    repair,
+    single_changes,
 )
 from dsearch.cost import spec_cost
 from dsearch.spaces import extreme_spec, load_space, sample, space_size

@@ -9,8 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dsearch.data import DATASETS, Dataset, load_dataset
-from dsearch.data import torchvision_sets
+from dsearch.data import DATASETS, Dataset, load_dataset, torchvision_sets
 from dsearch.errors import DsearchError
 
 

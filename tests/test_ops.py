@@ -9,7 +9,13 @@ from torch import nn
 
 from dsearch.layers import SlidingChannelConv
 from dsearch.ops import (
-    BSConvS, ConvConfigError, SlidingChannelConvOp, bsconv_reg_loss, bsconv_s_mid_channels, make_conv, scc_pointwise,
+    BSConvS,
+    ConvConfigError,
+    SlidingChannelConvOp,
+    bsconv_reg_loss,
+    bsconv_s_mid_channels,
+    make_conv,
+    scc_pointwise,
 )
 
 torch.manual_seed(0)

@@ -192,7 +192,7 @@ def test_activation_estimate_matches_a_real_forward_pass():
         total = []
         leaves = [m for m in model.modules() if next(m.children(), None) is None]
         for m in leaves:
-            m.register_forward_hook(lambda _m, _i, out: total.append(out.numel()))
+            m.register_forward_hook(lambda _m, _i, out, sink=total: sink.append(out.numel()))
         with torch.no_grad():
             model(torch.zeros(2, spec.in_channels, size, size))
         assert activation_bytes(spec, size, batch=2) == 4 * (sum(total) + 2 * spec.in_channels * size * size)

@@ -87,9 +87,8 @@ def _read_images(files: list[Path], size: int, gray: bool) -> torch.Tensor:
     out = np.empty((len(files), size, size, channels), dtype=np.uint8)
     for i, path in enumerate(files):
         try:
-            with Image.open(path) as im:
-                im = im.convert("L" if gray else "RGB")
-                im = ImageOps.fit(im, (size, size), method=Image.Resampling.BILINEAR)
+            with Image.open(path) as file:
+                im = ImageOps.fit(file.convert("L" if gray else "RGB"), (size, size), method=Image.Resampling.BILINEAR)
                 out[i] = np.asarray(im).reshape(size, size, channels)
         except (UnidentifiedImageError, OSError) as e:
             raise DsearchError(f"cannot read image {path}: {e}") from None

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -89,8 +90,9 @@ def _read(name: str, source: TorchvisionSource, root: Path, download: bool) -> S
     return Splits(train_x, train_y, test_x, test_y, classes)
 
 
-def _arrays(ds: object, layout: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _arrays(ds: Any, layout: str) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 N x C x H x W images and int64 labels out of a torchvision dataset object."""
+    # Any: torchvision declares neither .data nor .targets/.labels on its dataset base class
     x = torch.as_tensor(np.asarray(ds.data))
     if layout == "NHW":
         x = x.unsqueeze(1)

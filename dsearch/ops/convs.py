@@ -2,7 +2,8 @@
 and the BSConv-S regulariser. The modules themselves live in dsearch.layers."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -42,7 +43,7 @@ def bsconv_reg_loss(model: nn.Module, alpha: float = 0.1) -> torch.Tensor:
     terms = []
     for module in model.modules():
         if isinstance(module, BSConvS):
-            w1 = module.pw1.weight.flatten(1)  # M' x M
+            w1 = module.get_parameter("pw1.weight").flatten(1)  # M' x M (typed, unlike the attribute path)
             gram = w1 @ w1.t()
             eye = torch.eye(gram.shape[0], device=gram.device, dtype=gram.dtype)
             terms.append(torch.linalg.matrix_norm(gram - eye, ord="fro"))

@@ -1,8 +1,9 @@
 """The conv-type registry: each kind's factory, knobs, analytic params and MACs."""
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from torch import nn
 

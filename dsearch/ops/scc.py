@@ -13,7 +13,8 @@ that export writes out; both have the same parameters and outputs.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F

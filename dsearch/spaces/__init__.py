@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Protocol
 
 import yaml
 
@@ -110,7 +111,7 @@ def parse_space(data: Any, source: str = "<space>") -> Space:
         choices = tuple(sorted((k, reader.choices(v, f"conv_knobs.{kind}.{k}")) for k, v in knobs.items()))
         for combo in itertools.product(*(c for _, c in choices)):
             try:
-                resolve_knobs(kind, dict(zip((k for k, _ in choices), combo)))
+                resolve_knobs(kind, dict(zip((k for k, _ in choices), combo, strict=True)))
             except ConvConfigError as err:
                 reader.fail(f"conv_knobs.{kind}", str(err))
         conv_knobs.append((kind, choices))
@@ -146,7 +147,8 @@ class _Reader:
     def fail(self, key: str, rule: str) -> None:
         raise SpaceError(f"{self.source}: {key or 'top level'}: {rule}")
 
-    def mapping(self, value: Any, key: str, allowed: set[str], required: set[str] = frozenset()) -> dict:
+    def mapping(self, value: Any, key: str, allowed: set[str],
+                required: frozenset[str] | set[str] = frozenset()) -> dict:
         if not isinstance(value, Mapping):
             self.fail(key, "must be a mapping of keys to values")
         unknown = sorted(set(value) - allowed)
@@ -239,7 +241,8 @@ def sample(space: Space, trial: Suggester, in_channels: int, num_classes: int,
         knobs = {k: _pick(trial, f"{p}.{kind}_{k}", c) for k, c in space.knob_choices(kind).items()}
         stages.append(StageSpec(
             block=_pick(trial, f"{p}.block", st.block), out_channels=_pick(trial, f"{p}.width", st.width),
-            repeats=_pick(trial, f"{p}.depth", st.depth), stride=st.stride, kernel=_pick(trial, f"{p}.kernel", st.kernel),
+            repeats=_pick(trial, f"{p}.depth", st.depth), stride=st.stride,
+            kernel=_pick(trial, f"{p}.kernel", st.kernel),
             expansion=float(_pick(trial, f"{p}.expansion", st.expansion)), conv=ConvSpec.of(kind, **knobs),
             activation=st.activation, residual=st.residual,
         ))
@@ -272,6 +275,21 @@ class _Fixed:
         return self.params[name]
 
 
+def _stage_macs(block: str, kind: str, knobs: dict[str, Any], channels: int, size: int, width: int, depth: int,
+                kernel: int, expansion: float, stride: int) -> int | None:
+    """Analytic MACs of one stage's conv units; None where the knobs don't fit the widths."""
+    total, m, h = 0, channels, size
+    for r in range(depth):
+        for _, cin, cout, s in conv_units(block, m, width, expansion, stride if r == 0 else 1):
+            try:
+                total += conv_macs(kind, cin, cout, kernel, s, (h, h), **knobs)
+            except ConvConfigError:
+                return None
+            h = out_size(h, kernel, s)
+        m = width
+    return total
+
+
 def extreme_spec(space: Space, in_channels: int, num_classes: int, resolution: int | None = None,
                  cheapest: bool = True) -> ArchSpec:
     """The cheapest (or dearest) architecture of the space by MACs.
@@ -289,26 +307,13 @@ def extreme_spec(space: Space, in_channels: int, num_classes: int, resolution: i
         width, depth, kernel, expansion = pick(st.width), pick(st.depth), pick(st.kernel), pick(st.expansion)
         params.update({f"{p}.width": width, f"{p}.depth": depth, f"{p}.kernel": kernel, f"{p}.expansion": expansion})
 
-        def stage_macs(block: str, kind: str, knobs: dict[str, Any]) -> int | None:
-            """Analytic MACs of the stage's conv units; None where the knobs don't fit the widths."""
-            total, m, h = 0, channels, size
-            for r in range(depth):
-                for _, cin, cout, stride in conv_units(block, m, width, expansion, st.stride if r == 0 else 1):
-                    try:
-                        total += conv_macs(kind, cin, cout, kernel, stride, (h, h), **knobs)
-                    except ConvConfigError:
-                        return None
-                    h = out_size(h, kernel, stride)
-                m = width
-            return total
-
         options = []
         for block in st.block:
             for kind in st.conv:
                 knob_choices = space.knob_choices(kind)
                 for combo in itertools.product(*knob_choices.values()):
-                    knobs = dict(zip(knob_choices, combo))
-                    macs = stage_macs(block, kind, knobs)
+                    knobs = dict(zip(knob_choices, combo, strict=True))
+                    macs = _stage_macs(block, kind, knobs, channels, size, width, depth, kernel, expansion, st.stride)
                     if macs is not None:
                         options.append((macs, block, kind, knobs))
         _, block, kind, knobs = pick(options, key=lambda o: o[0])

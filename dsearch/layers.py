@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -125,6 +125,9 @@ class SlidingChannelConv(nn.Module):
     Only the N x K real weights are parameters; the index is rebuilt from (M, N, g, o).
     """
 
+    index: Tensor
+    dense_cache: Tensor | None
+
     def __init__(self, in_channels: int, out_channels: int, groups: int, overlap: float) -> None:
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
@@ -149,7 +152,7 @@ class SlidingChannelConv(nn.Module):
         # form measured (the gather above copies every input channel ~N/g times).
         return F.conv2d(x, self.dense_weight())
 
-    def train(self, mode: bool = True) -> "SlidingChannelConv":
+    def train(self, mode: bool = True) -> SlidingChannelConv:
         super().train(mode)
         self.refresh_dense()
         return self

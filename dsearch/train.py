@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -111,7 +111,8 @@ def random_shift_flip(x: Tensor, pad: int, generator: torch.Generator) -> Tensor
 
 def _optimizer(model: nn.Module, cfg: ProxyConfig) -> torch.optim.Optimizer:
     scale = cfg.batch_size / 128
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for p in model.parameters():
         (decay if p.ndim > 1 else no_decay).append(p)
     if cfg.optimizer == "sgd":
@@ -177,6 +178,7 @@ def graph_training_step(model: nn.Module, sample: Tensor) -> nn.Module:
     buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
     with _autocast(sample.device):
         graphed = torch.cuda.make_graphed_callables(model, (sample,))
+    assert isinstance(graphed, nn.Module)  # a module in, the same module (its forward graphed) out
     with torch.no_grad():
         for name, b in model.named_buffers():
             b.copy_(buffers[name])
@@ -198,7 +200,7 @@ def train_proxy(
     device = data.device
     torch.manual_seed(cfg.seed)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    model = build_model(spec).to(device=device, memory_format=data.memory_format)
+    model = build_model(spec).to(device).to(memory_format=data.memory_format)
     uses_bsconv_s = any(isinstance(m, BSConvS) for m in model.modules())
     if device.type == "cuda" and CUDA_GRAPHS:
         model.train()

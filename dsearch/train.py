@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from .archspec import ArchSpec
 from .builder import build_model
+from .fastpath import specialise
 from .ops import bsconv_reg_loss
 from .ops.convs import BSConvS
 
@@ -169,6 +170,7 @@ def train_proxy(
     torch.manual_seed(cfg.seed)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     model = build_model(spec).to(device=device, memory_format=torch.channels_last)
+    specialise(model, spec.in_channels, data.size)  # same function and parameters, cheaper forms at this size
     uses_bsconv_s = any(isinstance(m, BSConvS) for m in model.modules())
     optimizer = _optimizer(model, cfg)
     n = len(data.train_x)

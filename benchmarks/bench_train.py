@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from dataclasses import dataclass
 
 import optuna
 import torch
@@ -41,17 +40,6 @@ from dsearch.train import DeviceData, ProxyConfig, select_device, train_proxy
 
 WARMUP_STEPS = 2
 PRESETS = (("mobilenet_v2", 0.5), ("mobilenet_v2", 1.0))
-
-
-@dataclass
-class Row:
-    name: str
-    spec: ArchSpec
-    mflops_deploy: float
-    macs_train: int
-    nchw: list[float]
-    cl: list[float]
-    ours: list[float]
 
 
 def synchronize(device: torch.device) -> None:
@@ -160,25 +148,25 @@ def main() -> None:
     print(f"torch {torch.__version__}, {device} ({cpu}), {torch.get_num_threads()} threads; fp32 matmul "
           f"{peak / 1e9:.0f} GMAC/s; training at {size}x{size}, batch {args.batch}, {args.steps} timed steps "
           f"after {WARMUP_STEPS} warm-up, {args.repeats} interleaved rounds (medians)")
-    rows = [Row(name, s, spec_cost(s).mflops, spec_cost(s, size).macs, [], [], []) for name, s in specs]
-    for _ in range(args.repeats):
-        for row in rows:
-            row.nchw.append(baseline_images_per_s(row.spec, data, device, args.steps, args.batch, False))
-            row.cl.append(baseline_images_per_s(row.spec, data, device, args.steps, args.batch, True))
-            row.ours.append(dsearch_images_per_s(row.spec, data, device, args.steps, args.batch))
     print(f"\n{'arch':<16} {'MFLOPs@224':>10} {'NCHW':>7} {'ch_last':>7} {'dsearch':>7} {'ratio':>6} "
-          f"{'peak%':>6}  architecture")
+          f"{'peak%':>6}  architecture", flush=True)
     ratios = []
-    for row in rows:
-        nchw, cl, ours = (statistics.median(v) for v in (row.nchw, row.cl, row.ours))
-        ratio = ours / max(nchw, cl)
-        if row.name.startswith("sample"):
+    for name, spec in specs:
+        nchw, cl, ours = [], [], []
+        for _ in range(args.repeats):  # interleaved, so that a busy machine slows all three alike
+            nchw.append(baseline_images_per_s(spec, data, device, args.steps, args.batch, False))
+            cl.append(baseline_images_per_s(spec, data, device, args.steps, args.batch, True))
+            ours.append(dsearch_images_per_s(spec, data, device, args.steps, args.batch))
+        nchw_m, cl_m, ours_m = (statistics.median(v) for v in (nchw, cl, ours))
+        ratio = ours_m / max(nchw_m, cl_m)
+        if name.startswith("sample"):
             ratios.append(ratio)
-        share = 100 * ours * 3 * row.macs_train / peak
-        print(f"{row.name:<16} {row.mflops_deploy:>10.1f} {nchw:>7.0f} {cl:>7.0f} {ours:>7.0f} {ratio:>5.2f}x "
-              f"{share:>5.1f}%  {row.spec.summary()}")
-    print(f"\nimages/s at {size}x{size}; ratio = dsearch / the faster baseline layout. Sampled candidates: "
-          f"median ratio {statistics.median(ratios):.2f}x, worst {min(ratios):.2f}x, best {max(ratios):.2f}x")
+        share = 100 * ours_m * 3 * spec_cost(spec, size).macs / peak
+        print(f"{name:<16} {spec_cost(spec).mflops:>10.1f} {nchw_m:>7.0f} {cl_m:>7.0f} {ours_m:>7.0f} {ratio:>5.2f}x "
+              f"{share:>5.1f}%  {spec.summary()}", flush=True)
+    if ratios:
+        print(f"\nimages/s at {size}x{size}; ratio = dsearch / the faster baseline layout. Sampled candidates: "
+              f"median ratio {statistics.median(ratios):.2f}x, worst {min(ratios):.2f}x, best {max(ratios):.2f}x")
 
 
 def _cpu_name() -> str:

@@ -12,14 +12,16 @@ gradients for the same parameters, in a cheaper form chosen from the layer's geo
 - linear: a 1x1 map (after cropping) on a channels_last CPU tensor runs as one matrix product
   over the channel dimension (PyTorch's 1x1 conv on small maps is 2-30x slower);
 - scale: a depthwise conv with one live tap is a per-channel multiply;
-- window: a depthwise conv with a single output pixel is a per-channel multiply and sum;
+- dwgrad: a depthwise conv over 3x3 on a small map computes its weight gradient as one grouped conv;
 - SCC's sliding-channel map runs as one matrix product with its masked dense weight.
 
 Every replacement holds the original Parameter objects, so the optimizer, the state_dict (full
 kernels, the same keys) and the exported weights are the model's own; nothing here changes an
 architecture or its cost. When traced (fvcore's cost counting), a replaced module runs its plain
 form, so a counter sees exactly the MACs of the architecture, never the proxy's shortcut.
-The rules that choose a form come from `python benchmarks/bench_convs.py --fastpath`.
+The rules that choose a form are fixed (deterministic, so a seeded trial trains the same way
+every time) and come from per-shape timings of forward + backward at batch 128 (PyTorch 2.14,
+oneDNN, 2-core AVX-512 Xeon); README's Benchmarks section has the figures.
 """
 from __future__ import annotations
 
@@ -93,11 +95,47 @@ def pointwise_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return y.permute(0, 3, 1, 2)
 
 
+DWGRAD_MAX_INPUT = 7  # depthwise convs on maps up to 7x7 with kernels over 3x3 compute their weight gradient as below
+
+
+class DepthwiseConv(torch.autograd.Function):
+    """A depthwise conv whose weight gradient runs as one grouped conv over all (image, channel) pairs.
+
+    oneDNN's depthwise weight gradient on CPU is 3-6x slower than its forward for kernels above
+    3x3 on small maps. The same sums, gw[c, t] = sum over n, i, j of g[n, c, i, j] x[n, c, i s + t],
+    are a depthwise conv of each image-channel plane x[n, c] with g[n, c] as its kernel (dilation
+    s), summed over n; forward and input gradient stay PyTorch's.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, stride: int, padding: int) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.stride, ctx.padding = stride, padding
+        return F.conv2d(x, weight, None, stride, padding, 1, weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
+        x, weight = ctx.saved_tensors
+        s, p, c, k = ctx.stride, ctx.padding, weight.shape[0], weight.shape[-1]
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.convolution_backward(
+                grad, x, weight, None, [s, s], [p, p], [1, 1], False, [0, 0], c, [True, False, False])[0]
+        if ctx.needs_input_grad[1]:
+            n, _, h, w = x.shape
+            planes = x.contiguous().view(1, n * c, h, w)
+            kernels = grad.contiguous().view(n * c, 1, grad.shape[2], grad.shape[3])
+            per_image = F.conv2d(planes, kernels, None, 1, p, s, n * c)[:, :, :k, :k]
+            grad_w = per_image.reshape(n, c, k, k).sum(0).unsqueeze(1)
+        return grad_x, grad_w, None, None
+
+
 class ProxyConv2d(nn.Module):
     """A plain square conv's function in its cheapest exact form for one input size; holds the conv's Parameters."""
 
-    def __init__(self, conv: nn.Conv2d, window: TapWindow, device_type: str) -> None:
+    def __init__(self, conv: nn.Conv2d, window: TapWindow, device_type: str, size: int) -> None:
         super().__init__()
+        self.input_size = size
         self.weight = conv.weight
         self.register_parameter("bias", conv.bias)
         self.groups, self.window = conv.groups, window
@@ -108,8 +146,8 @@ class ProxyConv2d(nn.Module):
         one_tap = w.count == 1 and w.crop_padding == 0
         if self.depthwise and one_tap:
             return "scale"
-        if self.depthwise and w.out_size == 1 and w.crop_padding == 0:
-            return "window"
+        if self.depthwise and w.count > 3 and device_type == "cpu" and self.input_size <= DWGRAD_MAX_INPUT:
+            return "dwgrad"
         if one_tap and self.groups == 1 and w.stride == 1 and w.out_size ** 2 <= LINEAR_MAX_PIXELS \
                 and device_type == "cpu":
             return "linear"
@@ -128,10 +166,10 @@ class ProxyConv2d(nn.Module):
             weight = weight[:, :, w.taps, w.taps]
         if self.form == "scale":
             y = x[:, :, ::w.stride, ::w.stride] * weight.reshape(1, -1, 1, 1)
-        elif self.form == "window":
-            y = (x[:, :, :w.count, :w.count] * weight.transpose(0, 1)).sum((2, 3), keepdim=True)
         elif self.form == "linear" and _is_channels_last(x):
             return pointwise_linear(x, weight, self.bias)
+        elif self.form == "dwgrad":
+            y = DepthwiseConv.apply(x, weight, w.stride, w.crop_padding)
         else:
             return F.conv2d(x, weight, self.bias, w.stride, w.crop_padding, 1, self.groups)
         return y if self.bias is None else y + self.bias.reshape(1, -1, 1, 1)
@@ -214,7 +252,7 @@ def specialise(model: nn.Module, in_channels: int, size: int) -> dict[str, int]:
             replacement: nn.Module | None = None
             if isinstance(child, nn.Conv2d) and _plain_square_conv(child):
                 window = live_taps(sizes[child], child.kernel_size[0], child.stride[0], child.padding[0])
-                replacement = ProxyConv2d(child, window, device_type)
+                replacement = ProxyConv2d(child, window, device_type, sizes[child])
                 form = replacement.form + ("+crop" if window.cropped else "")
             elif isinstance(child, SlidingChannelConv):
                 replacement = ProxySlidingChannelConv(child, device_type)

@@ -38,7 +38,7 @@ def test_live_taps_match_enumeration(kernel, stride):
 
 
 def plain_and_proxy(conv: nn.Conv2d, size: int) -> tuple[nn.Conv2d, ProxyConv2d]:
-    proxy = ProxyConv2d(copy.deepcopy(conv), live_taps(size, conv.kernel_size[0], conv.stride[0]), "cpu")
+    proxy = ProxyConv2d(copy.deepcopy(conv), live_taps(size, conv.kernel_size[0], conv.stride[0]), "cpu", size)
     return conv, proxy
 
 
@@ -47,7 +47,8 @@ def plain_and_proxy(conv: nn.Conv2d, size: int) -> tuple[nn.Conv2d, ProxyConv2d]
 SHAPES = [
     (12, 12, 12, 7, 1, 1), (12, 12, 12, 3, 2, 1), (12, 12, 12, 7, 2, 2), (12, 12, 12, 5, 2, 2),
     (12, 12, 12, 3, 2, 2), (12, 12, 12, 7, 1, 2), (12, 12, 12, 5, 1, 2), (12, 12, 12, 7, 2, 4),
-    (12, 12, 12, 5, 2, 3), (12, 12, 12, 3, 1, 7), (6, 10, 1, 1, 1, 1), (6, 10, 1, 1, 1, 2), (6, 10, 1, 1, 1, 7),
+    (12, 12, 12, 5, 2, 3), (12, 12, 12, 3, 1, 7), (12, 12, 12, 7, 1, 7), (12, 12, 12, 5, 2, 7),
+    (12, 12, 12, 7, 2, 5), (6, 10, 1, 1, 1, 1), (6, 10, 1, 1, 1, 2), (6, 10, 1, 1, 1, 7),
     (6, 10, 1, 5, 1, 1), (6, 10, 1, 7, 1, 2), (6, 10, 1, 3, 2, 7), (6, 10, 1, 1, 2, 4),
 ]
 
@@ -75,7 +76,8 @@ def test_proxy_conv_equals_plain_conv(cin, cout, groups, kernel, stride, size, l
 
 
 @pytest.mark.parametrize("cin,cout,groups,kernel,stride,size",
-                         [(4, 4, 4, 7, 1, 1), (4, 4, 4, 5, 2, 2), (4, 4, 4, 7, 1, 2), (3, 5, 1, 1, 1, 2)])
+                         [(4, 4, 4, 7, 1, 1), (4, 4, 4, 5, 2, 2), (4, 4, 4, 7, 1, 2), (3, 5, 1, 1, 1, 2),
+                          (4, 4, 4, 5, 2, 5)])
 def test_proxy_conv_gradcheck(cin, cout, groups, kernel, stride, size):
     torch.manual_seed(0)
     _, proxy = plain_and_proxy(conv2d(cin, cout, kernel, stride, groups).double(), size)
@@ -116,7 +118,8 @@ def test_specialised_model_has_same_loss_gradients_state_and_cost():
     plain = build_model(spec).double()
     fast = copy.deepcopy(plain)
     forms = specialise(fast, spec.in_channels, 28)
-    assert forms.get("scale+crop", 0) and forms.get("window+crop", 0) and forms.get("scc", 0), forms
+    for form in ("scale+crop", "dwgrad", "dwgrad+crop", "conv+crop", "linear", "scc"):
+        assert forms.get(form, 0), (form, forms)
     x = torch.randn(4, 1, 28, 28, dtype=torch.float64)
     y = torch.arange(4) % 10
     losses, grads = [], []

@@ -204,14 +204,13 @@ class ProxySlidingChannelConv(nn.Module):
 
 
 def conv_input_sizes(model: nn.Module, in_channels: int, size: int) -> dict[nn.Module, int]:
-    """Spatial input size of every conv and SCC map when `model` runs on size x size images (square)."""
+    """Spatial input size of every conv and SCC map on a square input when `model` runs on size x size images."""
     sizes: dict[nn.Module, int] = {}
 
     def record(module: nn.Module, args: tuple) -> None:
         h, w = args[0].shape[-2:]
-        if h != w:
-            raise ValueError(f"the fast path needs square feature maps, got {h}x{w} at {type(module).__name__}")
-        sizes[module] = int(h)
+        if h == w:  # a non-square map keeps its plain layer
+            sizes[module] = int(h)
 
     hooks = [m.register_forward_pre_hook(record) for m in model.modules()
              if isinstance(m, (nn.Conv2d, SlidingChannelConv))]

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from .archspec import ArchSpec
 from .builder import build_model
+from .fastpath import specialise
 from .ops import bsconv_reg_loss
 from .ops.convs import BSConvS
 
@@ -201,6 +202,7 @@ def train_proxy(
     torch.manual_seed(cfg.seed)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     model = build_model(spec).to(device).to(memory_format=data.memory_format)
+    specialise(model, spec.in_channels, data.size)  # same function and parameters, cheaper forms at this size
     uses_bsconv_s = any(isinstance(m, BSConvS) for m in model.modules())
     if device.type == "cuda" and CUDA_GRAPHS:
         model.train()

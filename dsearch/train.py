@@ -176,6 +176,10 @@ def graph_training_step(model: nn.Module, sample: Tensor) -> nn.Module:
     The same parameters and the same arithmetic; torch's capture runs three warm-up steps, whose batch-norm
     statistics updates are undone so that training starts from the same state as without graphs.
     """
+    # The warm-up's autograd nodes make torch warn about their stream once; the training loop never captures.
+    quiet = getattr(torch.autograd.graph, "set_warn_on_accumulate_grad_stream_mismatch", None)
+    if quiet is not None:
+        quiet(False)
     buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
     with _autocast(sample.device):
         graphed = torch.cuda.make_graphed_callables(model, (sample,))

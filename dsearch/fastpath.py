@@ -191,7 +191,9 @@ class ProxySlidingChannelConv(nn.Module):
     def __init__(self, scc: SlidingChannelConv, device_type: str) -> None:
         super().__init__()
         self.weight = scc.weight
-        self.register_buffer("index", scc.index, persistent=False)
+        index = scc.index
+        assert isinstance(index, Tensor)  # a buffer of SlidingChannelConv
+        self.register_buffer("index", index, persistent=False)
         self.in_channels, self.out_channels = scc.in_channels, scc.out_channels
         self.groups, self.overlap = scc.groups, scc.overlap
         self.linear = device_type == "cpu"

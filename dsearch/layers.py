@@ -125,9 +125,6 @@ class SlidingChannelConv(nn.Module):
     Only the N x K real weights are parameters; the index is rebuilt from (M, N, g, o).
     """
 
-    index: Tensor
-    dense_cache: Tensor | None
-
     def __init__(self, in_channels: int, out_channels: int, groups: int, overlap: float) -> None:
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels

@@ -22,12 +22,11 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .archspec import ArchSpec, ArchSpecError, ConvSpec
-from .blocks import BLOCKS, conv_bn_cost, conv_units
-from .cost import spec_cost, unit_cost
+from .archspec import ArchSpec, ArchSpecError, ConvSpec, StageSpec, StemSpec
+from .blocks import conv_units
+from .cost import net_counts, spec_cost, stage_counts
 from .ops import ConvConfigError, check_conv
-from .ops.registry import out_size
-from .spaces import Choices, Space, StageSpace, extreme_spec, sample
+from .spaces import Choices, Space, extreme_params, sample
 
 Params = dict[str, Any]
 
@@ -91,53 +90,42 @@ def _value(params: Mapping[str, Any], name: str, choices: Choices) -> Any:
 
 
 @functools.lru_cache(maxsize=200_000)
-def _stage_counts(st: StageSpace, in_channels: int, size: int, block: str, width: int, depth: int, kernel: int,
-                  expansion: float, conv: ConvSpec) -> tuple[int, int, int] | None:
-    """(MACs, params, output size) of one stage, or None where its conv units break a rule (e.g. SCC groups)."""
-    fields = {"expansion": expansion, "activation": st.activation, "residual": st.residual}
-    macs = params = 0
+def _valid_stage_counts(st: StageSpec, in_channels: int, size: int) -> tuple[int, int, int] | None:
+    """`stage_counts`, or None where the stage's conv units break a rule (e.g. SCC groups that do not divide)."""
     channels = in_channels
-    for r in range(depth):
-        stride = st.stride if r == 0 else 1
+    for r in range(st.repeats):
         try:
-            for _, m, n, s in conv_units(block, channels, width, expansion, stride):
-                check_conv(conv.kind, m, n, kernel, s, conv.knob_dict)
+            for _, m, n, s in conv_units(st.block, channels, st.out_channels, st.expansion,
+                                         st.stride if r == 0 else 1):
+                check_conv(st.conv.kind, m, n, st.kernel, s, st.conv.knob_dict)
         except ConvConfigError:
             return None
-        unit = functools.partial(unit_cost, conv, kernel)
-        m_, p_ = BLOCKS[block].cost(channels, width, stride, size, unit, **fields)
-        macs, params, size, channels = macs + m_, params + p_, out_size(size, 1, stride), width
-    return macs, params, size
+        channels = st.out_channels
+    return stage_counts(st, in_channels, size)
 
 
 def params_counts(space: Space, params: Mapping[str, Any], in_channels: int, num_classes: int,
                   resolution: int | None = None) -> tuple[int, int] | None:
-    """(MACs, params) of the architecture `params` pick, equal to spec_cost of it, without building an ArchSpec.
+    """(MACs, params) of the architecture `params` pick, equal to spec_cost of it, without validating an ArchSpec.
 
     Stage costs are cached, so costing many architectures that differ in one choice is cheap. None
     where the choices do not make a valid architecture.
     """
-    size = resolution or space.resolution
-    stem = _value(params, "stem.width", space.stem_width)
-    macs, total = conv_bn_cost(in_channels, stem, space.stem_kernel, space.stem_stride, size)
-    size, channels = out_size(size, space.stem_kernel, space.stem_stride), stem
+    stages = []
     for i, st in enumerate(space.stages, start=1):
         p = f"stage{i}"
         kind = _value(params, f"{p}.conv", st.conv)
         knobs = {k: _value(params, f"{p}.{kind}_{k}", c) for k, c in space.knob_choices(kind).items()}
-        width = _value(params, f"{p}.width", st.width)
-        counts = _stage_counts(st, channels, size, _value(params, f"{p}.block", st.block), width,
-                               _value(params, f"{p}.depth", st.depth), _value(params, f"{p}.kernel", st.kernel),
-                               float(_value(params, f"{p}.expansion", st.expansion)), _conv_spec(kind, knobs))
-        if counts is None:
-            return None
-        macs, total, size, channels = macs + counts[0], total + counts[1], counts[2], width
-    head = _value(params, "head.width", space.head_width)
-    if head:
-        m, p_ = conv_bn_cost(channels, head, 1, 1, size)
-        macs, total, channels = macs + m, total + p_, head
-    return (macs + channels * size * size + channels * num_classes,
-            total + channels * num_classes + num_classes)
+        stages.append(StageSpec(
+            block=_value(params, f"{p}.block", st.block), out_channels=_value(params, f"{p}.width", st.width),
+            repeats=_value(params, f"{p}.depth", st.depth), stride=st.stride,
+            kernel=_value(params, f"{p}.kernel", st.kernel),
+            expansion=float(_value(params, f"{p}.expansion", st.expansion)), conv=_conv_spec(kind, knobs),
+            activation=st.activation, residual=st.residual))
+    stem = StemSpec(_value(params, "stem.width", space.stem_width), space.stem_kernel, space.stem_stride,
+                    space.stem_activation)
+    return net_counts(in_channels, num_classes, stem, stages, _value(params, "head.width", space.head_width),
+                      resolution or space.resolution, stage=_valid_stage_counts)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -211,22 +199,9 @@ def repair(space: Space, params: Mapping[str, Any], budget: Budget, in_channels:
             break
         ratio, params = lowest[0], build(space, lowest[1], in_channels, num_classes, budget.resolution)[1]
     if ratio > 1.0:
-        spec = extreme_spec(space, in_channels, num_classes, budget.resolution)
-        spec, params = build(space, extreme_params(space, spec), in_channels, num_classes, budget.resolution)
+        spec, params = build(space, extreme_params(space, budget.resolution), in_channels, num_classes,
+                             budget.resolution)
     return spec, params, steps
-
-
-def extreme_params(space: Space, spec: ArchSpec) -> Params:
-    """The parameter values that make `spec` in `space` (inverse of `sample` for specs of the space)."""
-    params: Params = {"stem.width": spec.stem.out_channels, "head.width": spec.head.channels}
-    for i, st in enumerate(spec.stages, start=1):
-        p = f"stage{i}"
-        params.update({f"{p}.block": st.block, f"{p}.width": st.out_channels, f"{p}.depth": st.repeats,
-                       f"{p}.kernel": st.kernel, f"{p}.conv": st.conv.kind})
-        choices = space.stages[i - 1].expansion
-        params[f"{p}.expansion"] = next((c for c in choices if float(c) == st.expansion), st.expansion)
-        params.update({f"{p}.{st.conv.kind}_{k}": v for k, v in st.conv.knobs})
-    return params
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import contextlib
 import functools
 import logging
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +29,7 @@ with warnings.catch_warnings():  # fvcore's import touches the deprecated torch.
     warnings.simplefilter("ignore", FutureWarning)
     from fvcore.nn import FlopCountAnalysis, flop_count_table
 
-from .archspec import ArchSpec, ConvSpec
+from .archspec import ArchSpec, ConvSpec, StageSpec, StemSpec
 from .blocks import BLOCKS, Counts, conv_bn_cost
 from .builder import build_model
 from .errors import DsearchError
@@ -147,6 +147,41 @@ def unit_cost(conv: ConvSpec, kernel: int, in_channels: int, out_channels: int, 
     return macs, params
 
 
+StageCounts = Callable[[StageSpec, int, int], "tuple[int, int, int] | None"]
+
+
+def stage_counts(st: StageSpec, in_channels: int, size: int) -> tuple[int, int, int]:
+    """(MACs, params, output size) of one stage on a size x size input, from its blocks' formulas."""
+    block = BLOCKS[st.block]
+    fields = {name: getattr(st, name) for name in block.fields}
+    unit = functools.partial(unit_cost, st.conv, st.kernel)
+    macs = params = 0
+    channels = in_channels
+    for r in range(st.repeats):
+        stride = st.stride if r == 0 else 1
+        m, p = block.cost(channels, st.out_channels, stride, size, unit, **fields)
+        macs, params = macs + m, params + p
+        size, channels = out_size(size, 1, stride), st.out_channels
+    return macs, params, size
+
+
+def net_counts(in_channels: int, num_classes: int, stem: StemSpec, stages: Sequence[StageSpec], head_channels: int,
+               size: int, stage: StageCounts = stage_counts) -> Counts | None:
+    """(MACs, params) of stem -> stages -> head at size x size; None where `stage` finds a stage invalid."""
+    macs, params = conv_bn_cost(in_channels, stem.out_channels, stem.kernel, stem.stride, size)
+    size, channels = out_size(size, stem.kernel, stem.stride), stem.out_channels
+    for st in stages:
+        counts = stage(st, channels, size)
+        if counts is None:
+            return None
+        macs, params, size, channels = macs + counts[0], params + counts[1], counts[2], st.out_channels
+    if head_channels:
+        m, p = conv_bn_cost(channels, head_channels, 1, 1, size)
+        macs, params, channels = macs + m, params + p, head_channels
+    macs += channels * size * size + channels * num_classes  # average pool, then the linear layer
+    return macs, params + channels * num_classes + num_classes
+
+
 @functools.lru_cache(maxsize=65536)
 def spec_cost(spec: ArchSpec, resolution: int | None = None) -> Cost:
     """Cost of the architecture `spec` at `resolution` (default: its deployment resolution), from formulas.
@@ -157,21 +192,6 @@ def spec_cost(spec: ArchSpec, resolution: int | None = None) -> Cost:
     flatten and dropout nothing. Params count every weight, bias and batch-norm affine parameter.
     """
     size = resolution or spec.resolution
-    macs, params = conv_bn_cost(spec.in_channels, spec.stem.out_channels, spec.stem.kernel, spec.stem.stride, size)
-    size = out_size(size, spec.stem.kernel, spec.stem.stride)
-    channels = spec.stem.out_channels
-    for st in spec.stages:
-        block = BLOCKS[st.block]
-        fields = {name: getattr(st, name) for name in block.fields}
-        unit = functools.partial(unit_cost, st.conv, st.kernel)
-        for r in range(st.repeats):
-            stride = st.stride if r == 0 else 1
-            m, p = block.cost(channels, st.out_channels, stride, size, unit, **fields)
-            macs, params = macs + m, params + p
-            size, channels = out_size(size, 1, stride), st.out_channels
-    if spec.head.channels:
-        m, p = conv_bn_cost(channels, spec.head.channels, 1, 1, size)
-        macs, params, channels = macs + m, params + p, spec.head.channels
-    macs += channels * size * size + channels * spec.num_classes  # average pool, then the linear layer
-    params += channels * spec.num_classes + spec.num_classes
-    return Cost(macs=macs, params=params, resolution=(resolution or spec.resolution,) * 2)
+    counts = net_counts(spec.in_channels, spec.num_classes, spec.stem, spec.stages, spec.head.channels, size)
+    assert counts is not None  # stage_counts never refuses a stage
+    return Cost(macs=counts[0], params=counts[1], resolution=(size, size))

@@ -18,6 +18,8 @@ One definition for every writer (study) and reader (pareto, dashboard, export, w
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -53,6 +55,23 @@ def arch_from_attr(value: Any) -> ArchSpec:
 def trial_arch(attrs: Mapping[str, Any]) -> ArchSpec | None:
     """The ArchSpec kept in a trial's user attrs; None when the trial sampled none."""
     return arch_from_attr(attrs[ARCH]) if ARCH in attrs else None
+
+
+def arch_key(spec: ArchSpec) -> str:
+    """A short fingerprint of an architecture: equal ArchSpecs, equal keys."""
+    return hashlib.sha256(json.dumps(spec.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def trial_arch_key(trial: optuna.trial.FrozenTrial) -> str | None:
+    """The trial's architecture fingerprint (computed from its stored ArchSpec for studies made before keys)."""
+    key = trial.user_attrs.get("arch_key")
+    if key is None:
+        try:
+            spec = trial_arch(trial.user_attrs)
+        except DsearchError:
+            return None
+        key = arch_key(spec) if spec is not None else None
+    return key
 
 
 def set_constraints(trial: optuna.Trial, values: Mapping[str, float]) -> None:

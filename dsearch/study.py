@@ -12,8 +12,6 @@ PostgreSQL/MySQL for many machines) carry heartbeats, so a killed worker's trial
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import random
 import time
@@ -29,7 +27,7 @@ import sqlalchemy
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from .archspec import ArchSpec, ArchSpecError
+from .archspec import ArchSpecError
 from .budget import Budget, build, feasible_count, feasible_params, random_recorder, repair
 from .cost import Cost, spec_cost
 from .data import Dataset, load_dataset
@@ -37,7 +35,7 @@ from .errors import DsearchError
 from .failures import check_finite_state, failure_reason, optuna_log_level, recording_failures
 from .latency import measure_latency
 from .paths import default_storage, local_storage_file
-from .record import STATUSES, arch_attrs, name_metrics, set_constraints, trial_arch
+from .record import STATUSES, arch_attrs, arch_key, name_metrics, set_constraints, trial_arch_key
 from .resume import bind, check_resume, space_digest
 from .spaces import Space, extreme_spec, load_space, sample
 from .train import OPTIMIZERS, DeviceData, ProxyConfig, TrainingDiverged, select_device, train_proxy
@@ -339,13 +337,13 @@ class Objective:
             if self.cfg.early_stop and not single and epoch + 1 < self.cfg.proxy.epochs:
                 better = outpaced_by(trial.study, cost.mflops, epoch, acc, self.cfg.early_stop_margin)
                 if better is not None:
-                    self._finish(trial, "pruned", (
-                        f"stopped early after epoch {epoch + 1}: val acc {acc:.4f} is more than "
-                        f"{self.cfg.early_stop_margin:g} below the {better.user_attrs['history'][epoch]:.4f} "
-                        f"of trial {better.number} ({better.user_attrs['mflops']:.1f} MFLOPs, on the Pareto front) "
-                        "at that epoch"))
+                    reason = (f"stopped early after epoch {epoch + 1}: val acc {acc:.4f} is more than "
+                              f"{self.cfg.early_stop_margin:g} below the {better.user_attrs['history'][epoch]:.4f} "
+                              f"of trial {better.number} ({better.user_attrs['mflops']:.1f} MFLOPs, on the Pareto "
+                              "front) at that epoch")
+                    self._finish(trial, "pruned", reason)
                     trial.set_user_attr("trained", True)
-                    self.log(f"trial {trial.number}: {trial.user_attrs.get('reason', 'stopped early')}")
+                    self.log(f"trial {trial.number}: {reason}")
                     raise optuna.TrialPruned()
             if single:
                 trial.report(acc, epoch)
@@ -379,11 +377,7 @@ class Objective:
 
     def trained_with(self, study: optuna.Study, key: str, exclude: int) -> optuna.trial.FrozenTrial | None:
         """The earliest finished trial of `study` that trained the architecture `key`, if any."""
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
-            if (t.number != exclude and t.user_attrs.get("trained") and t.user_attrs.get("status") != "duplicate"
-                    and trial_arch_key(t) == key):
-                return t
-        return None
+        return next((t for t in trained_trials(study) if t.number != exclude and trial_arch_key(t) == key), None)
 
     def _duplicate(self, trial: optuna.Trial, original: optuna.trial.FrozenTrial) -> float | tuple[float, float]:
         """Record a repeat of an architecture the study already trained, with the original's result."""
@@ -424,23 +418,6 @@ def outpaced_by(study: optuna.Study, mflops: float, epoch: int, acc: float,
         if t.user_attrs["mflops"] <= mflops and len(history) > epoch and history[epoch] > acc + margin:
             return t
     return None
-
-
-def arch_key(spec: ArchSpec) -> str:
-    """A short fingerprint of an architecture: equal ArchSpecs, equal keys."""
-    return hashlib.sha256(json.dumps(spec.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
-
-
-def trial_arch_key(trial: optuna.trial.FrozenTrial) -> str | None:
-    """The trial's architecture fingerprint (computed from its stored ArchSpec for studies made before keys)."""
-    key = trial.user_attrs.get("arch_key")
-    if key is None:
-        try:
-            spec = trial_arch(trial.user_attrs)
-        except DsearchError:
-            return None
-        key = arch_key(spec) if spec is not None else None
-    return key
 
 
 def prepare_study(cfg: SearchConfig, study_name: str, storage_url: str, identity: dict[str, Any],
@@ -533,8 +510,8 @@ def run_search(cfg: SearchConfig, study_name: str, storage_url: str | None = Non
     failed: list[str] = []  # this run's failure reasons
     stale = 0  # trials in a row that trained nothing new
     stopped: str | None = None
-    rng = random.Random(f"{cfg.seed}/{len(study.get_trials(deepcopy=False))}")
-    first = len(study.get_trials(deepcopy=False))
+    first = len(study.get_trials(deepcopy=False))  # this run's trials come after
+    rng = random.Random(f"{cfg.seed}/{first}")
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         nonlocal trained, failures_in_a_row, stale, stopped, exhausted
@@ -563,7 +540,7 @@ def run_search(cfg: SearchConfig, study_name: str, storage_url: str | None = Non
             if params is None:
                 count = feasible_count(space, cfg.budget, data.in_channels, data.num_classes)
                 if count is not None and count <= len(trained_keys(study)):
-                    exhausted = f"all {count} architectures of the space within the budget are trained"
+                    exhausted = all_trained(count)
                 else:
                     stopped = (f"the sampler proposed nothing new in {stale} trials and {FRESH_ATTEMPTS} random "
                                "samples found no untrained architecture within the budget")
@@ -590,7 +567,7 @@ def run_search(cfg: SearchConfig, study_name: str, storage_url: str | None = Non
     if not interrupted and not stopped and not exhausted and trained < target and timeout is None:
         stopped = f"sampled {len(this_run)} trials without training {target} architectures"
     if target < n_trials and trained == target and not exhausted:
-        exhausted = f"all {len(trained_keys(study))} architectures of the space within the budget are trained"
+        exhausted = all_trained(len(trained_keys(study)))
     return SearchSummary(study=study, storage_url=storage_url, resolution=cfg.resolution or space.resolution,
                          counts=trial_counts(study), wall_s=wall, interrupted=interrupted, asked=target,
                          trained=trained, failed=len(failed), last_failure=failed[-1] if failed else None,
@@ -605,7 +582,7 @@ def _target(study: optuna.Study, space: Space, data: Dataset, cfg: SearchConfig,
         return n_trials, None
     left = count - len(trained_keys(study))
     if left <= 0:
-        return 0, f"all {count} architectures of the space within the budget are trained"
+        return 0, all_trained(count)
     if left < n_trials:
         log(f"only {count} architectures of space '{space.name}' fit the budget and {left} are untrained: "
             f"training those {left}")
@@ -613,10 +590,19 @@ def _target(study: optuna.Study, space: Space, data: Dataset, cfg: SearchConfig,
     return n_trials, None
 
 
+def trained_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """The trials that trained an architecture (complete or pruned after training), repeats left out."""
+    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
+    return [t for t in finished if t.user_attrs.get("trained") and t.user_attrs.get("status") != "duplicate"]
+
+
 def trained_keys(study: optuna.Study) -> set[str]:
-    """Fingerprints of the architectures the study has trained (complete, pruned or diverged)."""
-    return {k for t in study.get_trials(deepcopy=False) if t.user_attrs.get("trained")
-            and t.user_attrs.get("status") != "duplicate" and (k := trial_arch_key(t)) is not None}
+    """Fingerprints of the architectures the study has trained."""
+    return {k for t in trained_trials(study) if (k := trial_arch_key(t)) is not None}
+
+
+def all_trained(count: int) -> str:
+    return f"all {count} architectures of the space within the budget are trained"
 
 
 def fresh_candidate(study: optuna.Study, space: Space, data: Dataset, cfg: SearchConfig,

@@ -292,7 +292,12 @@ def _stage_macs(block: str, kind: str, knobs: dict[str, Any], channels: int, siz
 
 def extreme_spec(space: Space, in_channels: int, num_classes: int, resolution: int | None = None,
                  cheapest: bool = True) -> ArchSpec:
-    """The cheapest (or dearest) architecture of the space by MACs.
+    """The cheapest (or dearest) architecture of the space by MACs (see `extreme_params`)."""
+    return sample(space, _Fixed(extreme_params(space, resolution, cheapest)), in_channels, num_classes, resolution)
+
+
+def extreme_params(space: Space, resolution: int | None = None, cheapest: bool = True) -> dict[str, Any]:
+    """The parameter values of the cheapest (or dearest) architecture of the space by MACs.
 
     Widths, depths, expansions, kernels and head width are monotone in cost, so their extremes
     are taken directly; the block, conv kind and knobs of each stage are ranked by the analytic
@@ -321,4 +326,4 @@ def extreme_spec(space: Space, in_channels: int, num_classes: int, resolution: i
         params.update({f"{p}.{kind}_{k}": v for k, v in knobs.items()})
         size = out_size(size, kernel, st.stride)
         channels = width
-    return sample(space, _Fixed(params), in_channels, num_classes, resolution)
+    return params

@@ -34,7 +34,7 @@ class FullTrainConfig:
     data_dir: str | None = None
     train_resolution: int | None = None  # None: the study's proxy setting (or the data's own size)
     device: str = "auto"
-    proxy: ProxyConfig = ProxyConfig(epochs=20, label_smoothing=0.1)
+    proxy: ProxyConfig = ProxyConfig(epochs=10, label_smoothing=0.1)
 
 
 def check_fits_data(spec: ArchSpec, in_channels: int, num_classes: int, dataset: str) -> None:

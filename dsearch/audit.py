@@ -82,10 +82,10 @@ def _strata(frame: pd.DataFrame, m: int) -> pd.Series:
 
 def select_trials(frame: pd.DataFrame, k: int = DEFAULT_K) -> list[int]:
     """Trial numbers to retrain: the Pareto front (val acc vs MFLOPs), then one trial per quantile stratum of
-    val acc x MFLOPs in turn (the least covered stratum first, its most central trial), up to k in all.
+    val acc x MFLOPs in turn (the least covered stratum first, its most central trial), until there are k and every
+    stratum has one (floor(sqrt(k)) bins per axis, at least 2): more than k when the front alone is that large.
 
-    Deterministic: the same trials give the same choice whatever their row order. With floor(sqrt(k)) bins per
-    axis, k >= front + bins^2 puts a trial in every stratum that has one.
+    Deterministic: the same trials give the same choice whatever their row order.
     """
     frame = frame.sort_values("trial")
     chosen = [int(t) for t in pareto_front(frame)["trial"]]
@@ -97,10 +97,12 @@ def select_trials(frame: pd.DataFrame, k: int = DEFAULT_K) -> list[int]:
     coords = pd.DataFrame({"acc": average_ranks(frame["val_acc"].to_numpy(float)) / n,
                            "cost": average_ranks(frame["mflops"].to_numpy(float)) / n}, index=frame.index)
     trial_of = frame["trial"].astype(int)
-    while len(chosen) < k:
+    size = strata.value_counts()
+    while True:
         left = strata[~trial_of.isin(chosen)]
         count = {s: int((strata[trial_of.isin(chosen)] == s).sum()) for s in set(left)}
-        size = strata.value_counts()
+        if len(chosen) >= k and all(count.values()):
+            return chosen
         # The least covered stratum first; among equals the more populous (it stands for more trials), then by bins.
         stratum = min(count, key=lambda s: (count[s], -int(size[s]), s))
         members = left[left == stratum].index
@@ -108,7 +110,6 @@ def select_trials(frame: pd.DataFrame, k: int = DEFAULT_K) -> list[int]:
         distance = ((coords.loc[members] - centre) ** 2).sum(axis=1)
         pick = min(members, key=lambda i: (float(distance[i]), int(trial_of[i])))
         chosen.append(int(trial_of[pick]))
-    return chosen
 
 
 def audit_config(study: optuna.Study, epochs: int | None = None, device: str = "auto") -> FullTrainConfig:

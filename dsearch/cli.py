@@ -609,7 +609,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study", metavar="STUDY", help="study name")
     study_args(p)
     p.add_argument("--k", type=int, default=DEFAULT_K,
-                   help="trials to retrain: the Pareto front plus trials spread over proxy accuracy x MFLOPs")
+                   help="trials to retrain, at least: the whole Pareto front, then trials spread over quantile "
+                        "strata of proxy accuracy x MFLOPs until each stratum has one")
     p.add_argument("--epochs", type=int, default=full.proxy.epochs, help="full training epochs (as `dsearch train`)")
     p.add_argument("--no-baselines", action="store_true",
                    help="skip the hand-designed baselines at the budget (trained with the proxy and the full schedule)")

@@ -295,12 +295,16 @@ def _int(value: Any) -> int | None:
     return int(value) if value is not None and pd.notna(value) else None
 
 
-def run_baselines_of(study: optuna.Study, url: str, epochs: int, log: Log) -> list[dict[str, Any]]:
-    """The study's hand-designed baselines, trained where missing (dsearch.baselines)."""
+def baselines_runner() -> Callable[..., list[dict[str, Any]]]:
+    """dsearch.baselines.run_baselines, found before any training so that a missing one fails first."""
     import importlib
 
-    module = importlib.import_module("dsearch.baselines")
-    return list(module.run_baselines(study, url, epochs=epochs, log=log))
+    try:
+        module = importlib.import_module("dsearch.baselines")
+    except ModuleNotFoundError:
+        raise DsearchError("this dsearch has no hand-designed baselines (dsearch.baselines); run the audit with "
+                           "--no-baselines") from None
+    return module.run_baselines
 
 
 def run_audit(study: optuna.Study, url: str, *, k: int = DEFAULT_K, epochs: int | None = None, device: str = "auto",
@@ -314,6 +318,7 @@ def run_audit(study: optuna.Study, url: str, *, k: int = DEFAULT_K, epochs: int 
         raise DsearchError(f"study '{study.study_name}' has {len(candidates)} trained trial(s); the audit needs at "
                            f"least {MIN_TRIALS}: run `dsearch run` longer, then audit")
     cfg = audit_config(study, epochs, device)
+    run_baselines = baselines_runner() if baselines else None
     selection = select_trials(candidates, k)
     front = set(pareto_front(candidates)["trial"].astype(int))
     log(f"auditing {len(selection)} of {len(candidates)} trained trials ({len(front)} on the Pareto front, the rest "
@@ -323,8 +328,8 @@ def run_audit(study: optuna.Study, url: str, *, k: int = DEFAULT_K, epochs: int 
     audit = build_audit(study, selection, facts, cfg, k, candidates)
     study.set_user_attr(AUDIT_ATTR, audit)  # stored before the baselines: an interrupted baseline loses no audit
     found: list[dict[str, Any]] = []
-    if baselines:
-        found = run_baselines_of(study, url, cfg.proxy.epochs, log)
+    if run_baselines is not None:
+        found = list(run_baselines(study, url, epochs=cfg.proxy.epochs, log=log))
         audit = {**audit, "baselines": [b["label"] for b in found]}
         study.set_user_attr(AUDIT_ATTR, audit)
     return AuditOutcome(audit, found, tuple(done_now), tuple(reused))

@@ -337,3 +337,12 @@ def test_dashboard_draws_the_audit(tmp_path, fake_trainer):
     page = dashboard_html(reload(study))
     assert f">{TITLE_AUDIT}</h2>" in page
     assert f"proxy val acc {audit['agreement']['proxy']['tau']:.2f}" in page and "MFLOPs at 28x28 1.00" in page
+
+
+def test_cli_without_a_baselines_module_fails_before_training(tmp_path, fake_trainer, monkeypatch, capsys):
+    study, url = make_study(tmp_path, n=4)
+    monkeypatch.setitem(sys.modules, "dsearch.baselines", None)  # an import of it now fails
+    assert main(["audit", "hand", "--storage", url, "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--no-baselines" in err[0]
+    assert fake_trainer == [] and not any(k.startswith("trained.") for k in reload(study).user_attrs)

@@ -193,9 +193,14 @@ def train_selection(study: optuna.Study, url: str, selection: list[int], cfg: Fu
     worker = uuid.uuid4().hex
     done_now: list[int] = []
     waiting_said = False
+    first = True
     while True:
         attrs = study.user_attrs
         missing = [n for n in selection if not matches(attrs.get(f"trained.{n}"), schedule)]
+        kept = [n for n in selection if n not in missing]
+        if first and kept:
+            log(f"trial(s) {', '.join(map(str, kept))}: reusing their kept full training with this schedule")
+        first = False
         if not missing:
             return {n: attrs[f"trained.{n}"] for n in selection}, done_now, [n for n in selection if n not in done_now]
         free = [n for n in missing if not _claim_is_live(attrs.get(f"{CLAIM_PREFIX}{n}"), worker)]
@@ -372,7 +377,7 @@ def report_lines(audit: dict[str, Any], baselines: list[dict[str, Any]]) -> list
     lines.append(audit["verdict"])
     if baselines:
         lines += ["", "hand-designed baselines at the budget:"]
-        rows = [{"baseline": b["label"], "MFLOPs@RxR": f"{b['mflops']:.2f}@{b.get('resolution')}x{b.get('resolution')}",
+        rows = [{"baseline": b["label"], "MFLOPs": f"{b['mflops']:.2f}@{b.get('resolution')}x{b.get('resolution')}",
                  "M params": f"{b['mparams']:.3f}", "proxy val acc": _acc((b.get("proxy") or {}).get("val_acc")),
                  "full test acc": _acc((b.get("full") or {}).get("test_acc"))} for b in baselines]
         lines.append(pd.DataFrame(rows).to_string(index=False))

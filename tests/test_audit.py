@@ -325,18 +325,20 @@ def test_cli_end_to_end_with_real_training_and_json(searched_study, tmp_path, fa
 
 
 def test_dashboard_draws_the_audit(tmp_path, fake_trainer):
-    from dsearch.dashboard import TITLE_AUDIT, audit_figure, dashboard_html
+    from dsearch.dashboard import TITLE_AUDIT, audit_figure, build_dashboard
 
     study, url = make_study(tmp_path, n=4)
-    assert TITLE_AUDIT not in dashboard_html(study)
+    assert TITLE_AUDIT not in [s.title for s in build_dashboard(study).sections]
     audit = run_audit(study, url, k=6, epochs=1, baselines=False, log=quiet).audit
     fig = audit_figure(audit)
     points = sorted(zip(fig.data[0].x, fig.data[0].y, strict=True))
     assert points == sorted((PROXY_ACC[n], full_acc(small_spec(WIDTHS[n]))) for n in range(4))
     assert "0.40 MFLOPs at 28x28" in str(fig.data[0].customdata)
-    page = dashboard_html(reload(study))
-    assert f">{TITLE_AUDIT}</h2>" in page
-    assert f"proxy val acc {audit['agreement']['proxy']['tau']:.2f}" in page and "MFLOPs at 28x28 1.00" in page
+    section = next(s for s in build_dashboard(reload(study)).sections if s.title == TITLE_AUDIT)
+    assert section.figure is not None
+    assert f"proxy val acc {audit['agreement']['proxy']['tau']:.2f}" in section.caption
+    assert "MFLOPs at 28x28 1.00" in section.caption
+    assert "The proxy ranks no better than MFLOPs alone" in section.caption
 
 
 def test_cli_without_a_baselines_module_fails_before_training(tmp_path, fake_trainer, monkeypatch, capsys):

@@ -32,6 +32,7 @@ from .fulltrain import FULL_TRAIN_SGD_LR, FullTrainConfig, kept_state, study_def
 from .pareto import arch_of, pareto_front, trained, trials_frame
 from .rank import LEVEL, RESAMPLES, SEED, agreement, average_ranks, paired_difference
 from .study import GRACE_HEARTBEATS, heartbeat_seconds, trained_trials
+from .validate import check_device
 from .weights import artifact_dir, save_full_weights
 
 AUDIT_ATTR = "dsearch_audit"
@@ -318,6 +319,7 @@ def run_audit(study: optuna.Study, url: str, *, k: int = DEFAULT_K, epochs: int 
     """Select, retrain (or reuse), measure and store the audit; then the baselines unless told not to."""
     if k < MIN_TRIALS:
         raise DsearchError(f"--k {k}: the audit needs at least {MIN_TRIALS} trials to rank; give --k 6 or more")
+    check_device(device)
     candidates = audit_candidates(study)
     if len(candidates) < MIN_TRIALS:
         raise DsearchError(f"study '{study.study_name}' has {len(candidates)} trained trial(s); the audit needs at "

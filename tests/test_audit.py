@@ -265,6 +265,8 @@ def test_cli_refuses_a_study_with_too_few_trials(tmp_path, capsys):
     assert AUDIT_ATTR not in reload(study).user_attrs
     assert main(["audit", "hand", "--storage", url, "--k", "2"]) == 2
     assert "--k must be an integer >= 3" in capsys.readouterr().err
+    assert main(["audit", "hand", "--storage", url, "--device", "toaster"]) == 2
+    assert "--device 'toaster' is not a device" in capsys.readouterr().err
 
 
 def test_cli_prints_the_table_agreement_verdict_and_baselines(tmp_path, fake_trainer, monkeypatch, capsys):

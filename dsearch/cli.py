@@ -391,6 +391,29 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 @command
+def cmd_audit(args: argparse.Namespace) -> int:
+    from .audit import AUDIT_ATTR, report_lines, run_audit
+    from .validate import check_int
+
+    check_int(args.k, "--k", 3)
+    check_int(args.epochs, "--epochs", 1)
+    study, url = _open(args.study, args.storage)
+    out = sys.stderr if args.json else sys.stdout  # --json: stdout holds the JSON object and nothing else
+    outcome = run_audit(study, url, k=args.k, epochs=args.epochs, device=args.device, baselines=not args.no_baselines,
+                        log=lambda msg: print(msg, file=out), progress=_StepBar())
+    if args.json:
+        print(json.dumps(outcome.audit))
+        return 0
+    print()
+    for line in report_lines(outcome.audit, outcome.baselines):
+        print(line)
+    storage = f" --storage {url}" if args.storage else ""
+    print(f"stored on the study as '{AUDIT_ATTR}' (`dsearch audit {args.study}{storage} --json` prints it; "
+          f"`dsearch dashboard {args.study}{storage}` draws it)")
+    return 0
+
+
+@command
 def cmd_spaces(args: argparse.Namespace) -> int:
     from .budget import Budget, budget_share
     from .cost import spec_cost
@@ -452,6 +475,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .audit import DEFAULT_K
     from .data import DATASETS
     from .ops import CONV_TYPES
     from .pareto import COSTS
@@ -579,6 +603,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=full.proxy.seed, help="data split and training seed")
     p.add_argument("--out", metavar="DIR", help="for a JSON target (default: trained/<json name>)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+
+    p = command_parser("audit", "check the proxy: retrain a sample of trials fully and compare rankings "
+                                "(Kendall tau, Spearman) of the proxy, MFLOPs and params with full test accuracy")
+    p.add_argument("study", metavar="STUDY", help="study name")
+    study_args(p)
+    p.add_argument("--k", type=int, default=DEFAULT_K,
+                   help="trials to retrain, at least: the whole Pareto front, then trials spread over quantile "
+                        "strata of proxy accuracy x MFLOPs until each stratum has one")
+    p.add_argument("--epochs", type=int, default=full.proxy.epochs, help="full training epochs (as `dsearch train`)")
+    p.add_argument("--no-baselines", action="store_true",
+                   help="skip the hand-designed baselines at the budget (trained with the proxy and the full schedule)")
+    p.add_argument("--json", action="store_true", help="print the stored audit as one JSON object, nothing else")
+    p.add_argument("--device", default=full.device, help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, ...")
 
     p = command_parser("spaces", "list the search spaces with their size and MFLOPs range; with a budget, the "
                                  "share of each space within it")

@@ -24,6 +24,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.subplots import make_subplots
 
+from .audit import PREDICTORS, study_audit
 from .errors import DsearchError
 from .ops import CONV_TYPES
 from .pareto import (
@@ -60,6 +61,10 @@ TITLE_MPARAMS = "Validation accuracy vs parameters"
 TITLE_CONV = "Validation accuracy vs MFLOPs, one panel per dominant conv type"
 TITLE_PROGRESS = "Search progress"
 TITLE_IMPORTANCE = "Parameter importances for validation accuracy"
+TITLE_AUDIT = "Proxy audit: proxy validation accuracy vs test accuracy after full training"
+AUDIT_COLOUR = "#4477AA"
+AUDIT_HOVER = ("<b>trial %{customdata[0]}</b><br>%{customdata[1]}<br>proxy val acc %{x:.4f}, full test acc %{y:.4f}"
+               "<br>%{customdata[2]}<extra></extra>")
 
 # customdata[1] is "<x> MFLOPs at RxR": every hover names the resolution its MFLOPs were counted at.
 HOVER = ("<b>trial %{customdata[0]}</b><br>%{customdata[1]}, %{customdata[2]} M params<br>"
@@ -379,6 +384,48 @@ def importance_figure(importances: dict[str, float]) -> go.Figure:
     return fig
 
 
+def audit_figure(audit: dict[str, Any]) -> go.Figure:
+    """Each audited trial at (proxy validation accuracy, test accuracy after the full schedule)."""
+    trials = audit.get("trials") or {}
+    if not trials:
+        raise DsearchError("the stored audit has no trials")
+    numbers = sorted(trials, key=int)
+    rows = [trials[n] for n in numbers]
+    fig = go.Figure(go.Scatter(
+        x=[r["proxy_val_acc"] for r in rows], y=[r["full_test_acc"] for r in rows], mode="markers",
+        name=f"audited trials ({len(rows)})",
+        marker={"color": AUDIT_COLOUR, "size": 11, "line": {"color": "white", "width": 1},
+                "symbol": ["diamond" if r.get("pareto") else "circle" for r in rows]},
+        customdata=[[str(n), _mflops_text(r.get("mflops"), r.get("resolution")) + f", {_fmt(r.get('mparams'), 3)} "
+                     "M params", _arch_lines(r.get("arch"))] for n, r in zip(numbers, rows, strict=True)],
+        hovertemplate=AUDIT_HOVER))
+    epochs = (audit.get("schedule") or {}).get("epochs")
+    fig.update_layout(title={"text": TITLE_AUDIT}, template="plotly_white", height=520, hovermode="closest",
+                      xaxis={"title": {"text": "proxy validation accuracy (the search's score)"}},
+                      yaxis={"title": {"text": f"test accuracy after full training ({epochs} epochs)"}})
+    return fig
+
+
+def audit_caption(audit: dict[str, Any]) -> str:
+    """Kendall tau (95% interval) of the proxy, MFLOPs and params against full test accuracy, and the verdict."""
+
+    def tau(name: str) -> str:
+        a = (audit.get("agreement") or {}).get(name) or {}
+        ci = a.get("tau_ci") or [None, None]
+        value = f"{a['tau']:.2f}" if a.get("tau") is not None else "n/a"
+        interval = f" (95% CI {ci[0]:.2f} to {ci[1]:.2f})" if ci[0] is not None else ""
+        where = f" at {resolutions[0]}x{resolutions[0]}" if name == "mflops" and len(resolutions) == 1 else ""
+        return f"{PREDICTORS[name][1]}{where} {value}{interval}"
+
+    resolutions = sorted({t.get("resolution") for t in (audit.get("trials") or {}).values()} - {None})
+    schedule = audit.get("schedule") or {}
+    said = str(audit.get("verdict", "")).removeprefix("verdict: ")
+    return (f"Each point is an audited trial (diamonds: on the Pareto front), retrained with the full schedule "
+            f"({schedule.get('epochs')} epochs). Kendall tau with full test accuracy: "
+            f"{'; '.join(tau(name) for name in PREDICTORS)}. {said[:1].upper() + said[1:]}. "
+            f"Made by {audit.get('made')}; `dsearch audit` updates it.")
+
+
 def status_counts(frame: pd.DataFrame) -> dict[str, int]:
     """Trials per dsearch status, by the same rule as `dsearch run` and `dsearch show`."""
     return count_statuses(zip(frame["state"], frame["status"], strict=True))
@@ -457,6 +504,9 @@ def build_dashboard(study: optuna.Study, title: str | None = None) -> Dashboard:
         importances, caption = param_importances(study)
         sections.append(Section(TITLE_IMPORTANCE, importance_figure(importances), caption) if importances
                         else Section(TITLE_IMPORTANCE, None, caption))
+        audit = study_audit(study)
+        if audit is not None:
+            sections.append(_figure_section(TITLE_AUDIT, lambda: audit_figure(audit), audit_caption(audit)))
     return Dashboard(title=title or f"dsearch study '{study.study_name}'",
                      summary=summary_text(study, frame, budget, resolution), sections=tuple(sections),
                      notes=tuple(notes), n_trials=len(frame), n_trained=len(done))

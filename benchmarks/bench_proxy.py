@@ -1,16 +1,19 @@
 #!/usr/bin/env python
 """Which proxy ranks architectures like full training does: rank agreement of proxy settings, same architectures.
 
-    python benchmarks/bench_proxy.py                      # 10 sampled architectures, default settings
+    python benchmarks/bench_proxy.py --study default      # the architectures `dsearch audit default` retrained
+    python benchmarks/bench_proxy.py                      # 10 architectures sampled from the mobile space
     python benchmarks/bench_proxy.py --archs 4 --full-epochs 2 --proxies 28:1 56:1   # a quick look
     python benchmarks/bench_proxy.py --report-only        # print the table from the results file
 
-Architectures: sampled from the default space (`mobile`, deployment 224x224) with Optuna's
-RandomSampler at a fixed seed, kept when within the budget (300 MFLOPs at 224x224), so they
-spread over the space rather than over what one search liked.
-
-Ground truth: each architecture trained with `dsearch train`'s full schedule (FullTrainConfig's
-defaults, all training images at the data's own 28x28), test accuracy. Each proxy setting
+Architectures and ground truth, either
+  --study NAME: the trials an audit of that study retrained (`dsearch audit`), with the full-schedule
+                test accuracy it recorded: no full training is repeated; or
+  sampled:      architectures of the default space (`mobile`, deployment 224x224) drawn by Optuna's
+                RandomSampler at a fixed seed within the budget (300 MFLOPs at 224x224), so they spread
+                over the space rather than over what one search liked, each trained here with
+                `dsearch train`'s full schedule (FullTrainConfig's defaults at the data's own 28x28).
+The ground truth is the full schedule's test accuracy. Each proxy setting
 `RES:EPOCHS[:SUBSET]` trains the same architecture as the search does (train_proxy, the search's
 ProxyConfig defaults otherwise, seed 0) and scores it by validation accuracy. For each setting:
 Kendall tau-b and Spearman rho between its scores and the full test accuracies, with 95%
@@ -43,6 +46,8 @@ from dsearch.cost import spec_cost  # noqa: E402
 from dsearch.data import load_dataset  # noqa: E402
 from dsearch.fulltrain import FullTrainConfig, train_full  # noqa: E402
 from dsearch.train import DeviceData, ProxyConfig, select_device, train_proxy  # noqa: E402
+
+Arch = tuple[str, ArchSpec, dict[str, Any] | None]  # (results key, architecture, its full training if known)
 
 DEFAULT_PROXIES = ("28:2", "28:1", "28:2:4500", "56:1")
 
@@ -81,6 +86,24 @@ def proxy_entry(spec: ArchSpec, data, device: torch.device, setting: str) -> dic
             "images_per_s": round(result.images_per_s)}
 
 
+def audited_archs(study_name: str, storage: str | None) -> list[Arch]:
+    """The architectures an audit of the study retrained, each with the full-schedule figures it recorded."""
+    from dsearch.audit import study_audit
+    from dsearch.pareto import arch_of
+    from dsearch.study import open_study
+
+    study, _ = open_study(study_name, storage)
+    audit = study_audit(study)
+    if audit is None:
+        raise SystemExit(f"study {study_name!r} has not been audited: run `dsearch audit {study_name}` first")
+    out: list[Arch] = []
+    for number, row in sorted(audit["trials"].items(), key=lambda kv: int(kv[0])):
+        full = {"test_acc": row["full_test_acc"], "val_acc": row["full_val_acc"], "wall_s": float("nan"),
+                "schedule": audit["schedule"], "from": f"study {study_name} trial {number}"}
+        out.append((f"{study_name}:{number}", arch_of(study, int(number)), full))
+    return out
+
+
 def report(results: dict[str, Any], proxies: list[str]) -> None:
     from dsearch.rank import agreement
 
@@ -114,6 +137,8 @@ def report(results: dict[str, Any], proxies: list[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--study", default=None, help="take the architectures an audit of this study retrained")
+    parser.add_argument("--storage", default=None, help="the study's storage URL (default: studies/NAME/study.db)")
     parser.add_argument("--archs", type=int, default=10, help="architectures sampled from the mobile space")
     parser.add_argument("--seed", type=int, default=1, help="RandomSampler seed for the architectures")
     parser.add_argument("--budget-mflops", type=float, default=300.0, help="at the space's 224x224")
@@ -139,12 +164,15 @@ def main() -> None:
                        "device": _cpu_name() if device.type == "cpu" else torch.cuda.get_device_name(device),
                        "threads": torch.get_num_threads(), "full": asdict(cfg.proxy), "arch_seed": args.seed,
                        "budget_mflops@224": args.budget_mflops}
-    specs = sampled_candidates(args.archs, args.seed, args.budget_mflops, data.in_channels, data.num_classes)
-    for i, spec in enumerate(specs):
-        key = spec.to_json()
+    specs: list[Arch] = audited_archs(args.study, args.storage) if args.study else [
+        (s.to_json(), s, None)
+        for s in sampled_candidates(args.archs, args.seed, args.budget_mflops, data.in_channels, data.num_classes)]
+    for i, (key, spec, known) in enumerate(specs):
         entry = results["archs"].setdefault(key, {"summary": spec.summary(), "mflops": spec_cost(spec).mflops,
                                                   "mparams": spec_cost(spec).mparams, "proxies": {}})
-        if "full" in entry and entry["full"]["schedule"] != json.loads(json.dumps(asdict(cfg.proxy))):
+        if known is not None:
+            entry["full"] = known
+        elif "full" in entry and entry["full"]["schedule"] != json.loads(json.dumps(asdict(cfg.proxy))):
             del entry["full"]  # trained with another schedule: redo
         if "full" not in entry:
             entry["full"] = full_entry(spec, cfg)

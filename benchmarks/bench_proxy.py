@@ -104,6 +104,21 @@ def audited_archs(study_name: str, storage: str | None) -> list[Arch]:
     return out
 
 
+def study_proxy(study_name: str, storage: str | None) -> tuple[str, dict[str, dict[str, Any]]]:
+    """The study's own proxy setting as RES:EPOCHS[:SUBSET], and the val acc the search recorded per audited trial."""
+    from dsearch.audit import study_audit
+    from dsearch.study import open_study
+
+    study, _ = open_study(study_name, storage)
+    proxy = study.user_attrs["dsearch_config"]["proxy"]
+    identity = study.user_attrs.get("dsearch_identity") or {}
+    setting = f"{identity['train_resolution']}:{proxy['epochs']}" + (
+        f":{proxy['train_subset']}" if proxy.get("train_subset") else "")
+    audit = study_audit(study) or {"trials": {}}
+    return setting, {f"{study_name}:{n}": {"val_acc": t["proxy_val_acc"], "wall_s": float("nan"),
+                                            "from": "recorded by the search"} for n, t in audit["trials"].items()}
+
+
 def report(results: dict[str, Any], proxies: list[str]) -> None:
     from dsearch.rank import agreement
 
@@ -164,6 +179,9 @@ def main() -> None:
                        "device": _cpu_name() if device.type == "cpu" else torch.cuda.get_device_name(device),
                        "threads": torch.get_num_threads(), "full": asdict(cfg.proxy), "arch_seed": args.seed,
                        "budget_mflops@224": args.budget_mflops}
+    recorded = study_proxy(args.study, args.storage) if args.study else ("", {})
+    if args.study and recorded[0] not in args.proxies:
+        args.proxies.insert(0, recorded[0])  # the study's own proxy, as the search recorded it: not retrained
     specs: list[Arch] = audited_archs(args.study, args.storage) if args.study else [
         (s.to_json(), s, None)
         for s in sampled_candidates(args.archs, args.seed, args.budget_mflops, data.in_channels, data.num_classes)]
@@ -172,6 +190,7 @@ def main() -> None:
                                                   "mparams": spec_cost(spec).mparams, "proxies": {}})
         if known is not None:
             entry["full"] = known
+            entry["proxies"].setdefault(recorded[0], recorded[1][key])
         elif "full" in entry and entry["full"]["schedule"] != json.loads(json.dumps(asdict(cfg.proxy))):
             del entry["full"]  # trained with another schedule: redo
         if "full" not in entry:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -83,16 +83,22 @@ def widest_within(budget: Budget, kind: str, in_channels: int, num_classes: int,
     return best
 
 
-def baseline_specs(budget: Budget, in_channels: int, num_classes: int, resolution: int) -> list[Baseline]:
-    """MobileNetV2 and its conv swaps, each at its largest width within `budget` (counted at `resolution`).
+def baseline_specs(budget: Budget, in_channels: int, num_classes: int, resolution: int,
+                   kinds: Sequence[str] = KINDS) -> list[Baseline]:
+    """MobileNetV2 and its conv swaps (`kinds`, of KINDS), each at its largest width within `budget` (counted at
+    `resolution`).
 
     Raises DsearchError when the budget sets no limit, or when even MobileNetV2 at the smallest width is over it.
     """
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown or not kinds:
+        raise DsearchError(f"no baseline of conv kind {', '.join(unknown) or '(none given)'}; the baselines are "
+                           f"MobileNetV2 with {', '.join(KINDS)}")
     if budget.mflops is None and budget.mparams is None:
         raise DsearchError("the study has no budget; baselines are reference nets at a study's budget "
                            "(create the study with --budget-mflops and/or --budget-mparams)")
     budget = replace(budget, resolution=resolution)
-    found = [b for kind in KINDS if (b := widest_within(budget, kind, in_channels, num_classes, resolution))]
+    found = [b for kind in kinds if (b := widest_within(budget, kind, in_channels, num_classes, resolution))]
     if not found:
         smallest = spec_cost(variant(WIDTHS[0], "dsc", in_channels, num_classes, resolution))
         raise DsearchError(
@@ -181,8 +187,10 @@ def _failure(schedule: dict[str, Any], epochs: int, reason: str) -> dict[str, An
 
 
 def run_baselines(study: optuna.Study, storage_url: str, *, epochs: int | None = None,
-                  log: Callable[[str], None] = print, full: bool = True) -> list[dict[str, Any]]:
-    """Train the study's baselines that are missing (or were trained with another schedule); return them all.
+                  log: Callable[[str], None] = print, full: bool = True,
+                  kinds: Sequence[str] = KINDS) -> list[dict[str, Any]]:
+    """Train the study's baselines (of conv `kinds`) that are missing or were trained with another schedule; return
+    them.
 
     Each is trained with the study's proxy and, when `full`, with the full schedule of `dsearch train`
     (`epochs` overriding its epoch count), and stored on the study as soon as it is trained.
@@ -194,7 +202,7 @@ def run_baselines(study: optuna.Study, storage_url: str, *, epochs: int | None =
     check_proxy(cfg.proxy)
     budget, resolution = study_deployment_budget(study)
     data = load_dataset(cfg.dataset, cfg.data_dir, seed=cfg.seed)
-    baselines = baseline_specs(budget, data.in_channels, data.num_classes, resolution)
+    baselines = baseline_specs(budget, data.in_channels, data.num_classes, resolution, kinds)
     full_cfg = full_schedule(study, epochs)
     check_proxy(full_cfg.proxy)
     try:
@@ -202,8 +210,11 @@ def run_baselines(study: optuna.Study, storage_url: str, *, epochs: int | None =
     except (ValueError, RuntimeError) as err:
         raise DsearchError(str(err).splitlines()[0]) from None
     train_resolution = cfg.proxy.train_resolution or data.image_size[0]
-    for b in baselines:  # every one before any training: a too-large one fails now, not after an hour
-        check_fits_memory(b.spec, train_resolution, cfg.proxy.batch_size, device, "--train-resolution", training=True)
+    # Before any training, so that a net too large for the device fails now, not after an hour: the dearest one
+    # at the larger batch (one check; each builds the net on the meta device, about a second on a small CPU).
+    dearest = max(baselines, key=lambda b: spec_cost(b.spec, train_resolution).macs)
+    check_fits_memory(dearest.spec, train_resolution, max(cfg.proxy.batch_size, full_cfg.proxy.batch_size), device,
+                      "--train-resolution", training=True)
     proxy_key, full_key = proxy_schedule(cfg), full_schedule_key(full_cfg)
     log(f"{len(baselines)} baselines within {budget.describe()} at {resolution}x{resolution} "
         f"(study '{study.study_name}' in {storage_url}): " + ", ".join(b.label for b in baselines))

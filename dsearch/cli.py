@@ -216,7 +216,7 @@ def cmd_baselines(args: argparse.Namespace) -> int:
 
     study, url = _open(args.study, args.storage)
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
-    records = run_baselines(study, url, epochs=args.epochs, log=log, full=not args.proxy_only)
+    records = run_baselines(study, url, epochs=args.epochs, log=log, full=not args.proxy_only, kinds=args.conv)
     if args.json:
         print(json.dumps(records, indent=2))
     else:
@@ -481,6 +481,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .baselines import KINDS as BASELINE_KINDS
     from .data import DATASETS
     from .ops import CONV_TYPES
     from .pareto import COSTS
@@ -576,6 +577,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help=f"epochs of the full schedule (default: `dsearch train`'s, "
                                               f"{full.proxy.epochs})")
     p.add_argument("--proxy-only", action="store_true", help="train with the study's proxy only, not the full schedule")
+    p.add_argument("--conv", nargs="+", default=list(BASELINE_KINDS), choices=list(BASELINE_KINDS), metavar="KIND",
+                   help=f"the conv kinds to swap into MobileNetV2, of {', '.join(BASELINE_KINDS)} (dsc: as published)")
     p.add_argument("--json", action="store_true", help="print the baselines as JSON (progress goes to stderr)")
 
     p = command_parser("dashboard", "write a self-contained HTML dashboard of a study (Plotly, works offline)")

@@ -268,10 +268,14 @@ def add_baselines(fig: go.Figure, baselines: Sequence[Mapping[str, Any]], cost: 
     training failed has no accuracy to stand at: it gets a legend entry saying so."""
     ok = [b for b in baselines if trained_ok(b.get("proxy")) and b.get(cost) is not None]
     if ok:
+        # One legend entry for all of them, also when drawn over several panels.
+        first = not any(t.legendgroup == "baselines" and t.showlegend is not False for t in fig.data)
         fig.add_trace(go.Scatter(
             x=[b[cost] for b in ok], y=[b["proxy"]["val_acc"] for b in ok], mode="markers+text",
-            name=f"baselines: hand-designed MobileNetV2 ({len(ok)})", text=[html.escape(str(b["label"])) for b in ok],
-            textposition="top center", textfont={"size": 10}, legendgroup="baselines",
+            name="baselines: hand-designed MobileNetV2" + (f" ({len(ok)})" if row is None else ""),
+            text=[html.escape(str(b["label"])) for b in ok], showlegend=first,
+            # left of the star: baselines sit near the budget, at the right edge of the plot
+            textposition="top left", textfont={"size": 10}, legendgroup="baselines",
             marker={"symbol": "star", "size": 16, "color": [kind_colour(b.get("conv")) for b in ok],
                     "line": {"color": FRONT_COLOUR, "width": 1}},
             customdata=[baseline_hover(b) for b in ok], hovertemplate=BASELINE_HOVER), row=row, col=col)

@@ -178,6 +178,7 @@ def new_record(b: Baseline, train_resolution: int) -> dict[str, Any]:
 
 
 def _store(study: optuna.Study, record: dict[str, Any]) -> None:
+    record["made"] = _made()  # the last training's version and time; each result holds its own schedule
     study.set_user_attr(ATTR_PREFIX + record["label"], plain(record))
 
 
@@ -223,7 +224,7 @@ def run_baselines(study: optuna.Study, storage_url: str, *, epochs: int | None =
     for b in baselines:
         # Read again just before training: another worker on the same storage may have trained it meanwhile.
         stored = study.user_attrs.get(ATTR_PREFIX + b.label)
-        record = dict(stored) if isinstance(stored, Mapping) and stored.get("arch") == b.spec.to_dict() \
+        record = dict(stored) if isinstance(stored, Mapping) and stored.get("arch") == plain(b.spec.to_dict()) \
             else new_record(b, train_resolution)
         if not _current(record.get("proxy"), proxy_key):
             if device_data is None:
@@ -328,6 +329,8 @@ def comparison_lines(study: optuna.Study, frame: pd.DataFrame) -> list[str]:
     except DsearchError:
         return [f"{len(baselines)} baselines, but no trained trial within the budget to compare them with yet"]
     number, res = int(best["trial"]), best.get("resolution")
+    # A trial without a recorded resolution was counted where the study's baselines were.
+    res = int(res) if res is not None and pd.notna(res) else baselines[0]["resolution"]
     found = f"best found (trial {number}, {_mflops(best['mflops'], res)})"
     proxied = [b for b in baselines if trained_ok(b.get("proxy"))]
     if not proxied:

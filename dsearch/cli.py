@@ -212,11 +212,12 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 @command
 def cmd_baselines(args: argparse.Namespace) -> int:
-    from .baselines import run_baselines, table_lines
+    from .baselines import KINDS, run_baselines, table_lines
 
     study, url = _open(args.study, args.storage)
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
-    records = run_baselines(study, url, epochs=args.epochs, log=log, full=not args.proxy_only, kinds=args.conv)
+    records = run_baselines(study, url, epochs=args.epochs, log=log, full=not args.proxy_only,
+                            kinds=args.conv or KINDS)
     if args.json:
         print(json.dumps(records, indent=2))
     else:
@@ -577,8 +578,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help=f"epochs of the full schedule (default: `dsearch train`'s, "
                                               f"{full.proxy.epochs})")
     p.add_argument("--proxy-only", action="store_true", help="train with the study's proxy only, not the full schedule")
-    p.add_argument("--conv", nargs="+", default=list(BASELINE_KINDS), choices=list(BASELINE_KINDS), metavar="KIND",
-                   help=f"the conv kinds to swap into MobileNetV2, of {', '.join(BASELINE_KINDS)} (dsc: as published)")
+    p.add_argument("--conv", nargs="+", choices=list(BASELINE_KINDS), metavar="KIND",
+                   help=f"conv kinds in MobileNetV2 (dsc: as published; default: all of {', '.join(BASELINE_KINDS)})")
     p.add_argument("--json", action="store_true", help="print the baselines as JSON (progress goes to stderr)")
 
     p = command_parser("dashboard", "write a self-contained HTML dashboard of a study (Plotly, works offline)")

@@ -284,3 +284,18 @@ def test_dashboard_draws_baselines_as_labelled_references(trained):
     drawn = [t for t in panels.data if (t.name or "").startswith("baseline")]
     # the trial is mostly DSC: only the DSC baseline has a panel to go in
     assert [list(t.text) for t in drawn] == [[r["label"] for r in records if r["conv"] == "dsc"]]
+
+
+def test_a_diverged_full_training_is_kept_other_errors_are_raised(tmp_path, monkeypatch, fast):
+    write_images(tmp_path / "images")
+    b = bl.baseline_specs(Budget(4.0), 1, 3, 32, ("dsc",))[0]
+    cfg = fulltrain.FullTrainConfig(dataset=f"imagefolder:{tmp_path / 'images'}", device="cpu")
+
+    def diverge(*args, **kwargs):
+        raise TrainingDiverged("loss became inf in epoch 1 by step 1")
+
+    monkeypatch.setattr(fulltrain, "train_proxy", diverge)
+    part = bl._train_full(b, cfg, {"k": 1}, lambda _m: None)  # the real train_full, whose trainer diverges
+    assert part["status"] == "failed" and part["test_acc"] is None and "loss became inf" in part["reason"]
+    with pytest.raises(DsearchError, match="image folder .* does not exist"):
+        bl._train_full(b, dataclasses.replace(cfg, dataset=f"imagefolder:{tmp_path / 'gone'}"), {}, lambda _m: None)

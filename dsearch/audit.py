@@ -27,6 +27,7 @@ import numpy as np
 import optuna
 import pandas as pd
 
+from .baselines import run_baselines
 from .errors import DsearchError
 from .fulltrain import FULL_TRAIN_SGD_LR, FullTrainConfig, kept_state, study_defaults, train_full
 from .pareto import arch_of, pareto_front, trained, trials_frame
@@ -301,18 +302,6 @@ def _int(value: Any) -> int | None:
     return int(value) if value is not None and pd.notna(value) else None
 
 
-def baselines_runner() -> Callable[..., list[dict[str, Any]]]:
-    """dsearch.baselines.run_baselines, found before any training so that a missing one fails first."""
-    import importlib
-
-    try:
-        module = importlib.import_module("dsearch.baselines")
-    except ModuleNotFoundError:
-        raise DsearchError("this dsearch has no hand-designed baselines (dsearch.baselines); run the audit with "
-                           "--no-baselines") from None
-    return module.run_baselines
-
-
 def run_audit(study: optuna.Study, url: str, *, k: int = DEFAULT_K, epochs: int | None = None, device: str = "auto",
               baselines: bool = True, log: Log = print,
               progress: Callable[[int, int], None] | None = None) -> AuditOutcome:
@@ -325,7 +314,6 @@ def run_audit(study: optuna.Study, url: str, *, k: int = DEFAULT_K, epochs: int 
         raise DsearchError(f"study '{study.study_name}' has {len(candidates)} trained trial(s); the audit needs at "
                            f"least {MIN_TRIALS}: run `dsearch run` longer, then audit")
     cfg = audit_config(study, epochs, device)
-    run_baselines = baselines_runner() if baselines else None
     selection = select_trials(candidates, k)
     front = set(pareto_front(candidates)["trial"].astype(int))
     log(f"auditing {len(selection)} of {len(candidates)} trained trials ({len(front)} on the Pareto front, the rest "
@@ -335,7 +323,7 @@ def run_audit(study: optuna.Study, url: str, *, k: int = DEFAULT_K, epochs: int 
     audit = build_audit(study, selection, facts, cfg, k, candidates)
     study.set_user_attr(AUDIT_ATTR, audit)  # stored before the baselines: an interrupted baseline loses no audit
     found: list[dict[str, Any]] = []
-    if run_baselines is not None:
+    if baselines:
         found = list(run_baselines(study, url, epochs=cfg.proxy.epochs, log=log))
         audit = {**audit, "baselines": [b["label"] for b in found]}
         study.set_user_attr(AUDIT_ATTR, audit)

@@ -203,6 +203,36 @@ def cmd_show(args: argparse.Namespace) -> int:
     unit = {"mflops": "MFLOPs", "mparams": "M params", "latency_ms": "ms"}[cost]
     print(f"hypervolume {hypervolume(front, ref, cost=cost):.4g} (accuracy x {unit}; reference point: accuracy 0, "
           f"{ref:g} {unit})")
+    from .baselines import comparison_lines
+
+    for line in comparison_lines(study, frame):
+        print(line)
+    return 0
+
+
+@command
+def cmd_baselines(args: argparse.Namespace) -> int:
+    from .baselines import KINDS, run_baselines, table_lines
+
+    study, url = _open(args.study, args.storage)
+    log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
+    records = run_baselines(study, url, epochs=args.epochs, log=log, full=not args.proxy_only,
+                            kinds=args.conv or KINDS)
+    if args.json:
+        print(json.dumps(records, indent=2))
+    else:
+        res = records[0]["resolution"]
+        print(f"baselines of study '{study.study_name}': hand-designed MobileNetV2 at the largest width within the "
+              f"budget, per conv kind; MFLOPs at {res}x{res}; proxy = the study's proxy training, full = the full "
+              "schedule of `dsearch train`")
+        for line in table_lines(records):
+            print(line)
+    failed = [f"{r['label']} ({what})" for r in records for what in ("proxy", "full")
+              if (r.get(what) or {}).get("status") == "failed"]
+    if failed:
+        print(f"dsearch baselines: error: training failed for {', '.join(failed)}; the reasons are kept with the "
+              "study (see above)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -476,6 +506,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .audit import DEFAULT_K
+    from .baselines import KINDS as BASELINE_KINDS
     from .data import DATASETS
     from .ops import CONV_TYPES
     from .pareto import COSTS
@@ -563,6 +594,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the whole trial frame (flattened architectures) as CSV (default: no file)")
     p.add_argument("--parquet", metavar="FILE",
                    help="write the whole trial frame as Parquet, needs pyarrow (default: no file)")
+
+    p = command_parser("baselines", "train hand-designed reference nets at a study's budget (MobileNetV2 at the "
+                                    "largest width within it, each separable conv swapped in); kept with the study")
+    p.add_argument("study", metavar="STUDY", help="study name")
+    study_args(p)
+    p.add_argument("--epochs", type=int, help=f"epochs of the full schedule (default: `dsearch train`'s, "
+                                              f"{full.proxy.epochs})")
+    p.add_argument("--proxy-only", action="store_true", help="train with the study's proxy only, not the full schedule")
+    p.add_argument("--conv", nargs="+", choices=list(BASELINE_KINDS), metavar="KIND",
+                   help=f"conv kinds in MobileNetV2 (dsc: as published; default: all of {', '.join(BASELINE_KINDS)})")
+    p.add_argument("--json", action="store_true", help="print the baselines as JSON (progress goes to stderr)")
 
     p = command_parser("dashboard", "write a self-contained HTML dashboard of a study (Plotly, works offline)")
     p.add_argument("study", metavar="STUDY", help="study name")

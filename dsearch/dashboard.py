@@ -13,7 +13,7 @@ import math
 import os
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ import plotly.io as pio
 from plotly.subplots import make_subplots
 
 from .audit import PREDICTORS, study_audit
+from .baselines import study_baselines, trained_ok
 from .errors import DsearchError
 from .ops import CONV_TYPES
 from .pareto import (
@@ -73,6 +74,9 @@ REJECTED_HOVER = ("<b>trial %{customdata[0]}: rejected, not trained</b><br>%{cus
                   "<br>%{customdata[5]}<extra>rejected</extra>")
 REJECTED_STRIP = "rejected (not trained)"
 CONTEXT_COLOUR = "#D9D9D9"  # the other conv types' trials behind each panel of the conv-type figure
+BASELINE_HOVER = ("<b>%{customdata[0]}</b>: hand-designed reference net, not found by the search<br>%{customdata[1]}, "
+                  "%{customdata[2]} M params<br>proxy (as the trials): val acc %{customdata[3]}, test acc "
+                  "%{customdata[4]}<br>%{customdata[5]}<extra>baseline</extra>")
 
 
 @dataclass(frozen=True)
@@ -175,20 +179,24 @@ def hover_data(rows: pd.DataFrame, text_column: str = "arch") -> list[list[str]]
     return data
 
 
-def _accuracy_range(done: pd.DataFrame) -> tuple[float, float]:
-    """y range (low, high) around the trained accuracies."""
-    low, high = float(done["val_acc"].min()), float(done["val_acc"].max())
+def _accuracy_range(done: pd.DataFrame, extra: Sequence[float] = ()) -> tuple[float, float]:
+    """y range (low, high) around the trained accuracies (and `extra` ones, e.g. the baselines')."""
+    values = [float(v) for v in done["val_acc"]] + [float(v) for v in extra]
+    low, high = min(values), max(values)
     pad = max(0.05 * (high - low), 0.01)
     return low - 2 * pad, high + 2 * pad
 
 
-def pareto_figure(frame: pd.DataFrame, cost: str, budget: float | None, resolution: int | None) -> go.Figure:
-    """Validation accuracy against one cost: trained trials by dominant conv, Pareto step, budget, rejected."""
+def pareto_figure(frame: pd.DataFrame, cost: str, budget: float | None, resolution: int | None,
+                  baselines: Sequence[Mapping[str, Any]] = ()) -> go.Figure:
+    """Validation accuracy against one cost: trained trials by dominant conv, Pareto step, budget, rejected,
+    and the study's baselines (dsearch.baselines) as labelled reference points."""
     done = trained(frame)
     done = done[done[cost].notna()]
     if done.empty:
         raise DsearchError(f"no trained trial with a {cost} value")
-    y_low, y_high = _accuracy_range(done)
+    references = [b for b in baselines if trained_ok(b.get("proxy")) and b.get(cost) is not None]
+    y_low, y_high = _accuracy_range(done, [b["proxy"]["val_acc"] for b in references])
     fig = go.Figure()
     for kind in kind_order(done["dominant_conv"]):
         rows = done[done["dominant_conv"] == kind] if kind is not None else done[done["dominant_conv"].isna()]
@@ -212,6 +220,7 @@ def pareto_figure(frame: pd.DataFrame, cost: str, budget: float | None, resoluti
             marker={"symbol": "x-thin", "size": 9, "color": REJECTED_COLOUR,
                     "line": {"color": REJECTED_COLOUR, "width": 2}},
             customdata=hover_data(rejected, "reason"), hovertemplate=REJECTED_HOVER))
+    add_baselines(fig, baselines, cost)
     unit = "MFLOPs" if cost == "mflops" else "M params"
     if budget is not None:
         # A two-point trace rather than a shape: data coordinates stay right on a log axis, and it gets a legend entry.
@@ -223,6 +232,8 @@ def pareto_figure(frame: pd.DataFrame, cost: str, budget: float | None, resoluti
     xs = pd.concat([done[cost], rejected[cost]] if not rejected.empty else [done[cost]]).astype(float)
     if budget is not None:
         xs = pd.concat([xs, pd.Series([float(budget)])])
+    if references:
+        xs = pd.concat([xs, pd.Series([float(b[cost]) for b in references])])
     # Rejected samples can cost 10x the budget: a log axis keeps the trained ones readable next to them.
     log_x = bool(xs.min() > 0 and xs.max() / xs.min() > 10)
     xaxis: dict[str, Any] = {"title": {"text": cost_label(cost, resolution) + (" - log scale" if log_x else "")},
@@ -243,6 +254,44 @@ def pareto_figure(frame: pd.DataFrame, cost: str, budget: float | None, resoluti
     return fig
 
 
+def baseline_hover(b: Mapping[str, Any]) -> list[str]:
+    """customdata of a baseline: label, MFLOPs at RxR, M params, proxy val and test acc, the full schedule's result."""
+    proxy, full = b.get("proxy") or {}, b.get("full") or {}
+    if full.get("status") == "failed":
+        result = f"full schedule: failed ({html.escape(str(full.get('reason')))})"
+    elif trained_ok(full):
+        result = f"full schedule ({full.get('epochs')} epochs): test acc {_fmt(full.get('test_acc'), 4)}"
+    else:
+        result = "full schedule: not trained (dsearch baselines STUDY)"
+    return [html.escape(str(b["label"])), _mflops_text(b["mflops"], b.get("resolution")), _fmt(b.get("mparams"), 3),
+            _fmt(proxy.get("val_acc"), 4), _fmt(proxy.get("test_acc"), 4), result]
+
+
+def add_baselines(fig: go.Figure, baselines: Sequence[Mapping[str, Any]], cost: str, row: int | None = None,
+                  col: int | None = None) -> None:
+    """The baselines as labelled stars at (cost, proxy val acc), in their conv kind's colour; a baseline whose proxy
+    training failed has no accuracy to stand at: it gets a legend entry saying so."""
+    ok = [b for b in baselines if trained_ok(b.get("proxy")) and b.get(cost) is not None]
+    if ok:
+        # One legend entry for all of them, also when drawn over several panels.
+        first = not any(t.legendgroup == "baselines" and t.showlegend is not False for t in fig.data)
+        fig.add_trace(go.Scatter(
+            x=[b[cost] for b in ok], y=[b["proxy"]["val_acc"] for b in ok], mode="markers+text",
+            name="baselines: hand-designed MobileNetV2" + (f" ({len(ok)})" if row is None else ""),
+            text=[html.escape(str(b["label"])) for b in ok], showlegend=first,
+            # left of the star: baselines sit near the budget, at the right edge of the plot
+            textposition="top left", textfont={"size": 10}, legendgroup="baselines",
+            marker={"symbol": "star", "size": 16, "color": [kind_colour(b.get("conv")) for b in ok],
+                    "line": {"color": FRONT_COLOUR, "width": 1}},
+            customdata=[baseline_hover(b) for b in ok], hovertemplate=BASELINE_HOVER), row=row, col=col)
+    for b in baselines:
+        if (b.get("proxy") or {}).get("status") == "failed":
+            fig.add_trace(go.Scatter(
+                x=[None], y=[None], mode="markers", name=f"baseline {b['label']}: proxy training failed",
+                legendgroup="baselines", marker={"symbol": "star-open", "size": 12, "color": REJECTED_COLOUR},
+                hoverinfo="skip"), row=row, col=col)
+
+
 def log_ticks(low: float, high: float) -> list[float]:
     """1-2-5 tick values covering [low, high] on a log axis."""
     first, last = math.floor(math.log10(low)) - 1, math.ceil(math.log10(high)) + 1
@@ -250,7 +299,8 @@ def log_ticks(low: float, high: float) -> list[float]:
     return [float(f"{t:.6g}") for t in ticks if low / 1.5 <= t <= high * 1.5]
 
 
-def conv_type_figure(frame: pd.DataFrame, resolution: int | None) -> go.Figure:
+def conv_type_figure(frame: pd.DataFrame, resolution: int | None,
+                     baselines: Sequence[Mapping[str, Any]] = ()) -> go.Figure:
     """One panel per dominant conv type: its trained trials at their MFLOPs, every other type's in grey behind.
 
     Shared axes put the types side by side at equal cost; only measured points are drawn (no bins, means or fits),
@@ -284,6 +334,7 @@ def conv_type_figure(frame: pd.DataFrame, resolution: int | None) -> go.Figure:
             x=mine["mflops"], y=mine["val_acc"], mode="markers", name=f"{kind_label(kind)} ({len(mine)})",
             marker={"color": kind_colour(kind), "size": 10, "line": {"color": "white", "width": 1}},
             customdata=hover_data(mine), hovertemplate=HOVER), row=row, col=col)
+        add_baselines(fig, [b for b in baselines if b.get("conv") == kind], "mflops", row, col)
     where = f" at {resolution}x{resolution}" if resolution else ""
     fig.update_xaxes(type="log" if log_x else "linear")
     if log_x:
@@ -477,22 +528,27 @@ def build_dashboard(study: optuna.Study, title: str | None = None) -> Dashboard:
         notes.append(f"{counts['running']} trial(s) still running; they appear once finished - regenerate the "
                      "dashboard then.")
     sections: list[Section] = []
+    references = study_baselines(study)
+    stars = (" Stars are hand-designed reference nets (MobileNetV2 at the largest width within the budget, with each "
+             "conv kind; `dsearch baselines`), trained with the same proxy: their validation accuracy is comparable; "
+             "hover for their full-schedule test accuracy." if references else "")
     if done.empty:
         notes.insert(0, f"No trained trial yet: run `dsearch run --study-name {study.study_name}` (with this "
                         "study's --storage and settings) to train some, then regenerate the dashboard.")
     else:
         where = f" at {resolution}x{resolution}" if resolution else ""
         sections.append(_figure_section(
-            TITLE_MFLOPS, lambda: pareto_figure(frame, "mflops", budget["mflops"], resolution),
+            TITLE_MFLOPS, lambda: pareto_figure(frame, "mflops", budget["mflops"], resolution, references),
             f"Each dot is a trained architecture, coloured by the conv type of most of its conv units. The black "
             f"staircase is the Pareto front (no other trial is both cheaper and more accurate). Grey x marks on the "
             f"strip under the plot, labelled '{REJECTED_STRIP}', are samples rejected before training because they "
-            f"were over budget: they have a cost but no accuracy. MFLOPs counted{where}."))
+            f"were over budget: they have a cost but no accuracy. MFLOPs counted{where}.{stars}"))
         sections.append(_figure_section(
-            TITLE_MPARAMS, lambda: pareto_figure(frame, "mparams", budget["mparams"], resolution),
-            "The same trials against their trainable parameters; the staircase is the Pareto front over parameters."))
+            TITLE_MPARAMS, lambda: pareto_figure(frame, "mparams", budget["mparams"], resolution, references),
+            "The same trials against their trainable parameters; the staircase is the Pareto front over parameters."
+            + stars))
         sections.append(_figure_section(
-            TITLE_CONV, lambda: conv_type_figure(frame, resolution),
+            TITLE_CONV, lambda: conv_type_figure(frame, resolution, references),
             "Each panel shows the trained trials whose conv units are mostly of one type, in its colour, over "
             "every other trained trial in grey, on shared axes: compare types at equal MFLOPs only where both have "
             "points. Only measured trials are drawn (no averages, bins or fits), so a type with few trials shows "

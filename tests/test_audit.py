@@ -3,8 +3,6 @@ import itertools
 import json
 import math
 import shutil
-import sys
-import types
 
 import numpy as np
 import optuna
@@ -279,7 +277,7 @@ def test_cli_prints_the_table_agreement_verdict_and_baselines(tmp_path, fake_tra
                  "resolution": 28, "train_resolution": 28, "proxy": {"val_acc": 0.6543, "test_acc": 0.65, "epochs": 1},
                  "full": {"val_acc": 0.7, "test_acc": 0.7123, "epochs": 1, "config": {}}}]
 
-    monkeypatch.setitem(sys.modules, "dsearch.baselines", types.SimpleNamespace(run_baselines=run_baselines))
+    monkeypatch.setattr(dsearch.audit, "run_baselines", run_baselines)
     assert main(["audit", "hand", "--storage", url, "--epochs", "1"]) == 0
     out = capsys.readouterr().out
     assert asked == {"study": "hand", "url": url, "epochs": 1}
@@ -341,12 +339,3 @@ def test_dashboard_draws_the_audit(tmp_path, fake_trainer):
     assert f"proxy val acc {audit['agreement']['proxy']['tau']:.2f}" in section.caption
     assert "MFLOPs at 28x28 1.00" in section.caption
     assert "The proxy ranks no better than MFLOPs alone" in section.caption
-
-
-def test_cli_without_a_baselines_module_fails_before_training(tmp_path, fake_trainer, monkeypatch, capsys):
-    study, url = make_study(tmp_path, n=4)
-    monkeypatch.setitem(sys.modules, "dsearch.baselines", None)  # an import of it now fails
-    assert main(["audit", "hand", "--storage", url, "--epochs", "1"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--no-baselines" in err[0]
-    assert fake_trainer == [] and not any(k.startswith("trained.") for k in reload(study).user_attrs)

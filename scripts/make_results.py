@@ -371,8 +371,7 @@ def render(configs: Sequence[Config], runs: Sequence[Run], records: dict[str, di
         "",
         f"- Runs finished: **{len(done)} of {len(runs)} planned**"
         + (" (partial results: the missing runs are listed at the end)" if missing else "") + ".",
-        f"- Dataset: `{DATASET}` (the embedded Fashion-MNIST subset: 9,000 training, 1,000 validation and 2,000 "
-        f"test images, {IN_CHANNELS} channel, {NUM_CLASSES} classes), trained at its own 28x28 size.",
+        f"- Dataset: `{DATASET}` ({meta['data_text']}), trained at its own size: no resizing.",
         f"- Cost: MFLOPs (fvcore's multiply-accumulates) and parameters counted at {COST_RESOLUTION}x"
         f"{COST_RESOLUTION}, {IN_CHANNELS} input channel, {NUM_CLASSES} classes (`dsearch.cost.spec_cost`).",
         f"- Schedule: the full schedule of `dsearch train` (`train_full`, `FullTrainConfig()` defaults): "
@@ -468,6 +467,15 @@ def schedule_text(schedule: dict[str, Any], lr: float | None) -> str:
     return ", ".join(parts)
 
 
+def data_text() -> str:
+    """The embedded data's splits as train_full sees them (the validation split is carved out of train)."""
+    from dsearch.data import load_dataset
+    data = load_dataset(DATASET)
+    size = "x".join(map(str, data.image_size))
+    return (f"the embedded Fashion-MNIST subset: {len(data.train_x):,} training, {len(data.val_x):,} validation and "
+            f"{len(data.test_x):,} test images of {data.in_channels} channel at {size}, {data.num_classes} classes")
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--epochs", type=int, help="epochs per run (default: FullTrainConfig's)")
@@ -524,7 +532,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     shown_md = md_path.relative_to(REPO) if md_path.is_relative_to(REPO) else md_path
     command = "python scripts/make_results.py" + "".join(
         f" {shlex.quote(a)}" for a in (sys.argv[1:] if argv is None else argv) if a != "--render-only")
-    meta = {"command": command, "json": str(shown_json), "seeds": seeds, "schedule_text": schedule_text(schedule, lr)}
+    meta = {"command": command, "json": str(shown_json), "seeds": seeds, "schedule_text": schedule_text(schedule, lr),
+            "data_text": data_text()}
 
     def write_md() -> None:
         records = done_runs(results, runs, schedule)

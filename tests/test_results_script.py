@@ -32,7 +32,7 @@ def record(mr, config, seed: int, test: float, val: float | None = None, epochs:
 
 def meta(seeds: int = 3) -> dict:
     return {"command": "python scripts/make_results.py", "json": "docs/results.json", "seeds": seeds,
-            "schedule_text": "20 epochs", "now": "2026-01-01 00:00 UTC"}
+            "schedule_text": "20 epochs", "now": "2026-01-01 00:00 UTC", "data_text": "test data"}
 
 
 def claim_sentence(markdown: str) -> str:
@@ -159,6 +159,7 @@ def test_render_only_from_a_results_file(mr, tmp_path):
     text = md.read_text()
     assert "Runs finished: **9 of 9 planned**." in text and "None: every planned run finished." in text
     assert "**holds** here" in claim_sentence(text)
+    assert "9,000 training, 1,000 validation and 2,000 test images of 1 channel at 28x28, 10 classes" in text
 
 
 def test_bad_arguments_exit_2(mr, tmp_path, capsys):

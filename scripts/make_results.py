@@ -145,8 +145,7 @@ def plan_runs(configs: Sequence[Config], seeds: int, only: Sequence[str] = ()) -
     """Runs in the order that makes partial results most useful: the first (cheapest) cost point, then the SCC grid
     at its width, then the other cost points; within each, every configuration's seed 0, then seed 1, ..."""
     wanted = [c for c in configs if not only or any(fnmatch.fnmatchcase(c.label, pat) for pat in only)]
-    # SCC needs its DSC reference too
-    needed = {reference(c) for c in wanted if c.conv == "scc"}
+    needed = {reference(c) for c in wanted if c.conv != "dsc"}  # a comparison needs its DSC reference
     wanted += [c for c in configs if c in needed and c not in wanted]
     points = sorted({c.point for c in wanted})
     runs: list[Run] = []
@@ -503,6 +502,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError:
         print(f"error: --widths {args.widths!r} is not a comma-separated list of numbers, e.g. 0.5,1.0",
               file=sys.stderr)
+        return 2
+    if not widths or any(not 0 < w <= WIDTH_GRID[-1] for w in widths) or not 0 <= args.scc_width <= WIDTH_GRID[-1]:
+        print(f"error: widths must be in (0, {WIDTH_GRID[-1]:g}], e.g. --widths 0.55,1.0", file=sys.stderr)
         return 2
     if args.seeds < 1 or (args.epochs is not None and args.epochs < 1) or args.threads < 1:
         print("error: --seeds, --epochs and --threads must be at least 1", file=sys.stderr)

@@ -134,6 +134,16 @@ def test_partial_results_list_the_missing_runs(mr):
     assert "| 1 | 0 (DSC) | 0.75 |" in md  # SCC's reference row is the DSC net at the same width
 
 
+def test_only_keeps_the_dsc_reference_of_what_it_selects(mr):
+    configs = mr.plan_configs([0.75, 1.0], 0.75)
+    keys = [r.key for r in mr.plan_runs(configs, 2, ["*w0.88_bsconv_u", "*scc_g4_o0.5"])]
+    assert keys == [  # cheapest cost point first, seed-major within each experiment
+        "mobilenet_v2_w0.75_dsc/seed0", "mobilenet_v2_w0.75_dsc/seed1",
+        "mobilenet_v2_w0.75_scc_g4_o0.5/seed0", "mobilenet_v2_w0.75_scc_g4_o0.5/seed1",
+        "mobilenet_v2_w1_dsc/seed0", "mobilenet_v2_w0.88_bsconv_u/seed0",
+        "mobilenet_v2_w1_dsc/seed1", "mobilenet_v2_w0.88_bsconv_u/seed1"]
+
+
 def test_other_schedules_do_not_count_as_done(mr):
     configs = mr.plan_configs([0.75], None)
     runs = mr.plan_runs(configs, 1)
@@ -166,6 +176,7 @@ def test_bad_arguments_exit_2(mr, tmp_path, capsys):
     assert mr.main(["--only", "nothing*", "--json", str(tmp_path / "r.json"), "--render-only"]) == 2
     assert "matches no configuration" in capsys.readouterr().err
     assert mr.main(["--widths", "0.75,x", "--render-only"]) == 2
+    assert mr.main(["--widths", "0.75,-1", "--render-only"]) == 2
     (tmp_path / "bad.json").write_text("{not json")
     assert mr.main(["--json", str(tmp_path / "bad.json"), "--render-only"]) == 2
     assert "not valid JSON" in capsys.readouterr().err

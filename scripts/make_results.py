@@ -70,6 +70,7 @@ T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8
         20: 2.086, 25: 2.060, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}
 
 HOLDS, FAILS, UNSEPARATED = "holds", "does not hold", "not separable at this number of seeds"
+ROW_VERDICTS = {HOLDS: "more accurate than DSC", FAILS: "less accurate than DSC", UNSEPARATED: UNSEPARATED}
 
 
 @dataclass(frozen=True)
@@ -326,11 +327,22 @@ def table(configs: Sequence[Config], records: dict[str, dict[str, Any]], seeds: 
             delta, verdict = "(reference)", ""
         else:
             comp = compare(test, accuracies(records, reference(c), seeds, "test_acc"))
-            delta, verdict = fmt_comparison(comp), "" if comp is None else comp.verdict
+            delta, verdict = fmt_comparison(comp), "" if comp is None else ROW_VERDICTS[comp.verdict]
         lines.append(f"| {row_name(c, scc)} | {c.width:g} | {cost.mflops:.2f} | {cost.mparams:.3f} | "
                      f"{ratio:.3f} | {len(test)}/{seeds} | {fmt_summary(summarise(test))} | "
                      f"{fmt_range(summarise(test))} | {fmt_summary(val)} | {delta} | {verdict} |")
     return lines
+
+
+def scc_summary(configs: Sequence[Config], records: dict[str, dict[str, Any]], seeds: int) -> str:
+    """One sentence counting the SCC rows more, less and not separably accurate than DSC."""
+    comps = [compare(accuracies(records, c, seeds, "test_acc"), accuracies(records, reference(c), seeds, "test_acc"))
+             for c in configs]
+    verdicts = [c.verdict for c in comps if c is not None]
+    parts = [f"{verdicts.count(v)} {ROW_VERDICTS[v]}" for v in (HOLDS, FAILS, UNSEPARATED) if v in verdicts]
+    if len(verdicts) < len(configs):
+        parts.append(f"{len(configs) - len(verdicts)} without finished runs on both sides")
+    return f"Of the {len(configs)} SCC configurations at this width: {', '.join(parts)}."
 
 
 def bsconv_verdicts(configs: Sequence[Config], records: dict[str, dict[str, Any]], seeds: int) -> list[str]:
@@ -361,7 +373,11 @@ def render(configs: Sequence[Config], runs: Sequence[Run], records: dict[str, di
     scc_ref = {reference(c) for c in configs if c.conv == "scc" and c in planned}
     scc = [c for c in configs if (c.conv == "scc" and c in planned) or c in scc_ref]
     dates = sorted(r["date"] for r in done)
-    claim = overall_verdict(bsconv_verdicts(equal, records, seeds))
+    verdicts = bsconv_verdicts(equal, records, seeds)
+    planned_comparisons = sum(c.conv in BSCONV_KINDS for c in equal)
+    claim = overall_verdict(verdicts)
+    if len(verdicts) < planned_comparisons:
+        claim += f" ({len(verdicts)} of the {planned_comparisons} planned comparisons have finished runs on both sides)"
     out = [
         "# Results: the seed papers' claims on the embedded data",
         "",
@@ -407,7 +423,8 @@ def render(configs: Sequence[Config], runs: Sequence[Run], records: dict[str, di
                 "reference row. Same width for every row, so SCC nets are cheaper than DSC. Accuracies in %."]
         for point in sorted({c.point for c in scc}):
             rows = sorted((c for c in scc if c.point == point), key=lambda c: c.conv != "dsc")
-            out += ["", f"### Width {point:g}", "", *table(rows, records, seeds, scc=True)]
+            out += ["", f"### Width {point:g}", "", *table(rows, records, seeds, scc=True), "",
+                    scc_summary([c for c in rows if c.conv == "scc"], records, seeds)]
     out += ["", "## Missing runs", ""]
     if missing:
         out += [f"{len(missing)} planned run(s) have not finished; rerun the command above to train them:", ""]

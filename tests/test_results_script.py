@@ -112,6 +112,16 @@ def test_verdict_follows_the_numbers(mr):
     assert "cannot be judged yet" in claim_sentence(rendered(mr, configs, {"dsc": better["dsc"]}))
 
 
+def test_scc_rows_compare_with_dsc_at_the_same_width(mr):
+    configs = mr.plan_configs([0.75], 0.75)
+    md = rendered(mr, configs, {"dsc": [0.80, 0.81, 0.80], "scc": [0.86, 0.87, 0.86]})
+    assert "Of the 4 SCC configurations at this width: 4 more accurate than DSC." in md
+    md = rendered(mr, configs, {"dsc": [0.86, 0.87, 0.86], "scc": [0.80, 0.81, 0.80]})
+    assert "Of the 4 SCC configurations at this width: 4 less accurate than DSC." in md
+    md = rendered(mr, configs, {"dsc": [0.86, 0.87, 0.86]})
+    assert "Of the 4 SCC configurations at this width: 4 without finished runs on both sides." in md
+
+
 def test_table_shows_mean_spread_and_seed_count(mr):
     configs = mr.plan_configs([0.75], None)
     md = rendered(mr, configs, {"dsc": [0.80, 0.82, 0.84], "bsconv_u": [0.9, 0.9], "bsconv_s": []})

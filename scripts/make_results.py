@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import functools
+import itertools
 import json
 import math
 import os
@@ -104,8 +105,12 @@ def cost_of(conv: str, width: float, knobs: Iterable[tuple[str, Any]] = ()) -> i
 
 @functools.lru_cache(maxsize=64)
 def match_width(conv: str, target_macs: int, grid: Sequence[float] = WIDTH_GRID) -> float:
-    """The largest grid width at which `conv`'s MobileNetV2 costs at most `target_macs` (cost grows with width)."""
-    fitting = [w for w in grid if cost_of(conv, w) <= target_macs]
+    """The largest grid width at which `conv`'s MobileNetV2 costs at most `target_macs`.
+
+    Every channel count grows with the width (make_divisible never rounds a larger value lower) and every cost
+    with the channel counts, so the scan stops at the first width over the target.
+    """
+    fitting = list(itertools.takewhile(lambda w: cost_of(conv, w) <= target_macs, sorted(grid)))
     if not fitting:
         raise DsearchError(f"no {conv} MobileNetV2 width in {grid[0]:g}..{grid[-1]:g} costs at most "
                            f"{target_macs / 1e6:.2f} MFLOPs@{COST_RESOLUTION}x{COST_RESOLUTION}; "

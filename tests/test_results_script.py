@@ -58,6 +58,14 @@ def test_matched_width_costs_at_most_the_dsc_net_and_the_next_step_more(mr, kind
     assert below >= 0.95 * target  # the cost points were chosen so that the match is close
 
 
+@pytest.mark.parametrize("kind", ["bsconv_u", "bsconv_s"])
+def test_no_larger_width_fits(mr, kind):
+    """The scan stops at the first width over the target; no width further up the grid comes back under it."""
+    target = mr.cost_of("dsc", 0.55)
+    width = mr.match_width(kind, target)
+    assert [w for w in mr.WIDTH_GRID if w > width and mr.cost_of(kind, w) <= target] == []
+
+
 def test_matched_width_holds_under_fvcores_count(mr):
     from dsearch.cost import fvcore_spec_cost
     configs = mr.plan_configs([0.75], None)

@@ -263,12 +263,13 @@ def overall_verdict(verdicts: Sequence[str]) -> str:
         return "cannot be judged yet: no cost point has finished runs of both DSC and a BSConv net"
     counts = {v: verdicts.count(v) for v in (HOLDS, FAILS, UNSEPARATED)}
     n = len(verdicts)
+    every = "the only comparison" if n == 1 else f"all {n} comparisons"
     if counts[HOLDS] == n:
-        return f"**holds** here: BSConv is significantly more accurate than DSC in all {n} comparisons"
+        return f"**holds** here: BSConv is significantly more accurate than DSC in {every}"
     if counts[FAILS] == n:
-        return f"**does not hold** here: BSConv is significantly less accurate than DSC in all {n} comparisons"
+        return f"**does not hold** here: BSConv is significantly less accurate than DSC in {every}"
     if counts[UNSEPARATED] == n:
-        return (f"is **not separable at this number of seeds**: none of the {n} comparisons shows a significant "
+        return (f"is **not separable at this number of seeds**: {every} show{'s' if n == 1 else ''} no significant "
                 "difference either way")
     if counts[HOLDS] and not counts[FAILS]:
         return (f"**holds** where it is separable: BSConv is significantly more accurate in {counts[HOLDS]} of {n} "
@@ -382,7 +383,8 @@ def render(configs: Sequence[Config], runs: Sequence[Run], records: dict[str, di
     planned_comparisons = sum(c.conv in BSCONV_KINDS for c in equal)
     claim = overall_verdict(verdicts)
     if len(verdicts) < planned_comparisons:
-        claim += f" ({len(verdicts)} of the {planned_comparisons} planned comparisons have finished runs on both sides)"
+        claim += (f" ({len(verdicts)} of the {planned_comparisons} planned comparisons "
+                  f"{'has' if len(verdicts) == 1 else 'have'} finished runs on both sides)")
     out = [
         "# Results: the seed papers' claims on the embedded data",
         "",

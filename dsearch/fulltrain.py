@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from .archspec import ArchSpec
+from .cost import spec_cost
 from .data import load_dataset
 from .errors import DsearchError
 from .failures import check_finite_state
@@ -75,8 +76,10 @@ def train_full(spec: ArchSpec, cfg: FullTrainConfig, progress: Callable[[int, in
         check_finite_state(result.state)
     except TrainingDiverged as err:
         raise DsearchError(f"training diverged ({err}); lower --lr or try --optimizer adamw") from None
+    # Both sizes: the weights work at train_resolution; the architecture's cost is counted at resolution.
     facts = {"epochs": result.epochs, "dataset": dataset, "val_acc": result.val_acc, "test_acc": result.test_acc,
-             "train_resolution": device_data.size, "train_time_s": round(result.train_time_s, 1),
+             "train_resolution": device_data.size, "resolution": spec.resolution,
+             "mflops": spec_cost(spec).mflops, "train_time_s": round(result.train_time_s, 1),
              "device": result.device, "history": result.history, **data_facts(data),
              "config": json.loads(json.dumps(asdict(proxy)))}
     return result, facts

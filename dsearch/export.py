@@ -241,7 +241,8 @@ def _usage_lines(spec: ArchSpec, info: dict[str, Any], trained: bool, indent: st
                   'std = torch.tensor(INFO["std"]).view(1, -1, 1, 1)',
                   "x = (images - mean) / std"]
     else:
-        lines += ["x = images  # normalise as the training data was (this export holds no mean/std)"]
+        lines += ["x = images  # normalised as the training data was" if trained else
+                  "x = images  # normalised as your training data will be"]
     where = 'INFO["train_resolution"]' if weights_size(info) else 'INFO["resolution"]'
     lines += [f"x = F.interpolate(x, size=({size}, {size}), mode=\"bilinear\", align_corners=False)  # {where}",
               "with torch.no_grad():",
@@ -362,8 +363,9 @@ def readme_text(spec: ArchSpec, info: dict[str, Any], trained: bool, files: list
     lines += ["", "## Use", "", "```python", "import torch", "import torch.nn.functional as F", "",
               "from model import INFO, build_model  # from this folder; dsearch is not needed", "",
               *_usage_lines(spec, info, trained, ""), "```", "",
-              f"Bilinear resizing to {size}x{size} as above is how dsearch fed the data while training"
-              + (" and measuring the test accuracy." if trained else "."), "", "## Files", ""]
+              *([f"Normalising, then resizing to {size}x{size} (bilinear) as above is how dsearch fed the data while "
+                 "training these weights and measuring their test accuracy.", ""] if trained else []),
+              "## Files", ""]
     lines += [f"- `{name}`: {FILE_ROLES[name]}" for name in files if name in FILE_ROLES]
     return "\n".join(lines) + "\n"
 

@@ -488,3 +488,18 @@ def test_weights_of_unknown_size_are_exported_with_a_warning(tmp_path):
     with pytest.raises(DsearchError, match="train_resolution must be a positive number of pixels"):
         export_spec(spec, tmp_path / "bad", build_model(spec).state_dict(), {"train_resolution": "28\nimport os"})
     assert not (tmp_path / "bad").exists()
+
+
+def test_training_that_does_not_fit_in_memory_names_a_batch_size_that_does(monkeypatch):
+    from dsearch import fulltrain
+    from dsearch.validate import TRAINING_ACTIVATION_FACTOR, activation_bytes
+
+    spec = separable_spec().replace(in_channels=1, num_classes=10, resolution=28)
+    need = {b: activation_bytes(spec, 224, b) * TRAINING_ACTIVATION_FACTOR for b in (16, 32, 128)}
+    monkeypatch.setattr(fulltrain, "free_memory", lambda _device: (need[16] + need[32]) // 2)
+    cfg = fulltrain.FullTrainConfig(train_resolution=224, device="cpu")
+    with pytest.raises(DsearchError, match=r"--train-resolution 224 needs about .* at batch 128 .*use --batch-size 16 "):
+        fulltrain.train_full(spec, cfg, log=lambda _msg: None)
+    monkeypatch.setattr(fulltrain, "free_memory", lambda _device: need[16] // 20)
+    with pytest.raises(DsearchError, match="; use a smaller --train-resolution$"):
+        fulltrain.train_full(spec, cfg, log=lambda _msg: None)

@@ -348,12 +348,14 @@ def readme_text(spec: ArchSpec, info: dict[str, Any], trained: bool, files: list
     if not trained:
         rows.append(("weights", "none: untrained (no weights.pt); `build_model()` gives a freshly initialised network"))
     else:
-        how = _plain(info.get("weights") or "given with the export")
-        at = f"trained at {t}x{t} (`train_resolution`)" if t else "trained at an unknown size"
-        data = f" on {_plain(info['dataset'])}" if "dataset" in info else ""
+        dataset = _plain(info["dataset"]) if "dataset" in info else None
+        rows += [("weights", _plain(info.get("weights") or "given with the export")),
+                 ("trained at", (f"{t}x{t} (`train_resolution`)" if t else "an unknown size")
+                  + (f", on {dataset}" if dataset else ""))]
         acc = info.get("test_acc")
-        score = f"; test accuracy {acc:.4f} there" if isinstance(acc, float) and math.isfinite(acc) else ""
-        rows.append(("weights", f"{how}, {at}{data}{score}"))
+        if isinstance(acc, float) and math.isfinite(acc):
+            split = f"the test split of {dataset}" if dataset else "the test split"
+            rows.append(("test accuracy", f"{acc:.4f} on {split}, fed at {size}x{size} as below"))
     normalised = ", normalised with `INFO[\"mean\"]`, `INFO[\"std\"]`" if "mean" in info and "std" in info else ""
     rows.append(("input", f"N x {spec.in_channels} x {size} x {size}{normalised}"))
     lines = [f"# {title}", "", f"A standalone PyTorch network, {', '.join(made)}.", "", "| | |", "|---|---|"]

@@ -317,7 +317,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             info.update(_study_weights_facts(study, number, found[1]))
         out = Path(args.out or Path("exports") / f"{file_part(study.study_name)}-trial{number}")
         storage = f" --storage {url}" if args.storage else ""
-        retrain = f"dsearch train {args.target} --trial {number}{storage} --train-resolution {spec.resolution}"
+        written = " --storage URL" if "@" in storage else storage  # the command lands in README.md: no password
+        retrain = f"dsearch train {args.target} --trial {number}{written} --train-resolution {spec.resolution}"
         if found is None:
             print(f"trial {number} has no kept weights; `dsearch train {args.target} --trial {number}{storage}` "
                   "trains it and keeps them")

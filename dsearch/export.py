@@ -1,4 +1,5 @@
-"""Export an architecture as a standalone PyTorch module: model.py (imports only torch), arch.json, weights.pt.
+"""Export an architecture as a standalone PyTorch module: model.py (imports only torch), arch.json, weights.pt and
+a README.md that says how it was made, where its cost was counted and at which size to feed its weights.
 
 model.py is assembled from dsearch.layers: the definitions the architecture needs are copied
 verbatim (found by following names from the roots), then a generated `build_model()` wires
@@ -265,8 +266,8 @@ def _resolution_text(spec: ArchSpec, info: dict[str, Any], trained: bool) -> str
                 f"the example assumes {r}x{r}.")
     text = f"{counted} The weights were trained at {t}x{t} (INFO[\"train_resolution\"]): feed {t}x{t} inputs."
     if t != r:
-        text += (f" They were not trained at {r}x{r} and are not expected to work there; `dsearch train "
-                 f"--train-resolution {r}` trains weights for {r}x{r}.")
+        text += (f" They were not trained at {r}x{r} and are not expected to work there; `dsearch train ... "
+                 f"--train-resolution {r}` trains weights for {r}x{r} (README.md names the command).")
     return text
 
 
@@ -341,7 +342,6 @@ def readme_text(spec: ArchSpec, info: dict[str, Any], trained: bool, files: list
         title = f"Trial {_plain(info['trial'])} of study '{_plain(info['study'])}'"
     else:
         title = _plain(spec.name or "Exported architecture")
-    made = [f"exported by dsearch {__version__} on {time.strftime('%Y-%m-%d')}"]
     rows = [("architecture", f"`{_plain(spec.summary().replace(' | ', ', '))}`"),
             ("cost", f"{cost.mflops:.2f} MFLOPs@{r}x{r} (millions of multiply-accumulates, fvcore), "
                      f"{cost.params:,} parameters, counted at the deployment resolution {r}x{r} (`resolution`)")]
@@ -358,7 +358,8 @@ def readme_text(spec: ArchSpec, info: dict[str, Any], trained: bool, files: list
             rows.append(("test accuracy", f"{acc:.4f} on {split}, fed at {size}x{size} as below"))
     normalised = ", normalised with `INFO[\"mean\"]`, `INFO[\"std\"]`" if "mean" in info and "std" in info else ""
     rows.append(("input", f"N x {spec.in_channels} x {size} x {size}{normalised}"))
-    lines = [f"# {title}", "", f"A standalone PyTorch network, {', '.join(made)}.", "", "| | |", "|---|---|"]
+    made = f"exported by dsearch {__version__} on {time.strftime('%Y-%m-%d')}"
+    lines = [f"# {title}", "", f"A standalone PyTorch network, {made}.", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in rows]
     if warning:
         lines += ["", f"**Warning:** {warning}."]

@@ -189,7 +189,8 @@ def test_cli_train_then_export_picks_the_fully_trained_weights(searched_study, t
     common = ("--storage", s["storage"], "--trial", str(number))
     proc = dsearch_cli("train", s["name"], *common, "--epochs", "1", "--batch-size", "256", "--quiet", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "test accuracy" in proc.stdout
+    assert "test accuracy" in proc.stdout and "after 1 epochs at 28x28" in proc.stdout
+    assert "note: trained at 28x28, not at the deployment resolution 32x32" in proc.stdout  # even with --quiet
     acc = float(proc.stdout.split("test accuracy ")[1].split()[0])
     assert acc > 0.3  # 1 epoch on the embedded Fashion-MNIST beats chance (0.1) by far
     proc = dsearch_cli("export", s["name"], *common, "--out", "exp", cwd=tmp_path)

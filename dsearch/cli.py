@@ -322,7 +322,8 @@ def _is_study_target(target: str) -> bool:
 
 @command
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import check_weights_fit, export_spec, load_weights
+    from .cost import spec_cost
+    from .export import check_weights_fit, export_spec, feed_size, load_weights
     from .pareto import arch_of
 
     info: dict = {}
@@ -334,7 +335,6 @@ def cmd_export(args: argparse.Namespace) -> int:
         study, url = _open(args.target, args.storage)
         number = _pick_trial(study, args.trial)
         spec = arch_of(study, number)
-        attrs = study.get_trials(deepcopy=False)[number].user_attrs
         note = _trial_note(study, number, "exporting its architecture")
         if note:
             print(note)
@@ -343,12 +343,13 @@ def cmd_export(args: argparse.Namespace) -> int:
         data = study.user_attrs.get("dsearch_data") or {}
         info = {"study": study.study_name, "trial": number, **{k: data[k] for k in ("mean", "std", "classes")
                                                                   if k in data}}
-        if found is not None:  # the size the weights were trained at (the budget is counted at `resolution`)
-            full = study.user_attrs.get(f"trained.{number}") or {}
-            info["train_resolution"] = full.get("train_resolution") or attrs.get("train_resolution")
+        if found is not None:
+            info.update(_study_weights_facts(study, number, found[1]))
         out = Path(args.out or Path("exports") / f"{file_part(study.study_name)}-trial{number}")
+        storage = f" --storage {url}" if args.storage else ""
+        written = " --storage URL" if "@" in storage else storage  # the command lands in README.md: no password
+        retrain = f"dsearch train {args.target} --trial {number}{written} --train-resolution {spec.resolution}"
         if found is None:
-            storage = f" --storage {url}" if args.storage else ""
             print(f"trial {number} has no kept weights; `dsearch train {args.target} --trial {number}{storage}` "
                   "trains it and keeps them")
     else:
@@ -359,23 +360,54 @@ def cmd_export(args: argparse.Namespace) -> int:
         weights = Path(args.weights) if args.weights else Path(args.target).with_name("weights.pt") if is_file else None
         found = (load_weights(weights), str(weights)) if weights and weights.is_file() else None
         state, source = found if found is not None else (None, None)
-        metrics = Path(args.target).with_name("metrics.json")  # written by `dsearch train ARCH.json`
-        if state is not None and not args.weights and is_file and metrics.is_file():
-            facts = json.loads(metrics.read_text())
-            info = {k: facts[k] for k in ("dataset", "epochs", "test_acc", "train_resolution", "mean", "std", "classes")
-                    if k in facts}
+        if weights is not None and found is not None:
+            info = {"weights": str(weights)}
+            metrics = weights.with_name("metrics.json")  # written with the weights by `dsearch train ARCH.json`
+            if metrics.is_file():
+                facts = _read_metrics(metrics)
+                info.update({k: facts[k] for k in ("dataset", "epochs", "test_acc", "train_resolution", "mean", "std",
+                                                   "classes") if k in facts})
         out = Path(args.out or Path("exports") / file_part(Path(args.target).stem))
+        retrain = f"dsearch train {args.target} --train-resolution {spec.resolution}"
     if found is not None:
         check_weights_fit(spec, *found)
     result = export_spec(spec, out, state, info, onnx=args.onnx, torchscript=args.torchscript,
-                         torch_export=args.torch_export)
+                         torch_export=args.torch_export, retrain=retrain)
     print(f"exported to {result.out_dir}: {', '.join(result.files)}")
+    r, size = spec.resolution, feed_size(spec, info)
     if state is not None:
-        print(f"  weights: {source}; standalone model.py matches dsearch's network (max |diff| "
+        trained_at = f"trained at {size}x{size}" if info.get("train_resolution") else "trained at an unknown size"
+        print(f"  weights: {source}, {trained_at}; standalone model.py matches dsearch's network (max |diff| "
               f"{result.max_abs_diff:.2g})")
+    fed = f"model.py and README.md feed {size}x{size} inputs" if state is not None else "untrained"
+    print(f"  cost: {spec_cost(spec).mflops:.2f} MFLOPs@{r}x{r} (the deployment resolution); {fed}")
     for note in result.notes:
         print(f"  note: {note}")
+    if result.warning:
+        print(f"dsearch export: warning: {result.warning}", file=sys.stderr)
     return 0
+
+
+def _read_metrics(path: Path) -> dict:
+    """The facts `dsearch train ARCH.json` wrote beside its weights."""
+    try:
+        facts = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise DsearchError(f"cannot read {path} ({type(err).__name__}); delete it, or retrain with `dsearch train` to "
+                           "write it again") from None
+    if not isinstance(facts, dict):
+        raise DsearchError(f"{path} is not a JSON object of facts; delete it, or retrain with `dsearch train`")
+    return facts
+
+
+def _study_weights_facts(study, number: int, source: str) -> dict:
+    """How trial `number`'s kept weights were made: the full training's facts, else its proxy's (INFO entries)."""
+    full = study.user_attrs.get(f"trained.{number}")
+    made = full if full is not None else study.get_trials(deepcopy=False)[number].user_attrs
+    dataset = (study.user_attrs.get("dsearch_config") or {}).get("dataset")
+    facts = {"weights": source, "dataset": made.get("dataset", dataset), "epochs": made.get("epochs"),
+             "test_acc": made.get("test_acc"), "train_resolution": made.get("train_resolution")}
+    return {k: v for k, v in facts.items() if v is not None}
 
 
 @command
@@ -414,9 +446,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         write_trained(out, spec, kept_state(result), facts)
         where = (f"written to {out}/ (arch.json, weights.pt, metrics.json); `dsearch export {out / 'arch.json'}` "
                  "picks them up")
-    print(f"test accuracy {result.test_acc:.4f} (val {result.val_acc:.4f}) after {result.epochs} epochs, "
-          f"{result.train_time_s:.0f} s on {result.device}")
+    size, r = facts["train_resolution"], spec.resolution
+    print(f"test accuracy {result.test_acc:.4f} (val {result.val_acc:.4f}) after {result.epochs} epochs at "
+          f"{size}x{size}, {result.train_time_s:.0f} s on {result.device}")
     print(f"weights {where}")
+    if size != r:  # even with --quiet: these weights are for another input size than the one the cost is counted at
+        print(f"note: trained at {size}x{size}, not at the deployment resolution {r}x{r} where the cost is counted; "
+              f"feed them {size}x{size} inputs, or train at {r}x{r} with --train-resolution {r}")
     return 0
 
 

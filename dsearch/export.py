@@ -1,4 +1,5 @@
-"""Export an architecture as a standalone PyTorch module: model.py (imports only torch), arch.json, weights.pt.
+"""Export an architecture as a standalone PyTorch module: model.py (imports only torch), arch.json, weights.pt and
+a README.md that says how it was made, where its cost was counted and at which size to feed its weights.
 
 model.py is assembled from dsearch.layers: the definitions the architecture needs are copied
 verbatim (found by following names from the roots), then a generated `build_model()` wires
@@ -20,6 +21,8 @@ import os
 import shutil
 import sys
 import tempfile
+import textwrap
+import time
 import types
 import uuid
 import warnings
@@ -39,8 +42,10 @@ from .errors import DsearchError
 from .ops import CONV_TYPES
 
 ROOTS = ("Net", "make_stage", "classifier_head", "conv_bn_act")
-EXPORT_FILES = ("model.py", "arch.json", "weights.pt", "model.ts", "model.onnx", "model.pt2")
-ONNX_METADATA = ("resolution", "train_resolution", "in_channels", "num_classes", "mean", "std", "classes", "mflops")
+EXPORT_FILES = ("model.py", "arch.json", "weights.pt", "model.ts", "model.onnx", "model.pt2", "README.md")
+ONNX_METADATA = ("resolution", "train_resolution", "in_channels", "num_classes", "mean", "std", "classes", "mflops",
+                 "weights")
+ALWAYS_IN_METADATA = ("train_resolution", "weights")  # null says "untrained", which is worth saying
 HEADER_IMPORTS = """from __future__ import annotations
 
 import math
@@ -60,6 +65,7 @@ class ExportResult:
     files: tuple[str, ...]
     max_abs_diff: float | None  # standalone vs dsearch outputs on a random batch (None: no weights to compare)
     notes: tuple[str, ...] = field(default_factory=tuple)
+    warning: str | None = None  # the weights were not trained at the deployment resolution (resolution_warning)
 
 
 def literal(value: Any) -> str:
@@ -194,38 +200,177 @@ def build_function_source(spec: ArchSpec) -> tuple[str, list[str]]:
     return "\n".join(lines) + "\n", sorted(used)
 
 
-def model_source(spec: ArchSpec, info: dict[str, Any] | None = None) -> str:
-    """The text of a standalone model.py for `spec`; `info` holds plain facts kept as INFO (escaped literals)."""
+def weights_size(info: dict[str, Any] | None) -> int | None:
+    """The size the exported weights were trained at (info["train_resolution"]); None when unknown or untrained."""
+    value = (info or {}).get("train_resolution")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise DsearchError(f"train_resolution must be a positive number of pixels, got {value!r}; fix metrics.json "
+                           "or retrain with `dsearch train`")
+    return value
+
+
+def feed_size(spec: ArchSpec, info: dict[str, Any] | None) -> int:
+    """The input size model.py's example feeds: where the weights were trained, else the deployment resolution."""
+    return weights_size(info) or spec.resolution
+
+
+def resolution_warning(spec: ArchSpec, info: dict[str, Any] | None, trained: bool, retrain: str | None) -> str | None:
+    """One line when trained weights do not belong to the deployment resolution (or their size is unknown)."""
+    r, t = spec.resolution, weights_size(info)
+    if not trained or t == r:
+        return None
+    how = f"`{retrain}`" if retrain else f"`dsearch train ... --train-resolution {r}`"
+    if t is None:
+        return (f"the size these weights were trained at is unknown, so model.py assumes the deployment resolution "
+                f"{r}x{r}; train weights for it with {how} to be sure")
+    return (f"these weights were trained at {t}x{t}, not at the deployment resolution {r}x{r} where the cost is "
+            f"counted: feed {t}x{t} inputs (INFO[\"train_resolution\"]; at {r}x{r} they are not expected to work), "
+            f"or get weights for {r}x{r} with {how} (the data resized to {r}x{r} on the device)")
+
+
+def _usage_lines(spec: ArchSpec, info: dict[str, Any], trained: bool, indent: str) -> list[str]:
+    """The lines that build the network and feed it as it was trained (only numbers from checked types)."""
+    size, c = feed_size(spec, info), spec.in_channels
+    normalise = "mean" in info and "std" in info
+    weights = 'weights="weights.pt"' if trained else ""
+    lines = [f"model = build_model({weights}).eval()  # build_model(num_classes=5, ...) for another label set",
+             f"# images: N x {c} x H x W, pixel values scaled to [0, 1]"]
+    if normalise:
+        lines += ['mean = torch.tensor(INFO["mean"]).view(1, -1, 1, 1)',
+                  'std = torch.tensor(INFO["std"]).view(1, -1, 1, 1)',
+                  "x = (images - mean) / std"]
+    else:
+        lines += ["x = images  # normalised as the training data was" if trained else
+                  "x = images  # normalised as your training data will be"]
+    where = 'INFO["train_resolution"]' if weights_size(info) else 'INFO["resolution"]'
+    lines += [f"x = F.interpolate(x, size=({size}, {size}), mode=\"bilinear\", align_corners=False)  # {where}",
+              "with torch.no_grad():",
+              "    logits = model(x)" + ("  # classes: INFO[\"classes\"]" if "classes" in info else "")]
+    return [indent + line for line in lines]
+
+
+def _resolution_text(spec: ArchSpec, info: dict[str, Any], trained: bool) -> str:
+    """Where the cost was counted and where the weights were trained, in sentences."""
+    r, t = spec.resolution, weights_size(info)
+    cost = spec_cost(spec)
+    counted = (f"The cost, {cost.mflops:.2f} MFLOPs@{r}x{r} (millions of multiply-accumulates, fvcore) and "
+               f"{cost.params:,} parameters, was counted at the deployment resolution {r}x{r} "
+               '(INFO["resolution"]).')
+    if not trained:
+        return (f"{counted} No trained weights were exported (INFO[\"weights\"] is None): build_model() gives a "
+                "freshly initialised network, to be trained before use.")
+    if t is None:
+        return (f"{counted} The size the weights were trained at is unknown (INFO[\"train_resolution\"] is None); "
+                f"the example assumes {r}x{r}.")
+    text = f"{counted} The weights were trained at {t}x{t} (INFO[\"train_resolution\"]): feed {t}x{t} inputs."
+    if t != r:
+        text += (f" They were not trained at {r}x{r} and are not expected to work there; `dsearch train ... "
+                 f"--train-resolution {r}` trains weights for {r}x{r} (README.md names the command).")
+    return text
+
+
+def model_source(spec: ArchSpec, info: dict[str, Any] | None = None, trained: bool = True) -> str:
+    """The text of a standalone model.py for `spec`; `info` holds plain facts kept as INFO (escaped literals).
+
+    `trained`: whether weights.pt goes with it (the example then loads it and feeds the size it was trained at).
+    """
+    info = dict(info or {})
+    if not trained:
+        info.update(train_resolution=None, weights=None)
     cost = spec_cost(spec)
     build, used = build_function_source(spec)
     _, source, _ = _layer_definitions()
     definitions = "\n\n\n".join(source[name] for name in needed_definitions(used))
-    facts = {"in_channels": spec.in_channels, "num_classes": spec.num_classes, "resolution": spec.resolution,
-             "mflops": round(cost.mflops, 4), "params": cost.params, **(info or {})}
-    info_lines = "\n".join(f"    {literal(str(k))}: {literal(v)}," for k, v in facts.items())
-    r, c = spec.resolution, spec.in_channels
+    r = spec.resolution
+    facts = {"in_channels": spec.in_channels, "num_classes": spec.num_classes, "resolution": r,
+             "train_resolution": weights_size(info), "mflops": round(cost.mflops, 4), "params": cost.params, **info}
+    comments = {"resolution": f"deployment size: the cost (MFLOPs@{r}x{r}) is counted here",
+                "train_resolution": "the size the weights were trained at: feed inputs of this size" if trained
+                else "no trained weights", "mflops": f"MFLOPs@{r}x{r}, millions of multiply-accumulates (fvcore)"}
+    info_lines = "\n".join(f"    {literal(str(k))}: {literal(v)}," + (f"  # {comments[k]}" if k in comments else "")
+                            for k, v in facts.items())
+    usage = "\n".join(_usage_lines(spec, info, trained, "    "))
+    paragraph = "\n".join(textwrap.wrap(_resolution_text(spec, info, trained), 116, break_on_hyphens=False,
+                                         break_long_words=False))
     doc = f'''"""A standalone PyTorch network exported by dsearch (imports only torch and the standard library).
 
-    model = build_model(weights="weights.pt").eval()  # build_model(num_classes=5, weights=...) to fine-tune
-    with torch.no_grad():
-        logits = model(x)  # x: N x {c} x H x W, normalised with INFO["mean"] / INFO["std"] when present
+{usage}
 
-The budget was counted at {r}x{r} (INFO["resolution"]); INFO["train_resolution"], when present, is the size the
-weights were trained at. The network is fully convolutional up to a global average pool, so both sizes run.
-
-{cost.mflops:.2f} MFLOPs (millions of multiply-accumulates, fvcore) at {r}x{r}, {cost.params:,} parameters.
+{paragraph}
+The network is fully convolutional up to a global average pool, so other sizes run too.
 arch.json next to this file holds the same architecture as a dsearch ArchSpec.
 """'''
     main = '''if __name__ == "__main__":
     net = build_model().eval()
-    x = torch.zeros(1, INFO["in_channels"], INFO["resolution"], INFO["resolution"])
+    size = INFO["train_resolution"] or INFO["resolution"]
+    x = torch.zeros(1, INFO["in_channels"], size, size)
     with torch.no_grad():
-        print(f"output {tuple(net(x).shape)}, {sum(p.numel() for p in net.parameters()):,} parameters")
+        print(f"output {tuple(net(x).shape)} at {size}x{size}, {sum(p.numel() for p in net.parameters()):,} parameters")
 '''
     parts = [doc, HEADER_IMPORTS, "INFO = {\n" + info_lines + "\n}", definitions, build, main]
     text = "\n\n\n".join(p.strip("\n") for p in parts) + "\n"
     ast.parse(text)  # a generated file that does not parse is a dsearch bug: fail here, not in the user's hands
     return text
+
+
+FILE_ROLES = {
+    "model.py": "the network in PyTorch source (imports only torch): `build_model()`, and `INFO` with the facts above",
+    "arch.json": "the same architecture as a dsearch ArchSpec (`dsearch cost arch.json`, `dsearch train arch.json`)",
+    "weights.pt": "the trained state_dict (`torch.load(..., weights_only=True)`)",
+    "model.ts": "scripted TorchScript (`torch.jit.load`)",
+    "model.onnx": "ONNX, any batch and image size; its metadata_props hold `dsearch.resolution`, "
+                  "`dsearch.train_resolution` and the other facts as JSON",
+    "model.pt2": "a torch.export program, any batch and image size (`torch.export.load`)",
+    "README.md": "this file",
+}
+
+
+def _plain(value: Any) -> str:
+    """A fact as one line of Markdown text (names from a study may hold anything)."""
+    return " ".join(str(value).split()).replace("|", "/")
+
+
+def readme_text(spec: ArchSpec, info: dict[str, Any], trained: bool, files: list[str], warning: str | None) -> str:
+    """The export folder's README.md: what the network is, how it was made, at which sizes, and how to feed it."""
+    from . import __version__
+
+    r, t, size = spec.resolution, weights_size(info), feed_size(spec, info)
+    cost = spec_cost(spec)
+    if "study" in info and "trial" in info:
+        title = f"Trial {_plain(info['trial'])} of study '{_plain(info['study'])}'"
+    else:
+        title = _plain(spec.name or "Exported architecture")
+    rows = [("architecture", f"`{_plain(spec.summary().replace(' | ', ', '))}`"),
+            ("cost", f"{cost.mflops:.2f} MFLOPs@{r}x{r} (millions of multiply-accumulates, fvcore), "
+                     f"{cost.params:,} parameters, counted at the deployment resolution {r}x{r} (`resolution`)")]
+    if not trained:
+        rows.append(("weights", "none: untrained (no weights.pt); `build_model()` gives a freshly initialised network"))
+    else:
+        dataset = _plain(info["dataset"]) if "dataset" in info else None
+        rows += [("weights", _plain(info.get("weights") or "given with the export")),
+                 ("trained at", (f"{t}x{t} (`train_resolution`)" if t else "an unknown size")
+                  + (f", on {dataset}" if dataset else ""))]
+        acc = info.get("test_acc")
+        if isinstance(acc, float) and math.isfinite(acc):
+            split = f"the test split of {dataset}" if dataset else "the test split"
+            rows.append(("test accuracy", f"{acc:.4f} on {split}, fed at {size}x{size} as below"))
+    normalised = ", normalised with `INFO[\"mean\"]`, `INFO[\"std\"]`" if "mean" in info and "std" in info else ""
+    rows.append(("input", f"N x {spec.in_channels} x {size} x {size}{normalised}"))
+    made = f"exported by dsearch {__version__} on {time.strftime('%Y-%m-%d')}"
+    lines = [f"# {title}", "", f"A standalone PyTorch network, {made}.", "", "| | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in rows]
+    if warning:
+        lines += ["", f"**Warning:** {warning}."]
+    lines += ["", "## Use", "", "```python", "import torch", "import torch.nn.functional as F", "",
+              "from model import INFO, build_model  # from this folder; dsearch is not needed", "",
+              *_usage_lines(spec, info, trained, ""), "```", "",
+              *([f"Normalising, then resizing to {size}x{size} (bilinear) as above is how dsearch fed the data while "
+                 "training these weights and measuring their test accuracy.", ""] if trained else []),
+              "## Files", ""]
+    lines += [f"- `{name}`: {FILE_ROLES[name]}" for name in files if name in FILE_ROLES]
+    return "\n".join(lines) + "\n"
 
 
 def import_model_file(path: Path) -> types.ModuleType:
@@ -257,11 +402,18 @@ def compare_outputs(spec: ArchSpec, standalone: nn.Module, state: dict[str, torc
 
 def export_spec(spec: ArchSpec, out_dir: Path, state: dict[str, torch.Tensor] | None = None,
                 info: dict[str, Any] | None = None, onnx: bool = False, torchscript: bool = False,
-                torch_export: bool = False) -> ExportResult:
-    """Write model.py, arch.json and (when `state` is given) weights.pt [+ model.onnx, model.ts, model.pt2].
+                torch_export: bool = False, retrain: str | None = None) -> ExportResult:
+    """Write model.py, arch.json, README.md and (when `state` is given) weights.pt [+ model.onnx, model.ts, model.pt2].
 
-    Everything is written into a temporary folder and checked first; `out_dir` only receives complete files.
+    `info["train_resolution"]` is the size the weights were trained at; `retrain` the command that trains weights at
+    the deployment resolution, named when the two differ. Everything is written into a temporary folder and checked
+    first; `out_dir` only receives complete files.
     """
+    trained = state is not None
+    info = dict(info or {})
+    if not trained:
+        info.update(train_resolution=None, weights=None)
+    warning = resolution_warning(spec, info, trained, retrain)  # also checks train_resolution before writing
     if onnx:
         _require("onnx", "--onnx needs the onnx and onnxscript packages: pip install onnx onnxscript")
         _require("onnxscript", "--onnx needs the onnx and onnxscript packages: pip install onnx onnxscript")
@@ -272,7 +424,7 @@ def export_spec(spec: ArchSpec, out_dir: Path, state: dict[str, torch.Tensor] | 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir.parent))
     try:
-        (staging / "model.py").write_text(model_source(spec, info))
+        (staging / "model.py").write_text(model_source(spec, info, trained))
         (staging / "arch.json").write_text(spec.to_json() + "\n")
         module = import_model_file(staging / "model.py")
         standalone = module.build_model()
@@ -295,10 +447,12 @@ def export_spec(spec: ArchSpec, out_dir: Path, state: dict[str, torch.Tensor] | 
             scripted.save(str(staging / "model.ts"))
         if onnx:
             facts = {"in_channels": spec.in_channels, "num_classes": spec.num_classes, "resolution": spec.resolution,
-                     "mflops": round(spec_cost(spec).mflops, 4), **(info or {})}
+                     "mflops": round(spec_cost(spec).mflops, 4), **info}
             notes.append(_export_onnx(standalone.eval(), example, staging / "model.onnx", facts))
         if torch_export:
             notes.append(_export_pt2(standalone.eval(), example, staging / "model.pt2"))
+        written = sorted(p.name for p in staging.iterdir() if p.is_file())
+        (staging / "README.md").write_text(readme_text(spec, info, trained, [*written, "README.md"], warning))
         files = tuple(sorted(p.name for p in staging.iterdir() if p.is_file()))
         out_dir.mkdir(parents=True, exist_ok=True)
         for name in files:
@@ -307,7 +461,7 @@ def export_spec(spec: ArchSpec, out_dir: Path, state: dict[str, torch.Tensor] | 
             (out_dir / name).unlink(missing_ok=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return ExportResult(out_dir=out_dir, files=files, max_abs_diff=diff, notes=tuple(notes))
+    return ExportResult(out_dir=out_dir, files=files, max_abs_diff=diff, notes=tuple(notes), warning=warning)
 
 
 def _dynamic_shapes() -> tuple[dict[int, Any]]:
@@ -333,7 +487,7 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, facts: dic
                           dynamic_shapes=_dynamic_shapes(), external_data=False)
     proto = onnx.load(str(path))
     for key in ONNX_METADATA:
-        if facts.get(key) is not None:
+        if facts.get(key) is not None or (key in ALWAYS_IN_METADATA and key in facts):
             entry = proto.metadata_props.add()
             entry.key, entry.value = f"dsearch.{key}", json.dumps(facts[key])
     onnx.save(proto, str(path))

@@ -16,12 +16,13 @@ from typing import Any
 import torch
 
 from .archspec import ArchSpec
+from .cost import spec_cost
 from .data import load_dataset
 from .errors import DsearchError
 from .failures import check_finite_state
 from .study import check_proxy, data_facts
 from .train import DeviceData, ProxyConfig, TrainingDiverged, TrainResult, select_device, train_proxy
-from .validate import check_device, check_fits_memory, check_resolution
+from .validate import TRAINING_ACTIVATION_FACTOR, activation_bytes, check_device, check_resolution, free_memory
 
 # Peak SGD learning rate at batch 128 for full training. The proxy's 0.1 is fine for 2 epochs, but over 10 epochs
 # it collapsed the default study's best trial to chance in epoch 2 (test 0.765), where 0.04 reached 0.853.
@@ -45,6 +46,20 @@ def check_fits_data(spec: ArchSpec, in_channels: int, num_classes: int, dataset:
             "(--dataset) or edit in_channels/num_classes in the ArchSpec")
 
 
+def check_fits_training(spec: ArchSpec, size: int, batch: int, device: torch.device) -> None:
+    """Refuse a training size and batch whose activations exceed the free memory, naming a batch size that fits."""
+    per_image = activation_bytes(spec, size, 1) * TRAINING_ACTIVATION_FACTOR  # activations grow linearly with batch
+    free = free_memory(device)
+    if per_image * batch <= free:
+        return
+    fits = 1 << (int(free // per_image).bit_length() - 1) if free >= per_image else 0  # a power of two
+    fix = (f"use --batch-size {fits} (about {fits * per_image / 2**30:.1f} GiB) or a smaller --train-resolution"
+           if fits else "use a smaller --train-resolution")
+    raise DsearchError(f"--train-resolution {size} needs about {per_image * batch / 2**30:.1f} GiB for training at "
+                       f"batch {batch} of {spec.name or 'the architecture'} ({size}x{size}), but {device} has "
+                       f"{free / 2**30:.1f} GiB free; {fix}")
+
+
 def train_full(spec: ArchSpec, cfg: FullTrainConfig, progress: Callable[[int, int], None] | None = None,
                log: Callable[[str], None] = print) -> tuple[TrainResult, dict[str, Any]]:
     """Train `spec` on the whole training split; returns the result and the facts to keep with the weights."""
@@ -61,8 +76,7 @@ def train_full(spec: ArchSpec, cfg: FullTrainConfig, progress: Callable[[int, in
         device = select_device(cfg.device)
     except (ValueError, RuntimeError) as err:
         raise DsearchError(str(err).splitlines()[0]) from None
-    check_fits_memory(spec, cfg.train_resolution or data.image_size[0], proxy.batch_size, device, "--train-resolution",
-                      training=True)
+    check_fits_training(spec, cfg.train_resolution or data.image_size[0], proxy.batch_size, device)
     device_data = DeviceData(data, device, None, cfg.train_resolution)
     log(f"training {spec.summary()} for {proxy.epochs} epochs on {dataset} "
         f"({len(data.train_x)} images at {device_data.size}x{device_data.size}, {device})")
@@ -75,8 +89,10 @@ def train_full(spec: ArchSpec, cfg: FullTrainConfig, progress: Callable[[int, in
         check_finite_state(result.state)
     except TrainingDiverged as err:
         raise DsearchError(f"training diverged ({err}); lower --lr or try --optimizer adamw") from None
+    # Both sizes: the weights work at train_resolution; the architecture's cost is counted at resolution.
     facts = {"epochs": result.epochs, "dataset": dataset, "val_acc": result.val_acc, "test_acc": result.test_acc,
-             "train_resolution": device_data.size, "train_time_s": round(result.train_time_s, 1),
+             "train_resolution": device_data.size, "resolution": spec.resolution,
+             "mflops": spec_cost(spec).mflops, "train_time_s": round(result.train_time_s, 1),
              "device": result.device, "history": result.history, **data_facts(data),
              "config": json.loads(json.dumps(asdict(proxy)))}
     return result, facts

@@ -89,7 +89,7 @@ def test_standalone_module_matches_dsearch_without_dsearch(name, tmp_path):
     model.load_state_dict(state)
     result = export_spec(spec, tmp_path / "out", state)
     out = tmp_path / "out"
-    assert set(result.files) == {"model.py", "arch.json", "weights.pt"}
+    assert set(result.files) == {"model.py", "arch.json", "weights.pt", "README.md"}
     assert ArchSpec.from_json((out / "arch.json").read_text()) == spec
 
     tree = ast.parse((out / "model.py").read_text())
@@ -182,14 +182,15 @@ def test_cli_export_best_trial_with_its_proxy_weights(searched_study, tmp_path):
         best.user_attrs["arch"])
 
 
-def test_cli_train_then_export_picks_the_fully_trained_weights(searched_study, tmp_path):
+def test_cli_train_then_export_picks_the_fully_trained_weights(searched_study, tmp_path, monkeypatch):
     s = searched_study
     study = optuna.load_study(study_name=s["name"], storage=s["storage"])
     number = next(t.number for t in study.trials if t.user_attrs.get("status") == "complete")
     common = ("--storage", s["storage"], "--trial", str(number))
     proc = dsearch_cli("train", s["name"], *common, "--epochs", "1", "--batch-size", "256", "--quiet", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "test accuracy" in proc.stdout
+    assert "test accuracy" in proc.stdout and "after 1 epochs at 28x28" in proc.stdout
+    assert "note: trained at 28x28, not at the deployment resolution 32x32" in proc.stdout  # even with --quiet
     acc = float(proc.stdout.split("test accuracy ")[1].split()[0])
     assert acc > 0.3  # 1 epoch on the embedded Fashion-MNIST beats chance (0.1) by far
     proc = dsearch_cli("export", s["name"], *common, "--out", "exp", cwd=tmp_path)
@@ -203,6 +204,11 @@ def test_cli_train_then_export_picks_the_fully_trained_weights(searched_study, t
     assert all(torch.equal(weights[k], kept[k]) for k in kept)
     proxy = download(s, study.trials[number].user_attrs["weights_artifact"], tmp_path)
     assert any(not torch.equal(weights[k], proxy[k]) for k in kept)
+    # Trained at the data's 28x28, deployed at the tiny space's 32x32: export warns, the examples feed 28x28, and
+    # fed so the weights score the test accuracy that training measured (far from chance: a wrong feed would show).
+    assert "trained at 28x28, not at the deployment resolution 32x32" in proc.stderr
+    for fed in accuracy_when_fed_as_told(tmp_path / "exp", monkeypatch):
+        assert fed == pytest.approx(acc, abs=0.005)
 
 
 def test_cli_train_json_then_export_folder(tmp_path):
@@ -215,7 +221,7 @@ def test_cli_train_json_then_export_folder(tmp_path):
     proc = dsearch_cli("export", "trained/a/arch.json", "--torchscript", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     out = tmp_path / "exports" / "arch"
-    assert {p.name for p in out.iterdir()} == {"model.py", "arch.json", "weights.pt", "model.ts"}
+    assert {p.name for p in out.iterdir()} == {"model.py", "arch.json", "weights.pt", "model.ts", "README.md"}
     scripted = torch.jit.load(str(out / "model.ts"))
     model = build_model(spec).eval()
     model.load_state_dict(torch.load(out / "weights.pt", weights_only=True))
@@ -352,7 +358,9 @@ def test_cli_export_of_a_rejected_trial_says_so_and_writes_no_weights(searched_s
     assert proc.returncode == 0, proc.stderr
     assert f"trial {number} was rejected by the budget before training (over budget" in proc.stdout
     assert "no kept weights" in proc.stdout
-    assert {p.name for p in (tmp_path / "exp").iterdir()} == {"model.py", "arch.json"}
+    assert {p.name for p in (tmp_path / "exp").iterdir()} == {"model.py", "arch.json", "README.md"}
+    assert "untrained" in proc.stdout and "warning" not in proc.stderr
+    assert "none: untrained" in (tmp_path / "exp" / "README.md").read_text()
     assert spec_cost(ArchSpec.from_json((tmp_path / "exp" / "arch.json").read_text())).mflops > s["budget"]
 
 
@@ -360,7 +368,7 @@ def test_export_into_the_same_folder_leaves_no_stale_files(tmp_path):
     spec = preset("resnet20", in_channels=1)
     export_spec(spec, tmp_path / "out", build_model(spec).state_dict(), torchscript=True)
     export_spec(spec.replace(num_classes=5), tmp_path / "out")  # no weights this time
-    assert {p.name for p in (tmp_path / "out").iterdir()} == {"model.py", "arch.json"}
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"model.py", "arch.json", "README.md"}
     assert ArchSpec.from_json((tmp_path / "out" / "arch.json").read_text()).num_classes == 5
 
 
@@ -374,3 +382,125 @@ def test_cli_export_of_a_preset_matches_torchvision(tmp_path):
     reference = torchvision.models.mobilenet_v2()
     assert sorted(p.shape for p in net.parameters()) == sorted(p.shape for p in reference.parameters())
     assert not (tmp_path / "exports" / "mobilenet_v2" / "weights.pt").exists()
+
+
+def docstring_code(text: str) -> str:
+    """The example at the top of model.py's docstring: its indented lines, dedented."""
+    doc = ast.get_docstring(ast.parse(text)) or ""
+    block = []
+    for line in doc.splitlines()[1:]:
+        if line.startswith("    ") or (not line.strip() and not block):
+            block.append(line)
+        elif block and line.strip():
+            break
+    return textwrap.dedent("\n".join(block)).strip() + "\n"
+
+
+def readme_code(text: str) -> str:
+    """The Python block of an export's README.md."""
+    return text.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def accuracy_when_fed_as_told(folder: Path, monkeypatch) -> tuple[float, float]:
+    """Test accuracy of the exported weights when model.py's and README.md's examples are run as written."""
+    from dsearch.data import load_dataset
+
+    module = import_model_file(folder / "model.py")
+    data = load_dataset(module.INFO["dataset"])
+    images = data.test_x.float() / 255  # the examples' input: pixel values scaled to [0, 1], any size
+    monkeypatch.chdir(folder)  # the examples load "weights.pt" from the export folder
+    monkeypatch.syspath_prepend(str(folder))  # README's `from model import ...`
+    accuracies = []
+    for code in (docstring_code((folder / "model.py").read_text()), readme_code((folder / "README.md").read_text())):
+        namespace = {**vars(module), "images": images}
+        exec(compile(code, str(folder / "example.py"), "exec"), namespace)  # noqa: S102 - running the docs
+        accuracies.append(float((namespace["logits"].argmax(1) == data.test_y).float().mean()))
+    sys.modules.pop("model", None)
+    return accuracies[0], accuracies[1]
+
+
+
+def cli_in_process(capsys, *args) -> tuple[int, str, str]:
+    from dsearch import cli
+
+    code = cli.main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_exported_proxy_weights_score_their_recorded_test_accuracy_where_trained(searched_study, tmp_path,
+                                                                               monkeypatch, capsys):
+    s = searched_study
+    study = optuna.load_study(study_name=s["name"], storage=s["storage"])
+    code, out, err = cli_in_process(capsys, "export", s["name"], "--storage", s["storage"], "--out", tmp_path / "exp")
+    assert code == 0, err
+    number = int(out.split("chose trial ")[1].split(":")[0])
+    trial = study.trials[number]
+    assert trial.user_attrs["train_resolution"] == 28 and trial.user_attrs["resolution"] == 32
+    # Every artifact names both sizes: trained at 28 (the data's own), cost counted at 32 (the tiny space's).
+    module = import_model_file(tmp_path / "exp" / "model.py")
+    assert module.INFO["train_resolution"] == 28 and module.INFO["resolution"] == 32
+    assert "trained at 28x28" in (tmp_path / "exp" / "model.py").read_text()
+    readme = (tmp_path / "exp" / "README.md").read_text()
+    assert "MFLOPs@32x32" in readme and "trained at 28x28" in readme and "size=(28, 28)" in readme
+    assert "trained at 28x28" in out and "MFLOPs@32x32" in out
+    warnings = err.strip().splitlines()
+    assert len(warnings) == 1 and "warning: these weights were trained at 28x28, not at the deployment " \
+        "resolution 32x32" in warnings[0]
+    assert f"dsearch train {s['name']} --trial {number} --storage {s['storage']} --train-resolution 32" in warnings[0]
+    # The independent truth: the test accuracy dsearch's trainer measured for the weights exported (the search's
+    # proxy, or a full training at 28x28 when another test trained this trial first). A 1-epoch proxy on 512 images
+    # is near chance; test_cli_train_then_export_... checks weights far from it.
+    full = optuna.load_study(study_name=s["name"], storage=s["storage"]).user_attrs.get(f"trained.{number}")
+    assert ("fully trained weights" in out) == (full is not None)
+    recorded = full["test_acc"] if full is not None else trial.user_attrs["test_acc"]
+    for acc in accuracy_when_fed_as_told(tmp_path / "exp", monkeypatch):
+        assert acc == pytest.approx(recorded, abs=0.005)
+
+
+def test_weights_trained_at_the_deployment_resolution_export_without_a_warning(searched_study, tmp_path,
+                                                                               monkeypatch, capsys):
+    s = searched_study
+    study = optuna.load_study(study_name=s["name"], storage=s["storage"])
+    number = [t.number for t in study.trials if t.user_attrs.get("status") == "complete"][-1]
+    common = ("--storage", s["storage"], "--trial", number)
+    code, out, err = cli_in_process(capsys, "train", s["name"], *common, "--epochs", 1, "--batch-size", 256,
+                                    "--train-resolution", 32, "--quiet")
+    assert code == 0, err
+    assert "at 32x32" in out and "note: trained at" not in out
+    facts = optuna.load_study(study_name=s["name"], storage=s["storage"]).user_attrs[f"trained.{number}"]
+    assert facts["train_resolution"] == 32 and facts["resolution"] == 32
+    assert facts["mflops"] == pytest.approx(study.trials[number].user_attrs["mflops"], rel=1e-6)
+    code, out, err = cli_in_process(capsys, "export", s["name"], *common, "--out", tmp_path / "exp")
+    assert code == 0, err
+    assert "warning" not in err and "fully trained weights (1 epochs" in out and "trained at 32x32" in out
+    module = import_model_file(tmp_path / "exp" / "model.py")
+    assert module.INFO["train_resolution"] == 32 and "Warning" not in (tmp_path / "exp" / "README.md").read_text()
+    # The 28x28 test images resized to 32x32 as the examples say score what full training measured.
+    for acc in accuracy_when_fed_as_told(tmp_path / "exp", monkeypatch):
+        assert acc == pytest.approx(facts["test_acc"], abs=0.005)
+
+
+def test_weights_of_unknown_size_are_exported_with_a_warning(tmp_path):
+    spec = small_scc_spec()
+    result = export_spec(spec, tmp_path, build_model(spec).state_dict(), {})
+    assert result.warning is not None and "the size these weights were trained at is unknown" in result.warning
+    assert import_model_file(tmp_path / "model.py").INFO["train_resolution"] is None
+    with pytest.raises(DsearchError, match="train_resolution must be a positive number of pixels"):
+        export_spec(spec, tmp_path / "bad", build_model(spec).state_dict(), {"train_resolution": "28\nimport os"})
+    assert not (tmp_path / "bad").exists()
+
+
+def test_training_that_does_not_fit_in_memory_names_a_batch_size_that_does(monkeypatch):
+    from dsearch import fulltrain
+    from dsearch.validate import TRAINING_ACTIVATION_FACTOR, activation_bytes
+
+    spec = separable_spec().replace(in_channels=1, num_classes=10, resolution=28)
+    need = {b: activation_bytes(spec, 224, b) * TRAINING_ACTIVATION_FACTOR for b in (16, 32, 128)}
+    monkeypatch.setattr(fulltrain, "free_memory", lambda _device: (need[16] + need[32]) // 2)
+    cfg = fulltrain.FullTrainConfig(train_resolution=224, device="cpu")
+    with pytest.raises(DsearchError, match=r"--train-resolution 224 needs about .* batch 128 .*use --batch-size 16 "):
+        fulltrain.train_full(spec, cfg, log=lambda _msg: None)
+    monkeypatch.setattr(fulltrain, "free_memory", lambda _device: need[16] // 20)
+    with pytest.raises(DsearchError, match="; use a smaller --train-resolution$"):
+        fulltrain.train_full(spec, cfg, log=lambda _msg: None)

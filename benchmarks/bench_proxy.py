@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import statistics
 import sys
@@ -131,7 +132,8 @@ def report(results: dict[str, Any], proxies: list[str]) -> None:
         print(f"{i:>2} {a['mflops']:>10.1f} {a['mparams']:>7.3f} {a['full']['test_acc']:>9.4f} {cells}")
     truth = [a["full"]["test_acc"] for a in archs]
     print("\nrank agreement with full-schedule test accuracy (95% bootstrap intervals):")
-    print(f"{'predictor':<16} {'n':>3} {'Kendall tau':>22} {'Spearman':>22} {'s/arch':>7}")
+    print(f"{'predictor':<16} {'n':>3} {'Kendall tau':>22} {'Spearman':>22} {'s/arch':>7}  (search: as the search "
+          "recorded it, not retrained)")
     rows: list[tuple[str, list[float], list[float], str]] = [
         ("MFLOPs@224", [a["mflops"] for a in archs], truth, ""),
         ("params", [a["mparams"] for a in archs], truth, "")]
@@ -139,7 +141,7 @@ def report(results: dict[str, Any], proxies: list[str]) -> None:
         have = [a for a in archs if p in a.get("proxies", {})]
         wall = statistics.mean(a["proxies"][p]["wall_s"] for a in have) if have else float("nan")
         rows.append((f"proxy {p}", [a["proxies"][p]["val_acc"] for a in have], [a["full"]["test_acc"] for a in have],
-                     f"{wall:.0f}"))
+                     f"{wall:.0f}" if math.isfinite(wall) else "search"))
     for name, scores, target, wall in rows:
         if len(scores) < 3:
             print(f"{name:<16} {len(scores):>3}  (fewer than 3 architectures)")

@@ -27,7 +27,7 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from .baselines import run_baselines
+from .baselines import run_baselines, trained_ok
 from .errors import DsearchError
 from .fulltrain import FULL_TRAIN_SGD_LR, FullTrainConfig, kept_state, study_defaults, train_full
 from .pareto import arch_of, pareto_front, trained, trials_frame
@@ -253,6 +253,26 @@ def rank_agreement(rows: pd.DataFrame, *, resamples: int = RESAMPLES, level: flo
     return found, against
 
 
+def with_baselines(audit: dict[str, Any], baselines: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The rank agreement over the audited trials and the baselines with both a proxy and a full result.
+
+    The baselines are architectures of the same budget trained with the same proxy and full schedule: they add
+    points, often further apart in accuracy than the searched trials, where seed noise matters less.
+    """
+    usable = [b for b in baselines if trained_ok(b.get("proxy")) and trained_ok(b.get("full"))]
+    if not usable:
+        return None
+    rows = pd.DataFrame(
+        [{column: t[column] for column in ("proxy_val_acc", "full_test_acc", "mflops", "mparams")}
+         for t in audit["trials"].values()]
+        + [{"proxy_val_acc": b["proxy"]["val_acc"], "full_test_acc": b["full"]["test_acc"], "mflops": b["mflops"],
+            "mparams": b["mparams"]} for b in usable])
+    found, against = rank_agreement(rows)
+    part = _clean({"baselines": [b["label"] for b in usable], "agreement": found, "proxy_vs": against})
+    part["verdict"] = verdict(part)
+    return part
+
+
 def verdict(audit: dict[str, Any]) -> str:
     """One plain sentence: does the proxy rank the audited trials better than MFLOPs alone?"""
     agree, diff = audit["agreement"], audit["proxy_vs"]["mflops"]
@@ -325,7 +345,7 @@ def run_audit(study: optuna.Study, url: str, *, k: int = DEFAULT_K, epochs: int 
     found: list[dict[str, Any]] = []
     if baselines:
         found = list(run_baselines(study, url, epochs=cfg.proxy.epochs, log=log))
-        audit = {**audit, "baselines": [b["label"] for b in found]}
+        audit = {**audit, "baselines": [b["label"] for b in found], "with_baselines": with_baselines(audit, found)}
         study.set_user_attr(AUDIT_ATTR, audit)
     return AuditOutcome(audit, found, tuple(done_now), tuple(reused))
 
@@ -338,6 +358,18 @@ def _ci(values: Any) -> str:
     if not values or values[0] is None:
         return "n/a"
     return f"[{values[0]:+.2f}, {values[1]:+.2f}]"
+
+
+def _agreement_lines(part: dict[str, Any], res: str) -> list[str]:
+    """Kendall tau and Spearman rho with intervals per predictor, then the verdict."""
+    lines = [f"  {'predictor':<16}{'Kendall tau':>12} {'interval':<16}{'Spearman':>9} {'interval':<16}"]
+    for name, (_, label) in PREDICTORS.items():
+        a = part["agreement"][name]
+        tau = f"{a['tau']:+.2f}" if a["tau"] is not None else "n/a"
+        rho = f"{a['spearman']:+.2f}" if a["spearman"] is not None else "n/a"
+        lines.append(f"  {label + (res if name == 'mflops' else ''):<16}{tau:>12} {_ci(a['tau_ci']):<16}"
+                     f"{rho:>9} {_ci(a['spearman_ci']):<16}")
+    return [*lines, part["verdict"]]
 
 
 def report_lines(audit: dict[str, Any], baselines: list[dict[str, Any]]) -> list[str]:
@@ -357,18 +389,15 @@ def report_lines(audit: dict[str, Any], baselines: list[dict[str, Any]]) -> list
              "",
              f"rank agreement with full test accuracy (95% bootstrap intervals, "
              f"{schedule['bootstrap']['resamples']} resamples of the trials):",
-             f"  {'predictor':<16}{'Kendall tau':>12} {'interval':<16}{'Spearman':>9} {'interval':<16}"]
-    for name, (_, label) in PREDICTORS.items():
-        a = audit["agreement"][name]
-        tau = f"{a['tau']:+.2f}" if a["tau"] is not None else "n/a"
-        rho = f"{a['spearman']:+.2f}" if a["spearman"] is not None else "n/a"
-        lines.append(f"  {label + (res if name == 'mflops' else ''):<16}{tau:>12} {_ci(a['tau_ci']):<16}"
-                     f"{rho:>9} {_ci(a['spearman_ci']):<16}")
-    lines.append(audit["verdict"])
+             *_agreement_lines(audit, res)]
     if baselines:
         lines += ["", "hand-designed baselines at the budget:"]
         rows = [{"baseline": b["label"], "MFLOPs": f"{b['mflops']:.2f}@{b.get('resolution')}x{b.get('resolution')}",
                  "M params": f"{b['mparams']:.3f}", "proxy val acc": _acc((b.get("proxy") or {}).get("val_acc")),
                  "full test acc": _acc((b.get("full") or {}).get("test_acc"))} for b in baselines]
         lines.append(pd.DataFrame(rows).to_string(index=False))
+    both = audit.get("with_baselines")
+    if both:
+        lines += ["", f"rank agreement over the audited trials and the {len(both['baselines'])} baselines together "
+                  f"({both['agreement']['proxy']['n']} architectures):", *_agreement_lines(both, res)]
     return lines

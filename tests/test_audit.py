@@ -180,6 +180,31 @@ def test_audit_trains_keeps_and_measures(tmp_path, fake_trainer):
     assert all(study.user_attrs[f"{CLAIM_PREFIX}{n}"] is None for n in chosen)  # claims released
 
 
+def test_baselines_join_the_trials_in_a_second_agreement():
+    """Trials and fully trained baselines ranked together; a failed or proxy-only baseline is left out."""
+    trials = {str(n): {"proxy_val_acc": p, "full_test_acc": f, "mflops": c, "mparams": c / 100}
+              for n, (p, f, c) in enumerate([(0.75, 0.856, 170.0), (0.76, 0.855, 157.0), (0.74, 0.856, 258.0),
+                                             (0.79, 0.860, 207.0)])}
+    done = {"status": "complete"}
+    baselines = [
+        {"label": "a", "mflops": 289.0, "mparams": 2.0, "proxy": {**done, "val_acc": 0.62},
+         "full": {**done, "val_acc": 0.83, "test_acc": 0.841}},
+        {"label": "b", "mflops": 275.0, "mparams": 2.1, "proxy": {**done, "val_acc": 0.68},
+         "full": {**done, "val_acc": 0.84, "test_acc": 0.852}},
+        {"label": "failed", "mflops": 290.0, "mparams": 1.5, "proxy": {**done, "val_acc": 0.55},
+         "full": {"status": "failed", "val_acc": None, "test_acc": None}},
+        {"label": "proxy only", "mflops": 290.0, "mparams": 1.5, "proxy": {**done, "val_acc": 0.55}, "full": None}]
+    part = dsearch.audit.with_baselines({"trials": trials}, baselines)
+    assert part["baselines"] == ["a", "b"]
+    proxy = [t["proxy_val_acc"] for t in trials.values()] + [0.62, 0.68]
+    truth = [t["full_test_acc"] for t in trials.values()] + [0.841, 0.852]
+    cost = [t["mflops"] for t in trials.values()] + [289.0, 275.0]
+    assert part["agreement"]["proxy"]["tau"] == pytest.approx(brute_tau_b(proxy, truth))
+    assert part["agreement"]["mflops"]["tau"] == pytest.approx(brute_tau_b(cost, truth))
+    assert part["agreement"]["proxy"]["n"] == 6 and part["verdict"].startswith("verdict: ")
+    assert dsearch.audit.with_baselines({"trials": trials}, baselines[2:]) is None
+
+
 def test_kept_trainings_are_reused_and_other_schedules_retrained(tmp_path, fake_trainer):
     study, url = make_study(tmp_path, n=4)
     first = run_audit(study, url, k=6, epochs=1, baselines=False, log=quiet)

@@ -120,7 +120,7 @@ def fast():
     """No memory checks (tested in test_reliability; each builds a net on the meta device, ~1 s on this CPU)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(bl, "check_fits_memory", lambda *args, **kwargs: None)
-        mp.setattr(fulltrain, "check_fits_memory", lambda *args, **kwargs: None)
+        mp.setattr(fulltrain, "check_fits_training", lambda *args, **kwargs: None)
         yield
 
 

@@ -460,8 +460,8 @@ def audit_figure(audit: dict[str, Any]) -> go.Figure:
 def audit_caption(audit: dict[str, Any]) -> str:
     """Kendall tau (95% interval) of the proxy, MFLOPs and params against full test accuracy, and the verdict."""
 
-    def tau(name: str) -> str:
-        a = (audit.get("agreement") or {}).get(name) or {}
+    def tau(name: str, part: dict[str, Any] = audit) -> str:
+        a = (part.get("agreement") or {}).get(name) or {}
         ci = a.get("tau_ci") or [None, None]
         value = f"{a['tau']:.2f}" if a.get("tau") is not None else "n/a"
         interval = f" (95% CI {ci[0]:.2f} to {ci[1]:.2f})" if ci[0] is not None else ""
@@ -471,9 +471,15 @@ def audit_caption(audit: dict[str, Any]) -> str:
     resolutions = sorted({t.get("resolution") for t in (audit.get("trials") or {}).values()} - {None})
     schedule = audit.get("schedule") or {}
     said = str(audit.get("verdict", "")).removeprefix("verdict: ")
+    both = audit.get("with_baselines")
+    joint = ""
+    if both:
+        said_both = str(both.get("verdict", "")).removeprefix("verdict: ")
+        joint = (f" With the {len(both.get('baselines') or [])} fully trained baselines added: "
+                 f"{'; '.join(tau(name, both) for name in PREDICTORS)}; {said_both}.")
     return (f"Each point is an audited trial (diamonds: on the Pareto front), retrained with the full schedule "
             f"({schedule.get('epochs')} epochs). Kendall tau with full test accuracy: "
-            f"{'; '.join(tau(name) for name in PREDICTORS)}. {said[:1].upper() + said[1:]}. "
+            f"{'; '.join(tau(name) for name in PREDICTORS)}. {said[:1].upper() + said[1:]}.{joint} "
             f"Made by {audit.get('made')}; `dsearch audit` updates it.")
 
 

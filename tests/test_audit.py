@@ -203,6 +203,11 @@ def test_baselines_join_the_trials_in_a_second_agreement():
     assert part["agreement"]["mflops"]["tau"] == pytest.approx(brute_tau_b(cost, truth))
     assert part["agreement"]["proxy"]["n"] == 6 and part["verdict"].startswith("verdict: ")
     assert dsearch.audit.with_baselines({"trials": trials}, baselines[2:]) is None
+    from dsearch.dashboard import audit_caption
+
+    audit = {"trials": trials, "agreement": part["agreement"], "verdict": "verdict: x", "with_baselines": part}
+    assert f"With the 2 fully trained baselines added: proxy val acc {part['agreement']['proxy']['tau']:.2f}" in \
+        audit_caption(audit)
 
 
 def test_kept_trainings_are_reused_and_other_schedules_retrained(tmp_path, fake_trainer):

@@ -2,7 +2,6 @@
 import itertools
 import json
 import math
-import shutil
 
 import numpy as np
 import optuna
@@ -326,9 +325,11 @@ def test_cli_prints_the_table_agreement_verdict_and_baselines(tmp_path, fake_tra
 def test_cli_end_to_end_with_real_training_and_json(searched_study, tmp_path, fake_trainer, monkeypatch, capsys):
     """On a copy of a real tiny search: two trials kept by the stand-in, the third trained for real (1 epoch);
     --json prints exactly the stored audit; a second run reuses all three."""
+    # Optuna's copy, not the files: copying a live SQLite database in WAL mode broke the original for later tests.
     root = tmp_path / "copy"
-    shutil.copytree(searched_study["root"], root)
+    root.mkdir()
     url = f"sqlite:///{root}/study.db"
+    optuna.copy_study(from_study_name="searched", from_storage=searched_study["storage"], to_storage=url)
     study = optuna.load_study(study_name="searched", storage=url)
     for key in list(study.user_attrs):
         if key.startswith("trained.") or key == AUDIT_ATTR:

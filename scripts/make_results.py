@@ -17,6 +17,7 @@ planned runs are still missing; `--render-only` rewrites it from the JSON withou
 
     python scripts/make_results.py                      # the grid, 3 seeds, resumes where it stopped
     python scripts/make_results.py --quick              # 1 seed, 1 epoch: checks the script (build/)
+    python scripts/make_results.py --epochs 10          # another schedule: its runs are kept apart
     python scripts/make_results.py --only '*w0.5*'      # only the configurations whose label matches
     python scripts/make_results.py --render-only        # rewrite docs/results.md from docs/results.json
 """
@@ -509,7 +510,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="width of the SCC experiment (default %(default)s; 0 leaves it out)")
     p.add_argument("--only", default="", help="comma-separated label globs, e.g. '*w0.5_dsc,*scc*'")
     p.add_argument("--quick", action="store_true",
-                   help="check the script: 1 seed, 1 epoch, outputs under build/ unless --json/--md are given")
+                   help="check the script: 1 seed, 1 epoch (on the whole training split: train_full takes no "
+                        "subset), outputs under build/ unless --json/--md are given")
     p.add_argument("--json", type=Path, help=f"results file (default {DEFAULT_JSON.relative_to(REPO)})")
     p.add_argument("--md", type=Path, help=f"markdown written (default {DEFAULT_MD.relative_to(REPO)})")
     p.add_argument("--render-only", action="store_true", help="rewrite the markdown from the results file")

@@ -405,6 +405,8 @@ def render(configs: Sequence[Config], runs: Sequence[Run], records: dict[str, di
         f"Python {facts_line(done, 'python')}.",
         f"- Hardware: {facts_line(done, 'device_name')}; threads: {facts_line(done, 'threads')}.",
         f"- Dates (UTC): {dates[0]} to {dates[-1]}." if dates else "- Dates: no run finished yet.",
+        *([f"- Not shown: the results file also holds runs of other schedules ({meta['elsewhere']}); "
+           "`--epochs` selects a schedule."] if meta.get("elsewhere") else []),
         "",
         "## The BSConv claim",
         "",
@@ -491,6 +493,18 @@ def schedule_text(schedule: dict[str, Any], lr: float | None) -> str:
     return ", ".join(parts)
 
 
+def other_schedules(results: dict[str, Any], schedule: dict[str, Any]) -> str:
+    """Runs in the results file made with other schedules, e.g. '4 runs of 20 epochs'."""
+    counts: dict[str, int] = {}
+    for rec in results["runs"].values():
+        other = rec.get("schedule") or {}
+        if other != schedule:
+            subset = "" if other.get("train_subset") is None else f" on {other['train_subset']} images"
+            name = f"{other.get('epochs')} epochs{subset}"
+            counts[name] = counts.get(name, 0) + 1
+    return ", ".join(f"{n} run{'s' if n > 1 else ''} of {name}" for name, n in sorted(counts.items()))
+
+
 def data_text() -> str:
     """The embedded data's splits as train_full sees them (the validation split is carved out of train)."""
     from dsearch.data import load_dataset
@@ -565,6 +579,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def write_md() -> None:
         records = done_runs(results, runs, schedule)
+        meta["elsewhere"] = other_schedules(results, schedule)
         meta["now"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
         write_atomic(md_path, render(configs, runs, records, meta))
 

@@ -17,6 +17,7 @@ planned runs are still missing; `--render-only` rewrites it from the JSON withou
 
     python scripts/make_results.py                      # the grid, 3 seeds, resumes where it stopped
     python scripts/make_results.py --quick              # 1 seed, 1 epoch: checks the script (build/)
+    python scripts/make_results.py --epochs 10          # another schedule: its runs are kept apart
     python scripts/make_results.py --only '*w0.5*'      # only the configurations whose label matches
     python scripts/make_results.py --render-only        # rewrite docs/results.md from docs/results.json
 """
@@ -404,6 +405,8 @@ def render(configs: Sequence[Config], runs: Sequence[Run], records: dict[str, di
         f"Python {facts_line(done, 'python')}.",
         f"- Hardware: {facts_line(done, 'device_name')}; threads: {facts_line(done, 'threads')}.",
         f"- Dates (UTC): {dates[0]} to {dates[-1]}." if dates else "- Dates: no run finished yet.",
+        *([f"- Not shown: the results file also holds runs of other schedules ({meta['elsewhere']}); "
+           "`--epochs` selects a schedule."] if meta.get("elsewhere") else []),
         "",
         "## The BSConv claim",
         "",
@@ -490,6 +493,18 @@ def schedule_text(schedule: dict[str, Any], lr: float | None) -> str:
     return ", ".join(parts)
 
 
+def other_schedules(results: dict[str, Any], schedule: dict[str, Any]) -> str:
+    """Runs in the results file made with other schedules, e.g. '4 runs of 20 epochs'."""
+    counts: dict[str, int] = {}
+    for rec in results["runs"].values():
+        other = rec.get("schedule") or {}
+        if other != schedule:
+            subset = "" if other.get("train_subset") is None else f" on {other['train_subset']} images"
+            name = f"{other.get('epochs')} epochs{subset}"
+            counts[name] = counts.get(name, 0) + 1
+    return ", ".join(f"{n} run{'s' if n > 1 else ''} of {name}" for name, n in sorted(counts.items()))
+
+
 def data_text() -> str:
     """The embedded data's splits as train_full sees them (the validation split is carved out of train)."""
     from dsearch.data import load_dataset
@@ -509,7 +524,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="width of the SCC experiment (default %(default)s; 0 leaves it out)")
     p.add_argument("--only", default="", help="comma-separated label globs, e.g. '*w0.5_dsc,*scc*'")
     p.add_argument("--quick", action="store_true",
-                   help="check the script: 1 seed, 1 epoch, outputs under build/ unless --json/--md are given")
+                   help="check the script: 1 seed, 1 epoch (on the whole training split: train_full takes no "
+                        "subset), outputs under build/ unless --json/--md are given")
     p.add_argument("--json", type=Path, help=f"results file (default {DEFAULT_JSON.relative_to(REPO)})")
     p.add_argument("--md", type=Path, help=f"markdown written (default {DEFAULT_MD.relative_to(REPO)})")
     p.add_argument("--render-only", action="store_true", help="rewrite the markdown from the results file")
@@ -563,6 +579,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def write_md() -> None:
         records = done_runs(results, runs, schedule)
+        meta["elsewhere"] = other_schedules(results, schedule)
         meta["now"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
         write_atomic(md_path, render(configs, runs, records, meta))
 

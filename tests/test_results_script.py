@@ -188,6 +188,15 @@ def test_render_only_from_a_results_file(mr, tmp_path):
     assert "Runs finished: **9 of 9 planned**." in text and "None: every planned run finished." in text
     assert "**holds** here" in claim_sentence(text)
     assert "9,000 training, 1,000 validation and 2,000 test images of 1 channel at 28x28, 10 classes" in text
+    assert "Not shown" not in text
+    key, rec = record(mr, configs[0], 0, 0.5, epochs=3)
+    results["runs"][key] = rec
+    (tmp_path / "r.json").write_text(json.dumps(results))
+    assert mr.main(["--widths", "0.75", "--scc-width", "0", "--json", str(tmp_path / "r.json"), "--md", str(md),
+                    "--render-only"]) == 0
+    text = md.read_text()
+    assert "Runs finished: **9 of 9 planned**." in text
+    assert "also holds runs of other schedules (1 run of 3 epochs)" in text
 
 
 def test_bad_arguments_exit_2(mr, tmp_path, capsys):

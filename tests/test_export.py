@@ -238,16 +238,17 @@ def test_cli_train_json_then_export_folder(tmp_path):
     (("train", "wrong.json", "--dataset", "fashion-mnist-embedded"), "takes 3 input channel(s)"),
     (("dashboard", "nosuch"), "no study 'nosuch'"),
 ])
-def test_cli_bad_export_and_train_inputs(searched_study, tmp_path, args, needle):
+def test_cli_bad_export_and_train_inputs(searched_study, tmp_path, args, needle, monkeypatch, capsys):
     spec = separable_spec()
     (tmp_path / "wrong.json").write_text(spec.to_json())
     torch.save(build_model(preset("resnet20")).state_dict(), tmp_path / "weights.pt")  # weights of another net
     if args[1] == "searched":
         args = (*args, "--storage", searched_study["storage"])
-    proc = dsearch_cli(*args, cwd=tmp_path)
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and needle in lines[0], proc.stderr
+    monkeypatch.chdir(tmp_path)  # in process (a subprocess per case cost ~4 s of imports each)
+    code, _, err = cli_in_process(capsys, *args)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], err
     assert not (tmp_path / "exports").exists() and not (tmp_path / "trained").exists()
 
 

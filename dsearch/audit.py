@@ -19,8 +19,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
-from datetime import UTC, datetime
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -29,9 +28,11 @@ import pandas as pd
 
 from .baselines import run_baselines, trained_ok
 from .errors import DsearchError
-from .fulltrain import FULL_TRAIN_SGD_LR, FullTrainConfig, kept_state, study_defaults, train_full
+from .fulltrain import FullTrainConfig, full_proxy, kept_state, study_full_config, train_full
 from .pareto import arch_of, pareto_front, trained, trials_frame
 from .rank import LEVEL, RESAMPLES, SEED, agreement, average_ranks, paired_difference
+from .record import made_by
+from .resume import CONFIG_ATTR, IDENTITY_ATTR
 from .study import GRACE_HEARTBEATS, heartbeat_seconds, trained_trials
 from .validate import check_device
 from .weights import artifact_dir, save_full_weights
@@ -116,17 +117,13 @@ def select_trials(frame: pd.DataFrame, k: int = DEFAULT_K) -> list[int]:
 
 def audit_config(study: optuna.Study, epochs: int | None = None, device: str = "auto") -> FullTrainConfig:
     """The full schedule of `dsearch train` for this study (its dataset and training resolution)."""
-    base = FullTrainConfig(device=device)
-    proxy = base.proxy if epochs is None else replace(base.proxy, epochs=epochs)
-    return study_defaults(study.user_attrs.get("dsearch_config") or {}, replace(base, proxy=proxy))
+    return study_full_config(study.user_attrs.get(CONFIG_ATTR) or {}, epochs, device)
 
 
 def schedule_of(study: optuna.Study, cfg: FullTrainConfig) -> dict[str, Any]:
     """The facts a kept full training must have to count for this audit, in the form `trained.N` records them."""
-    proxy = cfg.proxy
-    if proxy.lr is None and proxy.optimizer == "sgd":  # train_full records the learning rate it filled in
-        proxy = replace(proxy, lr=FULL_TRAIN_SGD_LR * proxy.batch_size / 128)
-    identity = study.user_attrs.get("dsearch_identity") or {}
+    proxy = full_proxy(cfg.proxy)  # train_full records the learning rate it filled in
+    identity = study.user_attrs.get(IDENTITY_ATTR) or {}
     return {"dataset": cfg.dataset or "fashion-mnist-embedded",
             "train_resolution": cfg.train_resolution or identity.get("train_resolution"),
             "config": json.loads(json.dumps(asdict(proxy)))}
@@ -291,12 +288,6 @@ def verdict(audit: dict[str, Any]) -> str:
             f"interval of the difference includes 0 ({figures})")
 
 
-def _made() -> str:
-    from . import __version__
-
-    return f"dsearch {__version__}, {datetime.now(UTC).isoformat(timespec='seconds')}"
-
-
 def build_audit(study: optuna.Study, selection: list[int], facts: dict[int, dict[str, Any]], cfg: FullTrainConfig,
                 k: int, candidates: pd.DataFrame) -> dict[str, Any]:
     """The `dsearch_audit` dict of the selected trials' proxy and full results."""
@@ -313,7 +304,7 @@ def build_audit(study: optuna.Study, selection: list[int], facts: dict[int, dict
         "schedule": {"k": k, "epochs": cfg.proxy.epochs, **schedule, "candidates": len(candidates),
                      "strata_per_axis": max(2, math.isqrt(k)),
                      "bootstrap": {"resamples": RESAMPLES, "level": LEVEL, "seed": SEED}},
-        "trials": trials, "agreement": found, "proxy_vs": against, "baselines": [], "made": _made()})
+        "trials": trials, "agreement": found, "proxy_vs": against, "baselines": [], "made": made_by()})
     audit["verdict"] = verdict(audit)
     return audit
 

@@ -20,7 +20,6 @@ training diverged is kept with the reason, never with a made-up accuracy.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -34,8 +33,9 @@ from .cost import Cost, spec_cost
 from .data import load_dataset
 from .errors import DsearchError
 from .failures import check_finite_state
-from .fulltrain import FullTrainConfig, study_defaults, train_full
+from .fulltrain import FullTrainConfig, study_full_config, train_full
 from .presets import mobilenet_v2, with_conv
+from .record import made_by
 from .resume import CONFIG_ATTR, IDENTITY_ATTR, plain
 from .study import SearchConfig, check_proxy
 from .train import DeviceData, ProxyConfig, TrainingDiverged, select_device, train_proxy
@@ -130,14 +130,6 @@ def study_deployment_budget(study: optuna.Study) -> tuple[Budget, int]:
     return Budget(identity.get("budget_mflops"), identity.get("budget_mparams"), int(resolution)), int(resolution)
 
 
-def full_schedule(study: optuna.Study, epochs: int | None = None) -> FullTrainConfig:
-    """The full schedule of `dsearch train` for this study (its dataset and training size), `epochs` overriding."""
-    cfg = FullTrainConfig()
-    if epochs is not None:
-        cfg = replace(cfg, proxy=replace(cfg.proxy, epochs=epochs))
-    return study_defaults(study.user_attrs.get(CONFIG_ATTR) or {}, cfg)
-
-
 def proxy_schedule(cfg: SearchConfig) -> dict[str, Any]:
     """What makes a proxy result comparable with the study's trials: data, split seed and every proxy setting."""
     return plain({"dataset": cfg.dataset, "split_seed": cfg.seed, "proxy": asdict(cfg.proxy)})
@@ -164,21 +156,15 @@ def _current(part: Mapping[str, Any] | None, schedule: dict[str, Any]) -> bool:
     return part is not None and part.get("schedule") == schedule
 
 
-def _made() -> str:
-    from . import __version__
-
-    return f"dsearch {__version__}, {datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')}"
-
-
 def new_record(b: Baseline, train_resolution: int) -> dict[str, Any]:
     """A baseline's record before any training."""
     return plain({"label": b.label, "conv": b.conv, "width": b.width, "arch": b.spec.to_dict(),
                   "mflops": b.cost.mflops, "mparams": b.cost.mparams, "resolution": b.spec.resolution,
-                  "train_resolution": train_resolution, "proxy": None, "full": None, "made": _made()})
+                  "train_resolution": train_resolution, "proxy": None, "full": None, "made": made_by()})
 
 
 def _store(study: optuna.Study, record: dict[str, Any]) -> None:
-    record["made"] = _made()  # the last training's version and time; each result holds its own schedule
+    record["made"] = made_by()  # the last training's version and time; each result holds its own schedule
     study.set_user_attr(ATTR_PREFIX + record["label"], plain(record))
 
 
@@ -204,7 +190,7 @@ def run_baselines(study: optuna.Study, storage_url: str, *, epochs: int | None =
     budget, resolution = study_deployment_budget(study)
     data = load_dataset(cfg.dataset, cfg.data_dir, seed=cfg.seed)
     baselines = baseline_specs(budget, data.in_channels, data.num_classes, resolution, kinds)
-    full_cfg = full_schedule(study, epochs)
+    full_cfg = study_full_config(study.user_attrs.get(CONFIG_ATTR) or {}, epochs)
     check_proxy(full_cfg.proxy)
     try:
         device = select_device("auto")

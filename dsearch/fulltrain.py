@@ -67,9 +67,7 @@ def train_full(spec: ArchSpec, cfg: FullTrainConfig, progress: Callable[[int, in
     check_proxy(cfg.proxy)
     check_resolution(cfg.train_resolution, "--train-resolution")
     check_device(cfg.device)
-    proxy = cfg.proxy
-    if proxy.lr is None and proxy.optimizer == "sgd":
-        proxy = replace(proxy, lr=FULL_TRAIN_SGD_LR * proxy.batch_size / 128)
+    proxy = full_proxy(cfg.proxy)
     data = load_dataset(dataset, cfg.data_dir, seed=cfg.proxy.seed)
     check_fits_data(spec, data.in_channels, data.num_classes, dataset)
     try:
@@ -103,6 +101,20 @@ def kept_state(result: TrainResult) -> dict[str, torch.Tensor]:
     if result.state is None:
         raise RuntimeError("training returned no weights to keep: train_proxy must fill TrainResult.state")
     return result.state
+
+
+def full_proxy(proxy: ProxyConfig) -> ProxyConfig:
+    """The settings full training runs with: SGD's unset learning rate is the full schedule's, not the proxy's."""
+    if proxy.lr is None and proxy.optimizer == "sgd":
+        return replace(proxy, lr=FULL_TRAIN_SGD_LR * proxy.batch_size / 128)
+    return proxy
+
+
+def study_full_config(study_config: dict[str, Any], epochs: int | None = None, device: str = "auto") -> FullTrainConfig:
+    """`dsearch train`'s default schedule for a study (its dataset and training size), `epochs` overriding."""
+    base = FullTrainConfig(device=device)
+    proxy = base.proxy if epochs is None else replace(base.proxy, epochs=epochs)
+    return study_defaults(study_config, replace(base, proxy=proxy))
 
 
 def study_defaults(study_config: dict[str, Any], cfg: FullTrainConfig) -> FullTrainConfig:

@@ -103,3 +103,11 @@ def name_metrics(study: optuna.Study, objective: str, resolution: int) -> None:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(metric_names(objective, resolution))
 
+
+def made_by() -> str:
+    """How and when a stored result was made: dsearch's version and the UTC time."""
+    from datetime import UTC, datetime
+
+    from . import __version__
+
+    return f"dsearch {__version__}, {datetime.now(UTC).isoformat(timespec='seconds')}"

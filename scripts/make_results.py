@@ -536,7 +536,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    from dsearch.fulltrain import FULL_TRAIN_SGD_LR, FullTrainConfig
+    from dsearch.fulltrain import FullTrainConfig, full_proxy
     try:
         widths = [float(w) for w in args.widths.split(",") if w.strip()]
     except ValueError:
@@ -567,9 +567,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     schedule = schedule_of(full_cfg.proxy)
-    proxy = full_cfg.proxy
-    lr = proxy.lr if proxy.lr is not None else (FULL_TRAIN_SGD_LR * proxy.batch_size / 128
-                                                if proxy.optimizer == "sgd" else None)
+    lr = full_proxy(full_cfg.proxy).lr  # what train_full runs with
     shown_json = json_path.relative_to(REPO) if json_path.is_relative_to(REPO) else json_path
     shown_md = md_path.relative_to(REPO) if md_path.is_relative_to(REPO) else md_path
     command = "python scripts/make_results.py" + "".join(

@@ -36,7 +36,7 @@ from .failures import check_finite_state, failure_reason, optuna_log_level, reco
 from .latency import measure_latency
 from .paths import default_storage, local_storage_file
 from .record import STATUSES, arch_attrs, arch_key, name_metrics, set_constraints, trial_arch_key
-from .resume import bind, check_resume, space_digest
+from .resume import CONFIG_ATTR, bind, check_resume, space_digest
 from .spaces import Space, extreme_spec, load_space, sample
 from .train import OPTIMIZERS, DeviceData, ProxyConfig, TrainingDiverged, select_device, train_proxy
 from .validate import check_device, check_fits_memory, check_int, check_number, check_resolution, check_seed
@@ -49,6 +49,7 @@ FRESH_ATTEMPTS = 300  # random samples (repaired) tried when looking for an untr
 HEARTBEAT_S = 20
 STORAGE_ATTEMPTS = 4
 GRACE_HEARTBEATS = 3  # a trial whose worker missed 3 heartbeats (60 s by default) is marked failed
+WORKER_SEED_STRIDE = 1_000_003  # sampler seeds of parallel workers lie this far apart
 HEARTBEAT_ENV = "DSEARCH_HEARTBEAT_S"  # seconds between heartbeats; tests shorten it to see a killed worker sooner
 
 
@@ -206,7 +207,9 @@ def open_study(study_name: str, storage_url: str | None = None) -> tuple[optuna.
 
 
 SAMPLER_FACTORIES: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
-    "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed, n_startup_trials=6),
+    # constant_liar: a running trial of another worker counts as a poor result, so that workers spread out
+    # (no effect with one worker, which never asks while its own trial runs).
+    "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed, n_startup_trials=6, constant_liar=True),
     "nsga2": lambda seed: optuna.samplers.NSGAIISampler(seed=seed, population_size=8),
     "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
 }
@@ -281,8 +284,9 @@ class Objective:
 
     def __init__(self, cfg: SearchConfig, space: Space, data: Dataset, device_data: DeviceData,
                  log: Callable[[str], None], progress: Callable[[int, int], None] | None = None,
-                 weights_dir: Path | None = None) -> None:
+                 weights_dir: Path | None = None, worker: int | None = None) -> None:
         self.cfg, self.space, self.data, self.device_data = cfg, space, data, device_data
+        self.worker = worker  # which worker of a parallel run trains here (None: a standalone run)
         self.weights_dir = weights_dir
         self.resolution = cfg.resolution or space.resolution
         self.train_resolution = device_data.size
@@ -326,6 +330,10 @@ class Objective:
         train_cost = spec_cost(spec, self.train_resolution)
         trial.set_user_attr("mflops_train", train_cost.mflops)
         trial.set_user_attr("train_resolution", self.train_resolution)
+        if self.device_data.device.type == "cpu":  # the thread count changes a seeded trial's sums, so its result
+            trial.set_user_attr("cpu_threads", torch.get_num_threads())
+        if self.worker is not None:
+            trial.set_user_attr("worker", self.worker)
         if self.cfg.measure_latency:
             trial.set_user_attr("latency_ms", round(measure_latency(spec, self.device_data.device), 3))
             trial.set_user_attr("latency_device", str(self.device_data.device))
@@ -421,8 +429,12 @@ def outpaced_by(study: optuna.Study, mflops: float, epoch: int, acc: float,
 
 
 def prepare_study(cfg: SearchConfig, study_name: str, storage_url: str, identity: dict[str, Any],
-                  allow_changed_settings: bool = False) -> optuna.Study:
-    """Create the study, or load it and check that it was made with the same settings (see dsearch.resume)."""
+                  allow_changed_settings: bool = False, worker: int = 0) -> optuna.Study:
+    """Create the study, or load it and check that it was made with the same settings (see dsearch.resume).
+
+    `worker` numbers the parallel workers of one `dsearch run --jobs N` (0 for the first): each gets its own
+    sampler seed, so that workers started at the same moment do not propose the same architectures.
+    """
     storage = open_storage(storage_url)
     directions: list[Literal["maximize", "minimize"]] = ["maximize"]  # val acc, then MFLOPs for "multi"
     if cfg.objective == "multi":
@@ -434,11 +446,18 @@ def prepare_study(cfg: SearchConfig, study_name: str, storage_url: str, identity
     changes = check_resume(study_name, existing, identity, allow_changed_settings)
     # A distinct sampler seed per start, so that a resumed or second worker does not replay the same samples.
     seed = cfg.seed + (len(existing.get_trials(deepcopy=False)) if existing is not None else 0)
+    seed = (seed + WORKER_SEED_STRIDE * worker) % 2 ** 32
     study = optuna.create_study(study_name=study_name, storage=storage, directions=directions, load_if_exists=True,
                                 sampler=SAMPLER_FACTORIES[cfg.sampler](seed), pruner=PRUNER_FACTORIES[cfg.pruner]())
     bind(study, identity, asdict(cfg), existing is None, changes)
     name_metrics(study, cfg.objective, cfg.resolution or load_space(cfg.space).resolution)
     return study
+
+
+def study_split_seed(study: optuna.Study, default: int) -> int:
+    """The seed of the study's validation split: that of the run that made it (its recorded settings)."""
+    seed = (study.user_attrs.get(CONFIG_ATTR) or {}).get("seed")
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else default
 
 
 def data_facts(data: Dataset) -> dict[str, Any]:
@@ -477,11 +496,18 @@ def run_search(cfg: SearchConfig, study_name: str, storage_url: str | None = Non
                timeout: float | None = None, log: Callable[[str], None] = print,
                progress_factory: Callable[[int], Any] | None = None,
                trial_progress: Callable[[int, int], None] | None = None,
-               allow_changed_settings: bool = False) -> SearchSummary:
+               allow_changed_settings: bool = False, worker: int | None = None,
+               on_study: Callable[[optuna.Study], None] | None = None,
+               shared_from: int | None = None) -> SearchSummary:
     """Run (or resume) a search until this worker has trained `n_trials` architectures or `timeout` passes.
 
     Every input is checked before anything is written, so bad input creates no study. A resume with
     other settings is refused unless `allow_changed_settings` (then the change is recorded on the study).
+    `worker` numbers the parallel workers of one run (see dsearch.workers; None: a standalone run);
+    `on_study(study)` is called once the study exists, before any trial. With `shared_from` (the study's
+    trial count when a parallel run began; -1: when this worker begins), `n_trials` counts what all the
+    run's workers train from there on, and this worker starts no trial once those trained and those
+    running reach it.
     """
     check_config(cfg)
     optuna.logging.set_verbosity(optuna_log_level())  # dsearch prints its own one line per trial
@@ -498,11 +524,16 @@ def run_search(cfg: SearchConfig, study_name: str, storage_url: str | None = Non
     check_fits(space, data, cfg, device)
     check_budget_reachable(space, data, cfg)
     identity = cfg.identity(space, cfg.proxy.train_resolution or data.image_size[0])
-    study = prepare_study(cfg, study_name, storage_url, identity, allow_changed_settings)
+    study = prepare_study(cfg, study_name, storage_url, identity, allow_changed_settings, worker or 0)
+    split_seed = study_split_seed(study, cfg.seed)
+    if split_seed != cfg.seed:  # every trial of a study is validated on the same images, whoever trains it
+        data = load_dataset(cfg.dataset, cfg.data_dir, seed=split_seed)
+        log(f"validating on the study's split (seed {split_seed}, the seed it was made with); --seed {cfg.seed} "
+            "seeds this worker's sampler and training")
     if "dsearch_data" not in study.user_attrs:
         study.set_user_attr("dsearch_data", data_facts(data))
     device_data = DeviceData(data, device, cfg.proxy.train_subset, cfg.proxy.train_resolution)
-    objective = Objective(cfg, space, data, device_data, log, trial_progress, artifact_dir(study, storage_url))
+    objective = Objective(cfg, space, data, device_data, log, trial_progress, artifact_dir(study, storage_url), worker)
     target, exhausted = _target(study, space, data, cfg, n_trials, log)
     bar = progress_factory(target) if progress_factory and target else None
     trained = 0
@@ -511,10 +542,27 @@ def run_search(cfg: SearchConfig, study_name: str, storage_url: str | None = Non
     stale = 0  # trials in a row that trained nothing new
     stopped: str | None = None
     first = len(study.get_trials(deepcopy=False))  # this run's trials come after
-    rng = random.Random(f"{cfg.seed}/{first}")
+    rng = random.Random(f"{cfg.seed}/{first}" + (f"/{worker}" if worker else ""))  # worker 0 as a standalone run
+    if shared_from is not None and shared_from < 0:
+        shared_from = first
+    if on_study is not None:
+        on_study(study)
+
+    def run_done() -> int:
+        """Architectures this run has trained: this worker's, or with shared_from every worker's."""
+        return trained if shared_from is None else len(trained_trials_since(study, shared_from))
+
+    def enough() -> bool:
+        if shared_from is None:
+            return trained >= target
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        busy = sum(t.number >= shared_from for t in running)  # this run's; not a dead worker's stale trial
+        return run_done() + busy >= target
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         nonlocal trained, failures_in_a_row, stale, stopped, exhausted
+        if shared_from is not None and enough():  # the other workers trained (or are training) the rest
+            study.stop()
         if trial.state == TrialState.FAIL:
             failures_in_a_row += 1
             reason = failure_reason(trial)
@@ -530,8 +578,8 @@ def run_search(cfg: SearchConfig, study_name: str, storage_url: str | None = Non
             failures_in_a_row, stale = 0, 0
             trained += 1
             if bar is not None:
-                bar.update(1)
-            if trained >= target:
+                bar.update(run_done() - bar.n)
+            if enough():
                 study.stop()
             return
         stale += 1
@@ -553,7 +601,7 @@ def run_search(cfg: SearchConfig, study_name: str, storage_url: str | None = Non
 
     start = time.perf_counter()
     interrupted = False
-    if target and not exhausted:
+    if target and not exhausted and not (shared_from is not None and enough()):  # a late worker may find all done
         try:
             study.optimize(recording_failures(objective), n_trials=1000 + 100 * target, timeout=timeout,
                            callbacks=[after_trial], catch=(Exception,), gc_after_trial=False, show_progress_bar=False)
@@ -564,9 +612,11 @@ def run_search(cfg: SearchConfig, study_name: str, storage_url: str | None = Non
                 bar.close()
     wall = time.perf_counter() - start
     this_run = study.get_trials(deepcopy=False)[first:]
-    if not interrupted and not stopped and not exhausted and trained < target and timeout is None:
+    # A shared run's workers stop as the others take the last trials: the run as a whole is judged by its caller.
+    if not interrupted and not stopped and not exhausted and trained < target and timeout is None \
+            and shared_from is None:
         stopped = f"sampled {len(this_run)} trials without training {target} architectures"
-    if target < n_trials and trained == target and not exhausted:
+    if target < n_trials and run_done() >= target and not exhausted:
         exhausted = all_trained(len(trained_keys(study)))
     return SearchSummary(study=study, storage_url=storage_url, resolution=cfg.resolution or space.resolution,
                          counts=trial_counts(study), wall_s=wall, interrupted=interrupted, asked=target,
@@ -594,6 +644,11 @@ def trained_trials(study: optuna.Study) -> list[FrozenTrial]:
     """The trials that trained an architecture (complete or pruned after training), repeats left out."""
     finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
     return [t for t in finished if t.user_attrs.get("trained") and t.user_attrs.get("status") != "duplicate"]
+
+
+def trained_trials_since(study: optuna.Study, first: int) -> list[FrozenTrial]:
+    """The trials numbered `first` or later that trained an architecture (repeats left out)."""
+    return [t for t in trained_trials(study) if t.number >= first]
 
 
 def trained_keys(study: optuna.Study) -> set[str]:

@@ -497,14 +497,15 @@ def run_search(cfg: SearchConfig, study_name: str, storage_url: str | None = Non
                progress_factory: Callable[[int], Any] | None = None,
                trial_progress: Callable[[int, int], None] | None = None,
                allow_changed_settings: bool = False, worker: int | None = None,
-               on_study: Callable[[optuna.Study], None] | None = None,
+               on_study: Callable[[optuna.Study, int], None] | None = None,
                shared_from: int | None = None) -> SearchSummary:
     """Run (or resume) a search until this worker has trained `n_trials` architectures or `timeout` passes.
 
     Every input is checked before anything is written, so bad input creates no study. A resume with
     other settings is refused unless `allow_changed_settings` (then the change is recorded on the study).
     `worker` numbers the parallel workers of one run (see dsearch.workers; None: a standalone run);
-    `on_study(study)` is called once the study exists, before any trial. With `shared_from` (the study's
+    `on_study(study, first)` is called once the study exists, before any trial, with the number this run's
+    trials start from. With `shared_from` (the study's
     trial count when a parallel run began; -1: when this worker begins), `n_trials` counts what all the
     run's workers train from there on, and this worker starts no trial once those trained and those
     running reach it.
@@ -546,22 +547,21 @@ def run_search(cfg: SearchConfig, study_name: str, storage_url: str | None = Non
     if shared_from is not None and shared_from < 0:
         shared_from = first
     if on_study is not None:
-        on_study(study)
+        on_study(study, first)
 
     def run_done() -> int:
         """Architectures this run has trained: this worker's, or with shared_from every worker's."""
         return trained if shared_from is None else len(trained_trials_since(study, shared_from))
 
-    def enough() -> bool:
-        if shared_from is None:
-            return trained >= target
+    def shared_done(first_of_run: int) -> bool:
+        """Whether a shared run's trained and running trials (all workers') reach the target."""
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        busy = sum(t.number >= shared_from for t in running)  # this run's; not a dead worker's stale trial
-        return run_done() + busy >= target
+        busy = sum(t.number >= first_of_run for t in running)  # this run's; not a dead worker's stale trial
+        return len(trained_trials_since(study, first_of_run)) + busy >= target
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         nonlocal trained, failures_in_a_row, stale, stopped, exhausted
-        if shared_from is not None and enough():  # the other workers trained (or are training) the rest
+        if shared_from is not None and shared_done(shared_from):  # this one's trial included
             study.stop()
         if trial.state == TrialState.FAIL:
             failures_in_a_row += 1
@@ -579,7 +579,7 @@ def run_search(cfg: SearchConfig, study_name: str, storage_url: str | None = Non
             trained += 1
             if bar is not None:
                 bar.update(run_done() - bar.n)
-            if enough():
+            if shared_from is None and trained >= target:
                 study.stop()
             return
         stale += 1
@@ -601,7 +601,7 @@ def run_search(cfg: SearchConfig, study_name: str, storage_url: str | None = Non
 
     start = time.perf_counter()
     interrupted = False
-    if target and not exhausted and not (shared_from is not None and enough()):  # a late worker may find all done
+    if target and not exhausted and not (shared_from is not None and shared_done(shared_from)):  # a late worker
         try:
             study.optimize(recording_failures(objective), n_trials=1000 + 100 * target, timeout=timeout,
                            callbacks=[after_trial], catch=(Exception,), gc_after_trial=False, show_progress_bar=False)

@@ -90,8 +90,8 @@ def run_parallel(cfg: SearchConfig, study_name: str, storage_url: str | None = N
     children: list[tuple[int, Any, Connection]] = []
     first_trial: list[int] = []
 
-    def start_others(study: optuna.Study) -> None:
-        first_trial.append(len(study.get_trials(deepcopy=False)))  # where this run's trials begin, for all workers
+    def start_others(study: optuna.Study, first: int) -> None:
+        first_trial.append(first)  # where this run's trials begin, for all workers
         url = storage_url or storage_url_of(study)  # the default one when none was given
         for worker in range(1, workers):
             receive, send = context.Pipe(duplex=False)
@@ -118,8 +118,7 @@ def run_parallel(cfg: SearchConfig, study_name: str, storage_url: str | None = N
         raise
     finally:
         torch.set_num_threads(previous_threads)
-    return _merge(main, results, time.perf_counter() - start, first_trial[0] if first_trial else 0, n_trials,
-                  timeout)
+    return _merge(main, results, time.perf_counter() - start, first_trial[0], n_trials, timeout)
 
 
 def _collect(worker: int, process: Any, conn: Connection) -> WorkerResult:

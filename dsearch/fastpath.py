@@ -13,7 +13,10 @@ gradients for the same parameters, in a cheaper form chosen from the layer's geo
   over the channel dimension (PyTorch's 1x1 conv on small maps is 2-30x slower);
 - scale: a depthwise conv with one live tap is a per-channel multiply;
 - dwgrad: a depthwise conv over 3x3 on a small map computes its weight gradient as one grouped conv;
-- SCC's sliding-channel map runs as one matrix product with its masked dense weight.
+- SCC's sliding-channel map runs as one matrix product with its masked dense weight;
+- native: with dsearch's own CPU kernels built (dsearch.native), a depthwise conv whose stride,
+  kernel or map size makes oneDNN slow runs as a direct channels_last kernel, and every training
+  batch norm runs fused with the ReLU6 that follows it (one module; the ReLU6 becomes Identity).
 
 Every replacement holds the original Parameter objects, so the optimizer, the state_dict (full
 kernels, the same keys) and the exported weights are the model's own; nothing here changes an
@@ -31,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import native
 from .layers import SlidingChannelConv, scc_dense_weight
 from .ops.scc import scc_pointwise
 
@@ -130,6 +134,15 @@ class DepthwiseConv(torch.autograd.Function):
         return grad_x, grad_w, None, None
 
 
+def native_depthwise_wins(w: TapWindow, size: int) -> bool:
+    """Whether dsearch's depthwise kernel beats oneDNN's (forward + backward, batch 128) for this geometry.
+
+    Measured (README, Benchmarks): it wins on strided convs, kernels over 3x3 and maps up to 2x2;
+    oneDNN keeps stride-1 3x3 convs on larger maps.
+    """
+    return native.library() is not None and (w.stride > 1 or w.count > 3 or size <= 2)
+
+
 class ProxyConv2d(nn.Module):
     """A plain square conv's function in its cheapest exact form for one input size; holds the conv's Parameters."""
 
@@ -149,6 +162,8 @@ class ProxyConv2d(nn.Module):
         one_tap = w.count == 1 and w.crop_padding == 0
         if self.depthwise and one_tap:
             return "scale"
+        if self.depthwise and device_type == "cpu" and native_depthwise_wins(w, self.input_size):
+            return "native"
         if self.depthwise and w.count > 3 and device_type == "cpu" and self.input_size <= DWGRAD_MAX_INPUT:
             return "dwgrad"
         if one_tap and self.groups == 1 and w.stride == 1 and w.out_size ** 2 <= LINEAR_MAX_PIXELS \
@@ -171,6 +186,8 @@ class ProxyConv2d(nn.Module):
             y = x[:, :, ::w.stride, ::w.stride] * weight.reshape(1, -1, 1, 1)
         elif self.form == "linear" and _is_channels_last(x):
             return pointwise_linear(x, weight, self.bias)
+        elif self.form == "native" and native.nhwc_ok(x):
+            y = native.DepthwiseConv.apply(x, weight, w.stride, w.crop_padding)
         elif self.form == "dwgrad":
             y = DepthwiseConv.apply(x, weight, w.stride, w.crop_padding)
         else:
@@ -208,6 +225,64 @@ class ProxySlidingChannelConv(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, groups={self.groups}, overlap={self.overlap:g}"
+
+
+class ProxyBatchNorm(nn.BatchNorm2d):
+    """A BatchNorm2d (its own Parameters and buffers), fused with the ReLU6 after it when `act`.
+
+    Training batches in channels_last fp32 on the CPU run dsearch's fused kernel (batch statistics,
+    normalisation and clamp in two passes over memory, running statistics updated as BatchNorm2d
+    does); anything else (evaluation, tracing, other layouts) runs BatchNorm2d's forward, then the clamp.
+    """
+
+    def __init__(self, bn: nn.BatchNorm2d, act: bool) -> None:
+        nn.Module.__init__(self)
+        self.num_features, self.eps, self.momentum = bn.num_features, bn.eps, bn.momentum
+        self.affine, self.track_running_stats = bn.affine, bn.track_running_stats
+        self.weight, self.bias = bn.weight, bn.bias
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            self.register_buffer(name, getattr(bn, name))
+        self.act = act
+
+    def _native(self, x: Tensor) -> bool:
+        return (self.training and self.affine and self.track_running_stats and not torch.jit.is_tracing()
+                and native.nhwc_ok(x) and x.numel() > x.shape[1] and native.library() is not None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self._native(x):
+            y = super().forward(x)
+            return F.hardtanh(y, 0.0, 6.0, inplace=True) if self.act else y
+        y, mean, var = native.BatchNormAct.apply(x, self.weight, self.bias, self.eps, self.act)
+        assert self.num_batches_tracked is not None and self.running_mean is not None \
+            and self.running_var is not None  # track_running_stats
+        with torch.no_grad():
+            self.num_batches_tracked.add_(1)
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+            count = x.numel() // x.shape[1]
+            self.running_mean.mul_(1 - factor).add_(mean, alpha=factor)
+            self.running_var.mul_(1 - factor).add_(var * (count / (count - 1)), alpha=factor)
+        return y
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", fused ReLU6" if self.act else "")
+
+
+def _fuse_batch_norms(model: nn.Module) -> int:
+    """Swap every plain BatchNorm2d for a ProxyBatchNorm, fusing a ReLU6 that directly follows it in a Sequential."""
+    fused = 0
+    for parent in list(model.modules()):
+        children = list(parent.named_children())
+        sequential = isinstance(parent, nn.Sequential) and type(parent).forward is nn.Sequential.forward
+        for i, (name, child) in enumerate(children):
+            if type(child) is not nn.BatchNorm2d:
+                continue
+            after = children[i + 1] if sequential and i + 1 < len(children) else None
+            act = after is not None and type(after[1]) is nn.ReLU6
+            setattr(parent, name, ProxyBatchNorm(child, act))
+            if after is not None and act:
+                setattr(parent, after[0], nn.Identity())
+            fused += 1
+    return fused
 
 
 def conv_input_sizes(model: nn.Module, in_channels: int, size: int) -> dict[nn.Module, int]:
@@ -267,4 +342,6 @@ def specialise(model: nn.Module, in_channels: int, size: int) -> dict[str, int]:
             if replacement is not None:
                 setattr(parent, name, replacement)
                 forms[form] = forms.get(form, 0) + 1
+    if device_type == "cpu" and native.library() is not None:
+        forms["native_bn"] = _fuse_batch_norms(model)
     return forms

@@ -27,6 +27,7 @@ import sqlalchemy
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
+from . import native
 from .archspec import ArchSpecError
 from .budget import Budget, build, feasible_count, feasible_params, random_recorder, repair
 from .cost import Cost, spec_cost
@@ -332,6 +333,7 @@ class Objective:
         trial.set_user_attr("train_resolution", self.train_resolution)
         if self.device_data.device.type == "cpu":  # the thread count changes a seeded trial's sums, so its result
             trial.set_user_attr("cpu_threads", torch.get_num_threads())
+            trial.set_user_attr("cpu_kernels", native.status())  # dsearch's own or PyTorch's: sums differ slightly
         if self.worker is not None:
             trial.set_user_attr("worker", self.worker)
         if self.cfg.measure_latency:

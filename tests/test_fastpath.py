@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dsearch import ArchSpec, ConvSpec, HeadSpec, StageSpec, StemSpec, build_model, count_cost, preset
+from dsearch import ArchSpec, ConvSpec, HeadSpec, StageSpec, StemSpec, build_model, count_cost, native, preset
 from dsearch.data import load_dataset
 from dsearch.fastpath import ProxyConv2d, ProxySlidingChannelConv, live_taps, specialise
 from dsearch.layers import conv2d
@@ -15,6 +15,15 @@ from dsearch.ops import SlidingChannelConvOp
 from dsearch.train import DeviceData, ProxyConfig, train_proxy
 
 CL = torch.channels_last
+
+
+@pytest.fixture(autouse=True)
+def pytorch_kernels_only(monkeypatch):
+    """This file checks the forms built from PyTorch's own ops; test_native.py checks dsearch's kernels."""
+    monkeypatch.setenv(native.ENV_SWITCH, "0")
+    native.library.cache_clear()
+    yield
+    native.library.cache_clear()
 
 
 def brute_force_live_taps(size: int, kernel: int, stride: int) -> tuple[list[int], int]:

@@ -1,0 +1,179 @@
+"""dsearch's own CPU kernels compute PyTorch's functions: checked against float64 PyTorch references."""
+import copy
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_fastpath import narrow_mobile_spec
+from torch import nn
+
+from dsearch import build_model, native
+from dsearch.data import load_dataset
+from dsearch.fastpath import ProxyBatchNorm, ProxyConv2d, specialise
+from dsearch.train import DeviceData, ProxyConfig, train_proxy
+
+CL = torch.channels_last
+needs_kernels = pytest.mark.skipif(native.library() is None, reason="no C compiler: dsearch's kernels are not built")
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return ((got.double() - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
+
+
+# (batch, channels, size, kernel, stride, padding): the mobile space's depthwise convs at 28x28, cropped ones
+# (padding below k // 2), an even kernel and channel counts that are not a multiple of the vector width.
+DW_SHAPES = [(4, 16, 14, 3, 1, 1), (3, 24, 7, 5, 2, 2), (3, 40, 4, 5, 1, 2), (2, 8, 2, 7, 1, 3), (2, 8, 1, 3, 1, 1),
+             (3, 17, 9, 7, 2, 3), (2, 5, 6, 4, 2, 2), (2, 33, 2, 3, 1, 1), (2, 12, 4, 3, 2, 0), (2, 20, 3, 2, 1, 0)]
+
+
+@needs_kernels
+@pytest.mark.parametrize("n,c,size,k,stride,pad", DW_SHAPES)
+def test_depthwise_kernel_matches_conv2d(n, c, size, k, stride, pad):
+    torch.manual_seed(0)
+    x = torch.randn(n, c, size, size).contiguous(memory_format=CL).requires_grad_()
+    w = torch.randn(c, 1, k, k, requires_grad=True)
+    y = native.DepthwiseConv.apply(x, w, stride, pad)
+    g = torch.randn_like(y).contiguous(memory_format=CL)
+    gx, gw = torch.autograd.grad(y, (x, w), g)
+    xd, wd = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    ref = F.conv2d(xd, wd, None, stride, pad, 1, c)
+    ref_gx, ref_gw = torch.autograd.grad(ref, (xd, wd), g.double())
+    assert y.shape == ref.shape and y.is_contiguous(memory_format=CL)
+    assert relative_error(y, ref) < 1e-6
+    assert relative_error(gx, ref_gx) < 1e-6
+    assert relative_error(gw, ref_gw) < 1e-5
+
+
+@needs_kernels
+@pytest.mark.parametrize("act", [True, False], ids=["relu6", "plain"])
+@pytest.mark.parametrize("n,c,size", [(8, 16, 14), (5, 33, 3), (64, 40, 1), (3, 7, 5)])
+def test_batch_norm_kernel_matches_batch_norm(n, c, size, act):
+    torch.manual_seed(0)
+    # An offset mean, to catch cancellation in the variance; scale and shift put part of the output past 0 and 6.
+    x = (torch.randn(n, c, size, size) * 3 + 20).contiguous(memory_format=CL).requires_grad_()
+    w, b = (torch.randn(c) * 2).requires_grad_(), (torch.randn(c) + 2).requires_grad_()
+    y, mean, var = native.BatchNormAct.apply(x, w, b, 1e-5, act)
+    g = torch.randn_like(y).contiguous(memory_format=CL)
+    grads = torch.autograd.grad(y, (x, w, b), g)
+    xd, wd, bd = (t.detach().double().requires_grad_() for t in (x, w, b))
+    ref = F.batch_norm(xd, None, None, wd, bd, True, 0.1, 1e-5)
+    if act:
+        ref = F.relu6(ref)
+        assert 0 < (ref == 0).double().mean() < 0.9 and (ref == 6).any()  # the clamp's both sides are exercised
+    ref_grads = torch.autograd.grad(ref, (xd, wd, bd), g.double())
+    assert relative_error(y, ref) < 1e-5
+    assert relative_error(mean, xd.mean((0, 2, 3))) < 1e-6
+    assert relative_error(var, xd.var((0, 2, 3), unbiased=False)) < 1e-4
+    for got, want in zip(grads, ref_grads, strict=True):
+        assert relative_error(got, want) < 1e-4
+
+
+@needs_kernels
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_proxy_batch_norm_keeps_batch_norm_state(momentum):
+    torch.manual_seed(0)
+    plain = nn.BatchNorm2d(12, momentum=momentum)
+    with torch.no_grad():
+        plain.weight.uniform_(0.5, 2)
+        plain.bias.uniform_(-1, 1)
+    fused = ProxyBatchNorm(copy.deepcopy(plain), act=False)
+    for _ in range(3):
+        x = (torch.randn(6, 12, 5, 5) * 2 + 1).contiguous(memory_format=CL)
+        torch.testing.assert_close(fused(x), plain(x), rtol=1e-5, atol=1e-5)
+    assert int(fused.num_batches_tracked) == int(plain.num_batches_tracked) == 3
+    torch.testing.assert_close(fused.running_mean, plain.running_mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fused.running_var, plain.running_var, rtol=1e-5, atol=1e-6)
+    fused.eval()
+    plain.eval()
+    x = torch.randn(2, 12, 3, 3).contiguous(memory_format=CL)
+    torch.testing.assert_close(fused(x), plain(x))
+
+
+@needs_kernels
+def test_specialised_float_model_with_kernels_matches_plain_model():
+    torch.manual_seed(0)
+    spec = narrow_mobile_spec()
+    plain = build_model(spec)
+    fast = copy.deepcopy(plain).to(memory_format=CL)
+    forms = specialise(fast, spec.in_channels, 28)
+    assert forms.get("native", 0) + forms.get("native+crop", 0) > 0, forms
+    fused = [m for m in fast.modules() if isinstance(m, ProxyBatchNorm)]
+    assert forms["native_bn"] == len(fused) == sum(isinstance(m, nn.BatchNorm2d) for m in plain.modules())
+    relus = sum(isinstance(m, nn.ReLU6) for m in plain.modules())
+    assert sum(m.act for m in fused) + sum(isinstance(m, nn.ReLU6) for m in fast.modules()) == relus
+    x = torch.randn(16, 1, 28, 28)
+    y = torch.arange(16) % 10
+    losses, grads = [], []
+    for model, layout in ((plain, torch.contiguous_format), (fast, CL)):
+        torch.manual_seed(1)  # the same dropout mask
+        loss = F.cross_entropy(model(x.contiguous(memory_format=layout)), y)
+        losses.append(loss)
+        grads.append(torch.autograd.grad(loss, list(model.parameters())))
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-5)
+    # Relative to each gradient, or to the largest one for gradients that are zero up to rounding (a bias
+    # followed by batch norm).
+    scale = max(g.abs().max().item() for g in grads[0])
+    for (name, _), got, want in zip(plain.named_parameters(), grads[1], grads[0], strict=True):
+        assert (got - want).abs().max() <= 1e-3 * want.abs().max() + 1e-6 * scale, name
+    for name, buffer in plain.named_buffers():  # one training step's running statistics
+        torch.testing.assert_close(fast.get_buffer(name), buffer, rtol=1e-4, atol=1e-5, msg=name)
+    assert fast.state_dict().keys() == plain.state_dict().keys()
+
+
+@needs_kernels
+def test_train_proxy_with_kernels_learns_like_without(monkeypatch):
+    data = load_dataset()
+    small = dataclasses.replace(data, val_x=data.val_x[:256], val_y=data.val_y[:256], test_x=data.test_x[:64],
+                                test_y=data.test_y[:64])
+    runs = []
+    for switch in ("1", "0"):
+        monkeypatch.setenv(native.ENV_SWITCH, switch)
+        native.library.cache_clear()
+        runs.append(train_proxy(narrow_mobile_spec(), DeviceData(small, torch.device("cpu"), train_subset=1024),
+                                ProxyConfig(epochs=3, batch_size=64)))
+    native.library.cache_clear()
+    with_kernels, without = runs
+    assert with_kernels.history[-1] > 0.2 and without.history[-1] > 0.2  # 10 classes: chance is 0.1
+    # The same seeded run; only the order of float sums differs.
+    assert abs(with_kernels.history[-1] - without.history[-1]) <= 0.06
+    fresh = build_model(narrow_mobile_spec())
+    fresh.load_state_dict(with_kernels.state)
+
+
+def test_without_kernels_the_fast_path_keeps_pytorch_forms(monkeypatch):
+    monkeypatch.setenv(native.ENV_SWITCH, "0")
+    native.library.cache_clear()
+    try:
+        assert native.library() is None and native.status() == "torch"
+        model = build_model(narrow_mobile_spec())
+        forms = specialise(model, 1, 28)
+        assert not any(form.startswith("native") for form in forms), forms
+        assert not any(isinstance(m, ProxyBatchNorm) for m in model.modules())
+        assert all(m.form != "native" for m in model.modules() if isinstance(m, ProxyConv2d))
+    finally:
+        native.library.cache_clear()
+
+
+def test_a_failed_build_warns_and_falls_back(monkeypatch, tmp_path):
+    monkeypatch.setenv(native.ENV_CACHE, str(tmp_path))
+    monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
+    monkeypatch.setattr(native, "_compiler", lambda: "/bin/false")
+    native.library.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="could not be built"):
+            assert native.library() is None
+        assert list(tmp_path.rglob("*.so")) == []  # nothing half-written
+    finally:
+        native.library.cache_clear()
+
+
+@needs_kernels
+def test_kernels_build_into_the_cache_folder(monkeypatch, tmp_path):
+    monkeypatch.setenv(native.ENV_CACHE, str(tmp_path))
+    native.library.cache_clear()
+    try:
+        assert native.library() is not None
+        assert [p.suffix for p in tmp_path.iterdir()] == [".so"]
+    finally:
+        native.library.cache_clear()

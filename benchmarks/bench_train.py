@@ -15,7 +15,8 @@ For each architecture, in the same run, interleaved round by round (--repeats ro
             TensorDataset of float images (shuffled, batch 128), fp32, SGD; once in NCHW and
             once in channels_last; the faster of the two is the baseline;
   dsearch:  `train_proxy` (uint8 data on the device, on-device augmentation, the fast path of
-            dsearch.fastpath, bf16 autocast on CUDA), timed from its progress callback.
+            dsearch.fastpath with dsearch's own CPU kernels where built (DSEARCH_NATIVE=0 turns them
+            off), bf16 autocast on CUDA), timed from its progress callback.
 Both are timed over the same number of training steps after the same warm-up steps, without
 evaluation. images/s is the median over rounds; the ratio is dsearch / baseline. Share of peak:
 MACs per image at 28x28 (fvcore) x 3 (forward + backward) x images/s, against the MAC/s of a
@@ -33,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from dsearch import build_model, preset, spec_cost
+from dsearch import build_model, native, preset, spec_cost
 from dsearch.archspec import ArchSpec
 from dsearch.data import load_dataset
 from dsearch.spaces import load_space, sample
@@ -153,7 +154,8 @@ def main() -> None:
                   for name, w in PRESETS]
     peak = matmul_macs_per_s(device)
     cpu = _cpu_name() if device.type == "cpu" else torch.cuda.get_device_name(device)
-    print(f"torch {torch.__version__}, {device} ({cpu}), {torch.get_num_threads()} threads; fp32 matmul "
+    kernels = f"dsearch's CPU kernels: {native.status()}; " if device.type == "cpu" else ""
+    print(f"torch {torch.__version__}, {device} ({cpu}), {torch.get_num_threads()} threads; {kernels}fp32 matmul "
           f"{peak / 1e9:.0f} GMAC/s; training at {size}x{size}, batch {args.batch}, {args.steps} timed steps "
           f"after {WARMUP_STEPS} warm-up, {args.repeats} interleaved rounds (medians)")
     print(f"\n{'arch':<16} {'MFLOPs@224':>10} {'NCHW':>7} {'ch_last':>7} {'dsearch':>7} {'ratio':>6} "

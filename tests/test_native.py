@@ -1,4 +1,4 @@
-"""dsearch's own CPU kernels compute PyTorch's functions: checked against float64 PyTorch references."""
+"""The CPU trainer's fast kernels compute the same functions: dsearch's own against float64 PyTorch, the fused optimizer against its loop."""
 import copy
 import dataclasses
 
@@ -11,7 +11,7 @@ from torch import nn
 from dsearch import build_model, native
 from dsearch.data import load_dataset
 from dsearch.fastpath import ProxyBatchNorm, ProxyConv2d, specialise
-from dsearch.train import DeviceData, ProxyConfig, train_proxy
+from dsearch.train import DeviceData, ProxyConfig, _optimizer, train_proxy
 
 CL = torch.channels_last
 needs_kernels = pytest.mark.skipif(native.library() is None, reason="no C compiler: dsearch's kernels are not built")
@@ -172,3 +172,25 @@ def test_kernels_build_into_the_cache_folder(monkeypatch, tmp_path):
         assert [p.suffix for p in tmp_path.iterdir()] == [".so"]
     finally:
         native.library.cache_clear()
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_cpu_optimizer_is_fused_and_updates_like_the_loop(optimizer):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Flatten(), nn.LazyLinear(4))
+    model(torch.randn(2, 3, 6, 6))
+    twin = copy.deepcopy(model)
+    cfg = ProxyConfig(optimizer=optimizer)
+    fast = _optimizer(model, cfg)
+    assert all(group["fused"] for group in fast.param_groups)
+    loop = _optimizer(twin, cfg)
+    for group in loop.param_groups:  # PyTorch's per-tensor loop: the reference update
+        group["fused"], group["foreach"] = None, False
+    for step in range(3):
+        for m, opt in ((model, fast), (twin, loop)):
+            torch.manual_seed(step)
+            opt.zero_grad()
+            m(torch.randn(4, 3, 6, 6)).square().mean().backward()
+            opt.step()
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -79,7 +79,7 @@ def _build(compiler: str, source: bytes, target: Path) -> None:
 
 @cache
 def library() -> ctypes.CDLL | None:
-    """The compiled kernels, or None (no compiler, a failed build, a non-x86/ARM Linux, or DSEARCH_NATIVE=0)."""
+    """The compiled kernels, or None (no C compiler, a failed build, not Linux, or DSEARCH_NATIVE=0)."""
     if os.environ.get(ENV_SWITCH, "1") == "0" or platform.system() != "Linux":
         return None
     compiler = _compiler()

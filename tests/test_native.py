@@ -1,4 +1,7 @@
-"""The CPU trainer's fast kernels compute the same functions: dsearch's own against float64 PyTorch, the fused optimizer against its loop."""
+"""The CPU trainer's fast kernels compute the same functions.
+
+dsearch's own kernels are checked against float64 PyTorch, the fused optimizer step against its per-tensor loop.
+"""
 import copy
 import dataclasses
 

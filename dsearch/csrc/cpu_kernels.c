@@ -4,8 +4,8 @@
  * when no compiler is there, dsearch trains with PyTorch's own kernels instead.
  *
  * - batch norm (training mode, batch statistics) with an optional ReLU6, forward and backward: one
- *   pass for the statistics (accumulated in double) and one for the output, where PyTorch runs batch
- *   norm and the clamp as separate passes over memory;
+ *   pass for the statistics (shifted sums, float within blocks of pixels, double across them) and
+ *   one for the output, where PyTorch runs batch norm and the clamp as separate passes over memory;
  * - depthwise convolution (any square kernel, stride, zero padding), forward, input gradient and
  *   weight gradient, vectorised over the contiguous channel dimension. Weights are K x K x C.
  *

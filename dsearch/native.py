@@ -108,10 +108,6 @@ def status() -> str:
     return "native" if library() is not None else "torch"
 
 
-def _ptr(t: Tensor) -> int:
-    return t.data_ptr()
-
-
 def nhwc_ok(x: Tensor) -> bool:
     """Whether `x` suits the kernels: an fp32 CPU tensor, channels_last contiguous, 4-d."""
     return x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 \
@@ -134,8 +130,8 @@ class BatchNormAct(torch.autograd.Function):
         y = _nhwc_empty(n, c, h, w)
         weight, bias = weight.detach().contiguous(), bias.detach().contiguous()
         mean, invstd, var = (torch.empty(c) for _ in range(3))
-        lib.bn_act_forward(_ptr(x), _ptr(y), _ptr(weight), _ptr(bias), n * h * w, c, eps, int(act),
-                           _ptr(mean), _ptr(invstd), _ptr(var))
+        lib.bn_act_forward(x.data_ptr(), y.data_ptr(), weight.data_ptr(), bias.data_ptr(), n * h * w, c, eps,
+                           int(act), mean.data_ptr(), invstd.data_ptr(), var.data_ptr())
         ctx.save_for_backward(x, weight, bias, mean, invstd)
         ctx.act = act
         ctx.mark_non_differentiable(mean, var)
@@ -150,8 +146,9 @@ class BatchNormAct(torch.autograd.Function):
         n, c, h, w = x.shape
         grad = grad.contiguous(memory_format=torch.channels_last)
         dx, dweight, dbias = _nhwc_empty(n, c, h, w), torch.empty(c), torch.empty(c)
-        lib.bn_act_backward(_ptr(x), _ptr(grad), _ptr(dx), _ptr(weight), _ptr(bias), _ptr(mean), _ptr(invstd),
-                            n * h * w, c, int(ctx.act), _ptr(dweight), _ptr(dbias))
+        lib.bn_act_backward(x.data_ptr(), grad.data_ptr(), dx.data_ptr(), weight.data_ptr(), bias.data_ptr(),
+                            mean.data_ptr(), invstd.data_ptr(), n * h * w, c, int(ctx.act), dweight.data_ptr(),
+                            dbias.data_ptr())
         return dx, dweight, dbias, None, None
 
 
@@ -171,7 +168,7 @@ class DepthwiseConv(torch.autograd.Function):
         geometry = _dw_geometry(x, weight.shape[-1], stride, padding)
         n, _, _, c, _, _, _, ho, wo = geometry
         y = _nhwc_empty(n, c, ho, wo)
-        lib.dw_forward(_ptr(x), _ptr(taps), _ptr(y), *geometry)
+        lib.dw_forward(x.data_ptr(), taps.data_ptr(), y.data_ptr(), *geometry)
         ctx.save_for_backward(x, taps)
         ctx.geometry = geometry
         return y
@@ -186,9 +183,9 @@ class DepthwiseConv(torch.autograd.Function):
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
             grad_x = torch.empty_like(x)
-            lib.dw_backward_input(_ptr(grad), _ptr(taps), _ptr(grad_x), *geometry)
+            lib.dw_backward_input(grad.data_ptr(), taps.data_ptr(), grad_x.data_ptr(), *geometry)
         if ctx.needs_input_grad[1]:
             grad_taps = torch.empty_like(taps)
-            lib.dw_backward_weight(_ptr(grad), _ptr(x), _ptr(grad_taps), *geometry)
+            lib.dw_backward_weight(grad.data_ptr(), x.data_ptr(), grad_taps.data_ptr(), *geometry)
             grad_w = grad_taps.permute(2, 0, 1).unsqueeze(1).contiguous()
         return grad_x, grad_w, None, None

@@ -34,7 +34,7 @@ ENV_CACHE = "DSEARCH_NATIVE_CACHE"  # where compiled kernels are kept (default: 
 
 _I64, _PTR, _F64, _INT = ctypes.c_int64, ctypes.c_void_p, ctypes.c_double, ctypes.c_int
 _SIGNATURES = {
-    "bn_act_forward": [_PTR, _PTR, _PTR, _PTR, _I64, _I64, _F64, _INT, _PTR, _PTR, _PTR],
+    "bn_act_forward": [_PTR, _PTR, _PTR, _PTR, _I64, _I64, _F64, _INT, _PTR, _PTR, _PTR, _PTR, _F64],
     "bn_act_backward": [_PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _I64, _I64, _INT, _PTR, _PTR],
     "dw_forward": [_PTR, _PTR, _PTR] + [_I64] * 9,
     "dw_backward_input": [_PTR, _PTR, _PTR] + [_I64] * 9,
@@ -119,36 +119,40 @@ def _nhwc_empty(n: int, c: int, h: int, w: int) -> Tensor:
 
 
 class BatchNormAct(torch.autograd.Function):
-    """Training-mode batch norm over the batch's statistics, then ReLU6 when `act`; returns y, mean, biased var."""
+    """Training-mode batch norm over the batch's statistics, then ReLU6 when `act`.
+
+    `bn` is the BatchNorm2d whose running statistics (and num_batches_tracked) the kernel updates in
+    place, as BatchNorm2d.forward does; its weight and bias are the `weight` and `bias` arguments.
+    """
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, eps: float, act: bool
-                ) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, bn: torch.nn.BatchNorm2d, act: bool) -> Tensor:
         lib = library()
-        assert lib is not None
+        assert lib is not None and bn.running_mean is not None and bn.running_var is not None \
+            and bn.num_batches_tracked is not None
         n, c, h, w = x.shape
         y = _nhwc_empty(n, c, h, w)
-        weight, bias = weight.detach().contiguous(), bias.detach().contiguous()
-        mean, invstd, var = (torch.empty(c) for _ in range(3))
-        lib.bn_act_forward(x.data_ptr(), y.data_ptr(), weight.data_ptr(), bias.data_ptr(), n * h * w, c, eps,
-                           int(act), mean.data_ptr(), invstd.data_ptr(), var.data_ptr())
-        ctx.save_for_backward(x, weight, bias, mean, invstd)
+        stats = torch.empty(2, c)  # mean, invstd
+        lib.bn_act_forward(x.data_ptr(), y.data_ptr(), weight.data_ptr(), bias.data_ptr(), n * h * w, c, bn.eps,
+                           int(act), stats.data_ptr(), bn.running_mean.data_ptr(), bn.running_var.data_ptr(),
+                           bn.num_batches_tracked.data_ptr(), -1.0 if bn.momentum is None else bn.momentum)
+        ctx.save_for_backward(x, weight, bias, stats)
         ctx.act = act
-        ctx.mark_non_differentiable(mean, var)
-        return y, mean, var
+        return y
 
     @staticmethod
-    def backward(ctx, grad: Tensor, _mean: Tensor | None, _var: Tensor | None
-                 ) -> tuple[Tensor, Tensor, Tensor, None, None]:
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, None, None]:
         lib = library()
         assert lib is not None
-        x, weight, bias, mean, invstd = ctx.saved_tensors
+        x, weight, bias, stats = ctx.saved_tensors
         n, c, h, w = x.shape
         grad = grad.contiguous(memory_format=torch.channels_last)
-        dx, dweight, dbias = _nhwc_empty(n, c, h, w), torch.empty(c), torch.empty(c)
+        dx, dparams = _nhwc_empty(n, c, h, w), torch.empty(2, c)
+        mean = stats.data_ptr()
         lib.bn_act_backward(x.data_ptr(), grad.data_ptr(), dx.data_ptr(), weight.data_ptr(), bias.data_ptr(),
-                            mean.data_ptr(), invstd.data_ptr(), n * h * w, c, int(ctx.act), dweight.data_ptr(),
-                            dbias.data_ptr())
+                            mean, mean + 4 * c, n * h * w, c, int(ctx.act), dparams.data_ptr(),
+                            dparams.data_ptr() + 4 * c)
+        dweight, dbias = dparams.unbind()
         return dx, dweight, dbias, None, None
 
 

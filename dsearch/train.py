@@ -210,7 +210,7 @@ def train_proxy(
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     model = build_model(spec).to(device).to(memory_format=data.memory_format)
     specialise(model, spec.in_channels, data.size)  # same function and parameters, cheaper forms at this size
-    uses_bsconv_s = any(isinstance(m, BSConvS) for m in model.modules())
+    bsconv_s_layers = [m for m in model.modules() if isinstance(m, BSConvS)]  # their regulariser joins the loss
     if device.type == "cuda" and CUDA_GRAPHS:
         model.train()
         model = graph_training_step(model, data.prepare(data.train_x[:cfg.batch_size]))
@@ -235,8 +235,8 @@ def train_proxy(
             x = data.prepare(x)
             with _autocast(device):
                 loss = F.cross_entropy(model(x), data.train_y[idx], label_smoothing=cfg.label_smoothing)
-            if uses_bsconv_s:
-                loss = loss + bsconv_reg_loss(model, cfg.bsconv_alpha)
+            if bsconv_s_layers:
+                loss = loss + bsconv_reg_loss(bsconv_s_layers, cfg.bsconv_alpha)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

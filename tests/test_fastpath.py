@@ -9,7 +9,7 @@ from torch import nn
 
 from dsearch import ArchSpec, ConvSpec, HeadSpec, StageSpec, StemSpec, build_model, count_cost, native, preset
 from dsearch.data import load_dataset
-from dsearch.fastpath import ProxyConv2d, ProxySlidingChannelConv, live_taps, specialise
+from dsearch.fastpath import ProxyConv2d, ProxyDropout, ProxySlidingChannelConv, live_taps, specialise
 from dsearch.layers import conv2d
 from dsearch.ops import SlidingChannelConvOp
 from dsearch.train import DeviceData, ProxyConfig, train_proxy
@@ -108,7 +108,7 @@ def test_proxy_scc_equals_custom_op(groups, overlap):
         torch.testing.assert_close(b, a, rtol=0, atol=1e-12)
 
 
-def narrow_mobile_spec() -> ArchSpec:
+def narrow_mobile_spec(dropout: float = 0.2) -> ArchSpec:
     """The mobile space's macro structure (224 design, five stride-2 steps) at small widths: at 28x28 its last
     stages run on 2x2 and 1x1 maps with 7x7 and 5x5 kernels; every conv kind appears."""
     def stage(width, repeats, stride, kernel, conv):
@@ -119,12 +119,12 @@ def narrow_mobile_spec() -> ArchSpec:
               stage(12, 1, 1, 5, ConvSpec.of("bsconv_u")),
               stage(16, 2, 2, 7, ConvSpec.of("scc", groups=4, overlap=0.5, **sep)))
     return ArchSpec(in_channels=1, num_classes=10, resolution=224, stem=StemSpec(8, 3, 2, "relu6"), stages=stages,
-                    head=HeadSpec(32, "relu6", 0.2))
+                    head=HeadSpec(32, "relu6", dropout))
 
 
 def test_specialised_model_has_same_loss_gradients_state_and_cost():
     torch.manual_seed(0)
-    spec = narrow_mobile_spec()
+    spec = narrow_mobile_spec(dropout=0.0)  # the CPU proxy draws dropout masks from another stream (tested below)
     plain = build_model(spec).double()
     fast = copy.deepcopy(plain)
     forms = specialise(fast, spec.in_channels, 28)
@@ -134,7 +134,6 @@ def test_specialised_model_has_same_loss_gradients_state_and_cost():
     y = torch.arange(4) % 10
     losses, grads = [], []
     for model, layout in ((plain, torch.contiguous_format), (fast, CL)):
-        torch.manual_seed(1)  # the same dropout mask
         loss = F.cross_entropy(model(x.contiguous(memory_format=layout)), y)
         losses.append(loss)
         grads.append(dict(zip([n for n, _ in model.named_parameters()],
@@ -171,3 +170,24 @@ def test_presets_specialise_without_changing_the_state_dict():
     specialise(model, 1, 28)
     after = model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_proxy_dropout_keeps_dropouts_distribution_scale_and_gradient():
+    p = 0.25
+    model = nn.Sequential(nn.Flatten(1), nn.Dropout(p))
+    assert specialise(model, 1, 4)["dropout"] == 1 and isinstance(model[1], ProxyDropout)
+    x = torch.rand(200, 500) + 0.5  # no zeros: a zero output is a dropped unit
+    x.requires_grad_()
+    torch.manual_seed(3)
+    y = model(x)
+    kept = y != 0
+    # Each unit kept with probability 1 - p: within 5 standard deviations over 100,000 units.
+    assert abs(kept.double().mean().item() - (1 - p)) < 5 * (p * (1 - p) / kept.numel()) ** 0.5
+    torch.testing.assert_close(y[kept], x.detach()[kept] / (1 - p), rtol=1e-6, atol=0)
+    g = torch.randn_like(y)
+    (gx,) = torch.autograd.grad(y, x, g)
+    torch.testing.assert_close(gx, g * kept / (1 - p), rtol=1e-6, atol=0)
+    torch.manual_seed(3)
+    assert torch.equal(model(x), y)  # seeded: the same mask
+    model.eval()
+    assert torch.equal(model(x), x)

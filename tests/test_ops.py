@@ -199,6 +199,8 @@ def test_bsconv_reg_loss_is_frobenius_norm_sum():
         w1 = layer.pw1.weight.detach().flatten(1).double()
         expected += torch.sqrt(((w1 @ w1.T - torch.eye(w1.shape[0], dtype=torch.float64)) ** 2).sum()).item()
     assert bsconv_reg_loss(model, alpha=0.3).item() == pytest.approx(0.3 * expected, rel=1e-5)
+    assert bsconv_reg_loss([model[0], model[1]], alpha=0.3).item() == pytest.approx(0.3 * expected, rel=1e-5)
+    assert bsconv_reg_loss([]).item() == 0
     assert bsconv_reg_loss(nn.Sequential(make_conv("dsc", 4, 4, 3))).item() == 0
 
 

@@ -99,19 +99,28 @@ static void bn_affine(const float *gamma, const float *beta, const float *mean, 
 }
 
 /* y = gamma (x - mean) / sqrt(var + eps) + beta over batch statistics, then ReLU6 when act.
- * Writes mean, invstd and the biased variance (per channel) for the backward pass and running stats. */
+ * Writes mean and invstd (per channel) to stats (2 x C) for the backward pass, and updates the running
+ * statistics as BatchNorm2d does: num_batches_tracked += 1, then with factor = momentum (or 1 / num_batches_tracked
+ * when momentum < 0, PyTorch's momentum=None) running = (1 - factor) running + factor batch, where the batch
+ * variance is unbiased (P / (P - 1)). */
 void bn_act_forward(const float *x, float *y, const float *gamma, const float *beta, i64 P, i64 C, double eps,
-                    int act, float *mean_out, float *invstd_out, float *var_out) {
+                    int act, float *stats, float *running_mean, float *running_var, int64_t *num_batches_tracked,
+                    double momentum) {
     double *s1 = malloc(sizeof(double) * 2 * C), *s2 = s1 + C;
     float *scale = malloc(sizeof(float) * 2 * C), *shift = scale + C;
+    float *mean_out = stats, *invstd_out = stats + C;
     shifted_sums(x, x, P, C, s1, s2);
+    *num_batches_tracked += 1;
+    double factor = momentum < 0 ? 1.0 / (double)*num_batches_tracked : momentum;
+    double unbias = P > 1 ? (double)P / (double)(P - 1) : 1.0;
     for (i64 c = 0; c < C; c++) {
         double d = s1[c] / P, mean = x[c] + d, var = s2[c] / P - d * d;
         if (var < 0) var = 0;
         double invstd = 1.0 / sqrt(var + eps);
         mean_out[c] = (float)mean;
         invstd_out[c] = (float)invstd;
-        var_out[c] = (float)var;
+        running_mean[c] = (float)((1 - factor) * running_mean[c] + factor * mean);
+        running_var[c] = (float)((1 - factor) * running_var[c] + factor * var * unbias);
     }
     bn_affine(gamma, beta, mean_out, invstd_out, C, scale, shift);
 #pragma omp parallel for schedule(static)

@@ -2,7 +2,7 @@
 and the BSConv-S regulariser. The modules themselves live in dsearch.layers."""
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -38,17 +38,20 @@ MID_ACTIVATION = Knob(
 )
 
 
-def bsconv_reg_loss(model: nn.Module, alpha: float = 0.1) -> torch.Tensor:
-    """alpha * sum over BSConv-S layers of ||W1 W1^T - I||_F (Frobenius norm, not squared)."""
+def bsconv_reg_loss(model: nn.Module | Sequence[BSConvS], alpha: float = 0.1) -> torch.Tensor:
+    """alpha * sum over BSConv-S layers of ||W1 W1^T - I||_F (Frobenius norm, not squared).
+
+    `model` is a network, or the list of its BSConv-S layers (a training loop finds them once, not every step).
+    """
+    layers = [m for m in model.modules() if isinstance(m, BSConvS)] if isinstance(model, nn.Module) else model
     terms = []
-    for module in model.modules():
-        if isinstance(module, BSConvS):
-            w1 = module.get_parameter("pw1.weight").flatten(1)  # M' x M (typed, unlike the attribute path)
-            gram = w1 @ w1.t()
-            eye = torch.eye(gram.shape[0], device=gram.device, dtype=gram.dtype)
-            terms.append(torch.linalg.matrix_norm(gram - eye, ord="fro"))
+    for layer in layers:
+        w1 = layer.get_parameter("pw1.weight").flatten(1)  # M' x M (typed, unlike the attribute path)
+        gram = w1 @ w1.t()
+        eye = torch.eye(gram.shape[0], device=gram.device, dtype=gram.dtype)
+        terms.append(torch.linalg.matrix_norm(gram - eye, ord="fro"))
     if not terms:
-        param = next(model.parameters(), None)
+        param = next(model.parameters(), None) if isinstance(model, nn.Module) else None
         return torch.zeros((), device=param.device if param is not None else None)
     return alpha * torch.stack(terms).sum()
 

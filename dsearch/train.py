@@ -6,10 +6,13 @@ each training step's forward and backward replay as CUDA graphs (see CUDA_GRAPHS
 """
 from __future__ import annotations
 
+import ctypes
 import math
+import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 
 import torch
 import torch.nn.functional as F
@@ -167,6 +170,26 @@ def memory_format(device: torch.device) -> torch.memory_format:
     return torch.contiguous_format if device.type == "cuda" else torch.channels_last
 
 
+@cache
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to reuse freed memory instead of unmapping it (once per process; False if not glibc).
+
+    A training step frees and reallocates activations of 1-20 MB. By default glibc may map such
+    blocks fresh and hand them back to the system on free, and every first touch of a fresh page is a
+    page fault: up to ~2,800 faults and ~7 ms of system time per step on a sampled candidate, about a
+    tenth of the step (measured with getrusage on a 2-core Xeon VM). Blocks up to 32 MB (glibc's
+    limit) now come from the heap, and the heap keeps up to 1 GiB of free memory for reuse.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's mallopt parameter numbers
+    return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+
+
 def _autocast(device: torch.device):
     # No autocast cache: CUDA graphs capture the casts themselves.
     return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False) if device.type == "cuda" and \
@@ -206,6 +229,8 @@ def train_proxy(
     TrainingDiverged on a NaN/inf loss.
     """
     device = data.device
+    if device.type == "cpu":
+        keep_freed_memory()
     torch.manual_seed(cfg.seed)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     model = build_model(spec).to(device).to(memory_format=data.memory_format)

@@ -13,7 +13,8 @@ gradients for the same parameters, in a cheaper form chosen from the layer's geo
   over the channel dimension (PyTorch's 1x1 conv on small maps is 2-30x slower);
 - scale: a depthwise conv with one live tap is a per-channel multiply;
 - dwgrad: a depthwise conv over 3x3 on a small map computes its weight gradient as one grouped conv;
-- SCC's sliding-channel map runs as one matrix product with its masked dense weight;
+- SCC's sliding-channel map runs as one matrix product with its masked dense weight, or, on 1x1 and 2x2
+  maps with 4 or more groups and dsearch's kernels built, as dsearch's kernel doing only its N x K MACs;
 - native: with dsearch's own CPU kernels built (dsearch.native), a depthwise conv whose stride,
   kernel or map size makes oneDNN slow runs as a direct channels_last kernel, and every training
   batch norm runs fused with the ReLU6 that follows it (one module; the ReLU6 becomes Identity).
@@ -203,12 +204,27 @@ class ProxyConv2d(nn.Module):
         return f"{self.form}, {taps}, stride={w.stride}, groups={self.groups}, out {w.out_size}x{w.out_size}"
 
 
+def native_scc_wins(groups: int, size: int) -> bool:
+    """Whether dsearch's SCC kernel beats the dense masked product (forward + backward, batch 128).
+
+    Measured (README, Benchmarks): 1.15-1.8x on 1x1 and 2x2 maps with 4 or 8 groups; slower with 2
+    groups (it saves only half the MACs) and on maps from 4x4 up (its layout transposes cost more).
+    """
+    return native.library() is not None and groups >= 4 and size <= 2
+
+
 class ProxySlidingChannelConv(nn.Module):
-    """SCC's sliding-channel map as one matrix product with the masked dense weight; holds the layer's Parameter."""
+    """SCC's sliding-channel map in its fastest exact form; holds the layer's Parameter.
+
+    On CPU: dsearch's kernel (only the N x K real MACs) where `native_scc_wins`, else one matrix
+    product with the masked dense weight.
+    """
 
     index: Tensor
+    starts: Tensor
+    order: Tensor
 
-    def __init__(self, scc: SlidingChannelConv, device_type: str) -> None:
+    def __init__(self, scc: SlidingChannelConv, device_type: str, size: int) -> None:
         super().__init__()
         self.weight = scc.weight
         index = scc.index
@@ -217,17 +233,27 @@ class ProxySlidingChannelConv(nn.Module):
         self.in_channels, self.out_channels = scc.in_channels, scc.out_channels
         self.groups, self.overlap = scc.groups, scc.overlap
         self.linear = device_type == "cpu"
+        self.native = device_type == "cpu" and native_scc_wins(scc.groups, size)
+        starts = index[:, 0].contiguous()  # each output's window start
+        self.register_buffer("starts", starts, persistent=False)
+        self.register_buffer("order", torch.sort(starts, stable=True).indices, persistent=False)
+
+    @property
+    def form(self) -> str:
+        return "native_scc" if self.native else "scc"
 
     def forward(self, x: Tensor) -> Tensor:
         if torch.jit.is_tracing():  # the custom op carries SCC's N x K MACs for cost counters
             return scc_pointwise(x, self.weight, self.index, self.in_channels)
+        if self.native and native.nhwc_ok(x) and self.weight.dtype == torch.float32:
+            return native.SlidingChannelMap.apply(x, self.weight, self.starts, self.order)
         dense = scc_dense_weight(self.weight, self.index, self.in_channels)[:, :, None, None]
         if self.linear and _is_channels_last(x):
             return pointwise_linear(x, dense, None)
         return F.conv2d(x, dense.to(x.dtype) if x.dtype != dense.dtype else dense)
 
     def extra_repr(self) -> str:
-        return f"{self.in_channels}, {self.out_channels}, groups={self.groups}, overlap={self.overlap:g}"
+        return f"{self.in_channels}, {self.out_channels}, groups={self.groups}, overlap={self.overlap:g}, {self.form}"
 
 
 class ProxyDropout(nn.Dropout):
@@ -358,8 +384,8 @@ def specialise(model: nn.Module, in_channels: int, size: int) -> dict[str, int]:
                 replacement = ProxyConv2d(child, window, device_type, sizes[child])
                 form = replacement.form + ("+crop" if window.cropped else "")
             elif isinstance(child, SlidingChannelConv):
-                replacement = ProxySlidingChannelConv(child, device_type)
-                form = "scc"
+                replacement = ProxySlidingChannelConv(child, device_type, sizes[child])
+                form = replacement.form
             if replacement is not None:
                 setattr(parent, name, replacement)
                 forms[form] = forms.get(form, 0) + 1

@@ -1,8 +1,9 @@
 """dsearch's own CPU kernels (dsearch/csrc/cpu_kernels.c), compiled for this machine on first use.
 
 The proxy trainer's CPU time goes mostly to memory-bound batch norm, its ReLU6, and depthwise convs
-on small maps, where PyTorch's kernels run far below the machine's bandwidth. The C file holds
-fused fp32 channels_last forms of them; `library()` compiles it once per machine and source
+on small maps, where PyTorch's kernels run far below the machine's bandwidth, and to SCC's
+sliding-channel map, which PyTorch can only run as a dense masked product (g times its MACs). The C
+file holds fp32 channels_last forms of them; `library()` compiles it once per machine and source
 (`cc -O3 -march=native -fopenmp`, about a second) into a cache folder and loads it with ctypes.
 The kernels share PyTorch's OpenMP runtime (the same `libgomp.so.1`), so torch.set_num_threads
 applies to them too.
@@ -39,6 +40,8 @@ _SIGNATURES = {
     "dw_forward": [_PTR, _PTR, _PTR] + [_I64] * 9,
     "dw_backward_input": [_PTR, _PTR, _PTR] + [_I64] * 9,
     "dw_backward_weight": [_PTR, _PTR, _PTR] + [_I64] * 9,
+    "scc_forward": [_PTR] * 5 + [_I64] * 4,
+    "scc_backward": [_PTR] * 7 + [_I64] * 4,
 }
 
 
@@ -193,3 +196,39 @@ class DepthwiseConv(torch.autograd.Function):
             lib.dw_backward_weight(grad.data_ptr(), x.data_ptr(), grad_taps.data_ptr(), *geometry)
             grad_w = grad_taps.permute(2, 0, 1).unsqueeze(1).contiguous()
         return grad_x, grad_w, None, None
+
+
+class SlidingChannelMap(torch.autograd.Function):
+    """SCC's sliding-channel pointwise map on a channels_last fp32 CPU tensor, doing only its N x K MACs.
+
+    `starts` (N) holds each output's window start and `order` (N) the outputs sorted by start (int64,
+    from dsearch.layers.scc_window_starts); `weight` is the layer's N x K weight.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, starts: Tensor, order: Tensor) -> Tensor:
+        lib = library()
+        assert lib is not None
+        n, m, h, w = x.shape
+        out, k = weight.shape
+        weight = weight.detach().contiguous()
+        y = _nhwc_empty(n, out, h, w)
+        lib.scc_forward(x.data_ptr(), weight.data_ptr(), starts.data_ptr(), order.data_ptr(), y.data_ptr(),
+                        n * h * w, m, out, k)
+        ctx.save_for_backward(x, weight, starts, order)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
+        lib = library()
+        assert lib is not None
+        x, weight, starts, order = ctx.saved_tensors
+        n, m, h, w = x.shape
+        out, k = weight.shape
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        dx = _nhwc_empty(n, m, h, w) if ctx.needs_input_grad[0] else None
+        dw = torch.empty(out, k) if ctx.needs_input_grad[1] else None
+        lib.scc_backward(grad.data_ptr(), x.data_ptr(), weight.data_ptr(), starts.data_ptr(), order.data_ptr(),
+                         dx.data_ptr() if dx is not None else None, dw.data_ptr() if dw is not None else None,
+                         n * h * w, m, out, k)
+        return dx, dw, None, None

@@ -13,7 +13,9 @@ from torch import nn
 
 from dsearch import build_model, native
 from dsearch.data import load_dataset
-from dsearch.fastpath import ProxyBatchNorm, ProxyConv2d, specialise
+from dsearch.fastpath import ProxyBatchNorm, ProxyConv2d, ProxySlidingChannelConv, specialise
+from dsearch.layers import scc_dense_weight, scc_index
+from dsearch.ops import SlidingChannelConvOp
 from dsearch.train import DeviceData, ProxyConfig, _optimizer, train_proxy
 
 CL = torch.channels_last
@@ -46,6 +48,43 @@ def test_depthwise_kernel_matches_conv2d(n, c, size, k, stride, pad):
     assert relative_error(y, ref) < 1e-6
     assert relative_error(gx, ref_gx) < 1e-6
     assert relative_error(gw, ref_gw) < 1e-5
+
+
+# (batch, in, out, size, groups, overlap): the overlaps the spaces offer, windows that wrap around the channels,
+# more outputs than inputs and fewer, runs of outputs sharing a start longer and shorter than the kernel's 4, and
+# pixel counts off the kernel's 16-pixel vectors.
+SCC_SHAPES = [(4, 24, 40, 2, 4, 0.5), (3, 33, 21, 3, 3, 1 / 3), (5, 32, 32, 1, 8, 0.0), (2, 48, 96, 2, 4, 0.25),
+              (3, 40, 20, 5, 2, 0.75), (7, 64, 16, 1, 8, 0.5), (2, 12, 30, 4, 4, 0.75)]
+
+
+@needs_kernels
+@pytest.mark.parametrize("n,cin,cout,size,groups,overlap", SCC_SHAPES)
+def test_scc_kernel_matches_dense_masked_conv(n, cin, cout, size, groups, overlap):
+    torch.manual_seed(0)
+    scc = SlidingChannelConvOp(cin, cout, groups, overlap)
+    proxy = ProxySlidingChannelConv(copy.deepcopy(scc), "cpu", 1)
+    assert proxy.form == ("native_scc" if groups >= 4 else "scc")
+    proxy.native = True  # the kernel itself, at every shape
+    x = torch.randn(n, cin, size, size).contiguous(memory_format=CL).requires_grad_()
+    y = proxy(x)
+    g = torch.randn_like(y).contiguous(memory_format=CL)
+    gx, gw = torch.autograd.grad(y, (x, proxy.weight), g)
+    xd, wd = x.detach().double().requires_grad_(), proxy.weight.detach().double().requires_grad_()
+    ref = F.conv2d(xd, scc_dense_weight(wd, scc_index(cin, cout, groups, overlap), cin)[:, :, None, None])
+    ref_gx, ref_gw = torch.autograd.grad(ref, (xd, wd), g.double())
+    assert y.is_contiguous(memory_format=CL) and y.shape == ref.shape
+    assert relative_error(y, ref) < 1e-6
+    assert relative_error(gx, ref_gx) < 1e-6
+    assert relative_error(gw, ref_gw) < 1e-5
+
+
+@needs_kernels
+def test_scc_kernel_is_chosen_where_measured_faster():
+    scc = SlidingChannelConvOp(32, 32, 4, 0.5)
+    assert ProxySlidingChannelConv(scc, "cpu", 2).form == "native_scc"
+    assert ProxySlidingChannelConv(scc, "cpu", 4).form == "scc"  # its transposes cost more from 4x4 up
+    assert ProxySlidingChannelConv(SlidingChannelConvOp(32, 32, 2, 0.5), "cpu", 1).form == "scc"
+    assert ProxySlidingChannelConv(scc, "cuda", 1).form == "scc"
 
 
 @needs_kernels
@@ -111,7 +150,7 @@ def test_specialised_float_model_with_kernels_is_as_exact_as_pytorch():
     truth = copy.deepcopy(plain).double()
     fast = copy.deepcopy(plain).to(memory_format=CL)
     forms = specialise(fast, spec.in_channels, 28)
-    assert forms.get("native", 0) + forms.get("native+crop", 0) > 0, forms
+    assert forms.get("native", 0) + forms.get("native+crop", 0) > 0 and forms.get("native_scc", 0) > 0, forms
     fused = [m for m in fast.modules() if isinstance(m, ProxyBatchNorm)]
     assert forms["native_bn"] == len(fused) == sum(isinstance(m, nn.BatchNorm2d) for m in plain.modules())
     relus = sum(isinstance(m, nn.ReLU6) for m in plain.modules())

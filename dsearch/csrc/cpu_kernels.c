@@ -8,6 +8,8 @@
  *   one for the output, where PyTorch runs batch norm and the clamp as separate passes over memory;
  * - depthwise convolution (any square kernel, stride, zero padding), forward, input gradient and
  *   weight gradient, vectorised over the contiguous channel dimension. Weights are K x K x C.
+ * - SCC's sliding-channel pointwise map, forward and both gradients, doing only its N x K multiply-adds
+ *   (channel-major inside; see the section's comment).
  *
  * Threads split pixels (or image rows); each thread's partial sums are added in thread order, so a
  * result depends only on the inputs and the thread count.
@@ -325,4 +327,190 @@ void dw_backward_weight(const float *g, const float *x, float *gw, i64 N, i64 H,
     for (int t = 0; t < threads; t++)
         for (i64 k = 0; k < taps; k++) gw[k] += part[(size_t)t * taps + k];
     free(part);
+}
+
+/* ---- SCC's sliding-channel pointwise map: y[p, o] = sum over j < K of w[o, j] x[p, (start[o] + j) mod M] ----
+ * The work runs channel-major: the pixel x channel tensors are transposed into (channel, pixel) rows padded to a
+ * multiple of SV pixels, so that one vector holds SV pixels of one channel. `order` lists the outputs sorted by
+ * window start; outputs that share a start are taken up to RUN at a time, so each input row loaded feeds up to RUN
+ * outputs' accumulators. Only the N x K real multiply-accumulates run (a dense masked product does N x M). */
+#define SV 16  /* pixels per vector: one AVX-512 register (two AVX2 ones) */
+#define RUN 4  /* outputs sharing a window start, computed together */
+#define CHUNK 4 /* vectors of pixels per forward / input-gradient work item */
+typedef float v16 __attribute__((vector_size(4 * SV)));
+static inline v16 ld16(const float *p) { v16 v; memcpy(&v, p, sizeof v); return v; }
+static inline void st16(float *p, v16 v) { memcpy(p, &v, sizeof v); }
+
+/* dst[c * PP + p] = src[p * C + c] for p < P, 0 for P <= p < PP; in SV x SV blocks, so that both sides stay in
+ * cache lines. */
+static void to_channel_major(const float *src, float *dst, i64 P, i64 C, i64 PP) {
+#pragma omp parallel for schedule(static)
+    for (i64 p0 = 0; p0 < PP; p0 += SV) {
+        i64 q1 = min64(SV, max64(0, P - p0));
+        for (i64 c0 = 0; c0 < C; c0 += SV) {
+            i64 c1 = min64(SV, C - c0);
+            for (i64 cc = 0; cc < c1; cc++) {
+                float *d = dst + (c0 + cc) * PP + p0;
+                for (i64 q = 0; q < q1; q++) d[q] = src[(p0 + q) * C + c0 + cc];
+                for (i64 q = q1; q < SV; q++) d[q] = 0.f;
+            }
+        }
+    }
+}
+
+/* dst[p * C + c] = src[c * PP + p] for p < P, in SV x SV blocks. */
+static void from_channel_major(const float *src, float *dst, i64 P, i64 C, i64 PP) {
+#pragma omp parallel for schedule(static)
+    for (i64 p0 = 0; p0 < P; p0 += SV) {
+        i64 q1 = min64(SV, P - p0);
+        for (i64 c0 = 0; c0 < C; c0 += SV) {
+            i64 c1 = min64(SV, C - c0);
+            for (i64 q = 0; q < q1; q++) {
+                float *d = dst + (p0 + q) * C + c0;
+                for (i64 cc = 0; cc < c1; cc++) d[cc] = src[(c0 + cc) * PP + p0 + q];
+            }
+        }
+    }
+}
+
+/* The next run of outputs in `order` starting at position i: up to RUN outputs that share a window start. */
+static i64 run_length(const i64 *starts, const i64 *order, i64 i, i64 N) {
+    i64 r = 1;
+    while (r < RUN && i + r < N && starts[order[i + r]] == starts[order[i]]) r++;
+    return r;
+}
+
+static void *aligned_buffer(i64 floats) {
+    size_t bytes = ((size_t)floats * sizeof(float) + 63) / 64 * 64;
+    return aligned_alloc(64, bytes ? bytes : 64);
+}
+
+/* One run of nr outputs (sharing window start s) over nv vectors of pixels from xt's column v0 * SV; inlined
+ * with constant nr and nv for the common case so that the accumulators stay in registers. */
+static inline __attribute__((always_inline)) void scc_forward_run(
+    const float *xt, const float *w, const i64 *outs, float *yt, i64 PP, i64 M, i64 K, i64 s, i64 v0, i64 nr,
+    i64 nv) {
+    v16 acc[RUN][CHUNK];
+    for (i64 r = 0; r < nr; r++)
+        for (i64 v = 0; v < nv; v++) acc[r][v] = (v16){0};
+    for (i64 j = 0; j < K; j++) {
+        i64 c = s + j < M ? s + j : s + j - M;
+        const float *row = xt + c * PP + v0 * SV;
+        v16 xv[CHUNK];
+        for (i64 v = 0; v < nv; v++) xv[v] = ld16(row + v * SV);
+        for (i64 r = 0; r < nr; r++) {
+            float wr = w[outs[r] * K + j];
+            for (i64 v = 0; v < nv; v++) acc[r][v] += wr * xv[v];
+        }
+    }
+    for (i64 r = 0; r < nr; r++)
+        for (i64 v = 0; v < nv; v++) st16(yt + outs[r] * PP + (v0 + v) * SV, acc[r][v]);
+}
+
+void scc_forward(const float *x, const float *w, const i64 *starts, const i64 *order, float *y, i64 P, i64 M,
+                 i64 N, i64 K) {
+    i64 PP = (P + SV - 1) / SV * SV, nvec = PP / SV;
+    float *xt = aligned_buffer(M * PP), *yt = aligned_buffer(N * PP);
+    to_channel_major(x, xt, P, M, PP);
+#pragma omp parallel for schedule(static)
+    for (i64 v0 = 0; v0 < nvec; v0 += CHUNK) {
+        i64 nv = min64(CHUNK, nvec - v0);
+        for (i64 i = 0; i < N;) {
+            i64 nr = run_length(starts, order, i, N), s = starts[order[i]];
+            if (nr == RUN && nv == CHUNK)
+                scc_forward_run(xt, w, order + i, yt, PP, M, K, s, v0, RUN, CHUNK);
+            else
+                scc_forward_run(xt, w, order + i, yt, PP, M, K, s, v0, nr, nv);
+            i += nr;
+        }
+    }
+    from_channel_major(yt, y, P, N, PP);
+    free(xt);
+    free(yt);
+}
+
+/* dxt rows of one run's window += the run's weights times its nr gradient rows (see scc_forward_run). */
+static inline __attribute__((always_inline)) void scc_input_grad_run(
+    const float *gt, const float *w, const i64 *outs, float *dxt, i64 PP, i64 M, i64 K, i64 s, i64 v0, i64 nr,
+    i64 nv) {
+    v16 gv[RUN][CHUNK];
+    for (i64 r = 0; r < nr; r++)
+        for (i64 v = 0; v < nv; v++) gv[r][v] = ld16(gt + outs[r] * PP + (v0 + v) * SV);
+    for (i64 j = 0; j < K; j++) {
+        i64 c = s + j < M ? s + j : s + j - M;
+        float *row = dxt + c * PP + v0 * SV;
+        v16 d[CHUNK];
+        for (i64 v = 0; v < nv; v++) d[v] = ld16(row + v * SV);
+        for (i64 r = 0; r < nr; r++) {
+            float wr = w[outs[r] * K + j];
+            for (i64 v = 0; v < nv; v++) d[v] += wr * gv[r][v];
+        }
+        for (i64 v = 0; v < nv; v++) st16(row + v * SV, d[v]);
+    }
+}
+
+/* dw entries of one run for tap j: sums over all pixel vectors (see scc_backward). */
+static inline __attribute__((always_inline)) void scc_weight_grad_run(
+    const float *gt, const float *xt, const i64 *outs, float *dw, i64 PP, i64 M, i64 K, i64 s, i64 nvec, i64 nr) {
+    for (i64 j = 0; j < K; j++) {
+        i64 c = s + j < M ? s + j : s + j - M;
+        const float *row = xt + c * PP;
+        v16 acc[RUN];
+        for (i64 r = 0; r < nr; r++) acc[r] = (v16){0};
+        for (i64 v = 0; v < nvec; v++) {
+            v16 xv = ld16(row + v * SV);
+            for (i64 r = 0; r < nr; r++) acc[r] += xv * ld16(gt + outs[r] * PP + v * SV);
+        }
+        for (i64 r = 0; r < nr; r++) {
+            float sum = 0;
+            for (int q = 0; q < SV; q++) sum += acc[r][q];
+            dw[outs[r] * K + j] = sum;
+        }
+    }
+}
+
+/* Gradients of scc_forward: dx (P x M; skipped when NULL) and dw (N x K; skipped when NULL). Each dw entry is
+ * one thread's sum over pixels in a fixed order. */
+void scc_backward(const float *g, const float *x, const float *w, const i64 *starts, const i64 *order, float *dx,
+                  float *dw, i64 P, i64 M, i64 N, i64 K) {
+    i64 PP = (P + SV - 1) / SV * SV, nvec = PP / SV;
+    float *gt = aligned_buffer(N * PP);
+    to_channel_major(g, gt, P, N, PP);
+    if (dx) {
+        float *dxt = aligned_buffer(M * PP);
+#pragma omp parallel for schedule(static)
+        for (i64 v0 = 0; v0 < nvec; v0 += CHUNK) {
+            i64 nv = min64(CHUNK, nvec - v0);
+            for (i64 c = 0; c < M; c++) memset(dxt + c * PP + v0 * SV, 0, sizeof(float) * SV * nv);
+            for (i64 i = 0; i < N;) {
+                i64 nr = run_length(starts, order, i, N), s = starts[order[i]];
+                if (nr == RUN && nv == CHUNK)
+                    scc_input_grad_run(gt, w, order + i, dxt, PP, M, K, s, v0, RUN, CHUNK);
+                else
+                    scc_input_grad_run(gt, w, order + i, dxt, PP, M, K, s, v0, nr, nv);
+                i += nr;
+            }
+        }
+        from_channel_major(dxt, dx, P, M, PP);
+        free(dxt);
+    }
+    if (dw) {
+        float *xt = aligned_buffer(M * PP);
+        to_channel_major(x, xt, P, M, PP);
+        i64 runs = 0;
+        i64 *first = malloc(sizeof(i64) * (size_t)(N + 1));
+        for (i64 i = 0; i < N; i += run_length(starts, order, i, N)) first[runs++] = i;
+        first[runs] = N;
+#pragma omp parallel for schedule(dynamic, 1)
+        for (i64 k = 0; k < runs; k++) {
+            i64 i = first[k], nr = first[k + 1] - i, s = starts[order[i]];
+            if (nr == RUN)
+                scc_weight_grad_run(gt, xt, order + i, dw, PP, M, K, s, nvec, RUN);
+            else
+                scc_weight_grad_run(gt, xt, order + i, dw, PP, M, K, s, nvec, nr);
+        }
+        free(first);
+        free(xt);
+    }
+    free(gt);
 }

@@ -321,17 +321,6 @@ def _fuse_batch_norms(model: nn.Module) -> int:
     return fused
 
 
-def _swap_dropouts(model: nn.Module) -> int:
-    """Swap every plain nn.Dropout for a ProxyDropout of the same p."""
-    swapped = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is nn.Dropout:
-                setattr(parent, name, ProxyDropout(child.p, child.inplace))
-                swapped += 1
-    return swapped
-
-
 def conv_input_sizes(model: nn.Module, in_channels: int, size: int) -> dict[nn.Module, int]:
     """Spatial input size of every conv and SCC map on a square input when `model` runs on size x size images."""
     sizes: dict[nn.Module, int] = {}
@@ -364,7 +353,8 @@ def _plain_square_conv(conv: nn.Conv2d) -> bool:
 
 
 def specialise(model: nn.Module, in_channels: int, size: int) -> dict[str, int]:
-    """Swap, in place, every plain conv and SCC map of `model` for its fast exact form at size x size inputs.
+    """Swap, in place, every plain conv and SCC map of `model` for its fast exact form at size x size inputs
+    (and, on CPU, every dropout for ProxyDropout and every batch norm for ProxyBatchNorm).
 
     Returns how many layers took each form. The model's parameters, state_dict keys and shapes
     are unchanged; call it again only on a freshly built model (the forms fit one input size).
@@ -375,10 +365,12 @@ def specialise(model: nn.Module, in_channels: int, size: int) -> dict[str, int]:
     forms: dict[str, int] = {}
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if child not in sizes:
-                continue
             replacement: nn.Module | None = None
-            if isinstance(child, nn.Conv2d) and _plain_square_conv(child):
+            if type(child) is nn.Dropout and device_type == "cpu":  # CUDA's bernoulli is fast; the CPU's is not
+                replacement, form = ProxyDropout(child.p, child.inplace), "dropout"
+            elif child not in sizes:
+                continue
+            elif isinstance(child, nn.Conv2d) and _plain_square_conv(child):
                 assert isinstance(child.padding, tuple)  # _plain_square_conv checked it
                 window = live_taps(sizes[child], child.kernel_size[0], child.stride[0], child.padding[0])
                 replacement = ProxyConv2d(child, window, device_type, sizes[child])
@@ -389,8 +381,6 @@ def specialise(model: nn.Module, in_channels: int, size: int) -> dict[str, int]:
             if replacement is not None:
                 setattr(parent, name, replacement)
                 forms[form] = forms.get(form, 0) + 1
-    if device_type == "cpu" and (dropouts := _swap_dropouts(model)):  # CUDA's bernoulli is fast; the CPU's is not
-        forms["dropout"] = dropouts
     if device_type == "cpu" and native.library() is not None:
         forms["native_bn"] = _fuse_batch_norms(model)
     return forms

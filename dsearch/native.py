@@ -151,10 +151,9 @@ class BatchNormAct(torch.autograd.Function):
         n, c, h, w = x.shape
         grad = grad.contiguous(memory_format=torch.channels_last)
         dx, dparams = _nhwc_empty(n, c, h, w), torch.empty(2, c)
-        mean = stats.data_ptr()
+        mean, dweight_ptr = stats.data_ptr(), dparams.data_ptr()  # rows: mean, invstd / dweight, dbias
         lib.bn_act_backward(x.data_ptr(), grad.data_ptr(), dx.data_ptr(), weight.data_ptr(), bias.data_ptr(),
-                            mean, mean + 4 * c, n * h * w, c, int(ctx.act), dparams.data_ptr(),
-                            dparams.data_ptr() + 4 * c)
+                            mean, mean + 4 * c, n * h * w, c, int(ctx.act), dweight_ptr, dweight_ptr + 4 * c)
         dweight, dbias = dparams.unbind()
         return dx, dweight, dbias, None, None
 

@@ -5,8 +5,10 @@ Part 1 times forward+backward of every conv kind built by `dsearch.ops.make_conv
 realistic shapes and reports time per call, analytic MACs per call and achieved GMAC/s next
 to a matmul reference, so that we know how far we are from the machine's limit.
 
-Part 2 times the SCC pointwise map alone (`dsearch.ops.SlidingChannelConvOp`, M -> N 1x1) for
-every groups/overlap pair against two baselines measured in the same run on the same input:
+Part 2 times the SCC pointwise map alone (M -> N 1x1) in the form dsearch's proxy trains it
+(`dsearch.fastpath.ProxySlidingChannelConv`: dsearch's own kernel on CPU where it is built, else the
+custom op's dense masked product; the header names the form) for every groups/overlap pair against
+two baselines measured in the same run on the same input:
   masked:  a dense 1x1 conv whose N x M weight is scattered from the N x K real weights
            every step, in plain PyTorch autograd;
   grouped: a g-group 1x1 conv (F.conv2d groups=g), same MACs as SCC.
@@ -36,7 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dsearch.fastpath import ProxySlidingChannelConv
 from dsearch.ops import ConvConfigError, SlidingChannelConvOp, check_conv, conv_macs, make_conv
+from dsearch.train import keep_freed_memory
 
 KERNEL, STRIDE = 3, 1
 CONV_KINDS: tuple[tuple[str, dict], ...] = (
@@ -284,8 +288,9 @@ def check_same_output(scc: nn.Module, masked: nn.Module, x: Tensor, bf16: bool) 
 
 
 def bench_scc_case(shape: Shape, groups: int, overlap: float, x: Tensor, args: argparse.Namespace) -> SccCase:
-    scc = prepare(SlidingChannelConvOp(shape.cin, shape.cout, groups, overlap), args.device)
-    masked = prepare(MaskedPointwise(scc), args.device)
+    op = SlidingChannelConvOp(shape.cin, shape.cout, groups, overlap).to(args.device)
+    scc = ProxySlidingChannelConv(op, args.device.type)
+    masked = prepare(MaskedPointwise(op), args.device)
     grouped = prepare(grouped_pointwise(shape.cin, shape.cout, groups), args.device)
     check_same_output(scc, masked, x, args.bf16)
     modules = {"scc": scc, "masked": masked, "grouped": grouped}
@@ -298,7 +303,9 @@ def bench_scc_case(shape: Shape, groups: int, overlap: float, x: Tensor, args: a
 
 def bench_scc_shape(shape: Shape, args: argparse.Namespace) -> list[SccCase]:
     x = make_input(shape, args.device)
-    print(f"\n{shape}, pointwise 1x1 (MACs equal for SCC and grouped; masked does g x more work)")
+    form = ProxySlidingChannelConv(SlidingChannelConvOp(shape.cin, shape.cout, 2, 0.5), args.device.type).form
+    print(f"\n{shape}, pointwise 1x1, scc in its {form} form"
+          " (MACs equal for SCC and grouped; masked does g x more work)")
     print(f"  {'g':>2s} {'o':>5s} {'GMAC/call':>10s} {'scc':>19s} {'masked':>19s} {'grouped':>19s}"
           f" {'scc/grp':>8s} {'scc/msk':>8s}")
     cases = []
@@ -375,6 +382,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.device.type == "cpu":
+        keep_freed_memory()  # as dsearch's CPU training does, for every candidate alike
     torch.manual_seed(0)
     shapes = QUICK_SHAPES if args.quick else SHAPES
     started = time.perf_counter()

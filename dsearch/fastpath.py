@@ -13,8 +13,8 @@ gradients for the same parameters, in a cheaper form chosen from the layer's geo
   over the channel dimension (PyTorch's 1x1 conv on small maps is 2-30x slower);
 - scale: a depthwise conv with one live tap is a per-channel multiply;
 - dwgrad: a depthwise conv over 3x3 on a small map computes its weight gradient as one grouped conv;
-- SCC's sliding-channel map runs as one matrix product with its masked dense weight, or, on 1x1 and 2x2
-  maps with 4 or more groups and dsearch's kernels built, as dsearch's kernel doing only its N x K MACs;
+- SCC's sliding-channel map runs as dsearch's kernel doing only its N x K MACs when dsearch's kernels
+  are built, else as one matrix product with its masked dense weight;
 - native: with dsearch's own CPU kernels built (dsearch.native), a depthwise conv whose stride,
   kernel or map size makes oneDNN slow runs as a direct channels_last kernel, and every training
   batch norm runs fused with the ReLU6 that follows it (one module; the ReLU6 becomes Identity).
@@ -204,27 +204,19 @@ class ProxyConv2d(nn.Module):
         return f"{self.form}, {taps}, stride={w.stride}, groups={self.groups}, out {w.out_size}x{w.out_size}"
 
 
-def native_scc_wins(groups: int, size: int) -> bool:
-    """Whether dsearch's SCC kernel beats the dense masked product (forward + backward, batch 128).
-
-    Measured (README, Benchmarks): 1.15-1.8x on 1x1 and 2x2 maps with 4 or 8 groups; slower with 2
-    groups (it saves only half the MACs) and on maps from 4x4 up (its layout transposes cost more).
-    """
-    return native.library() is not None and groups >= 4 and size <= 2
-
-
 class ProxySlidingChannelConv(nn.Module):
     """SCC's sliding-channel map in its fastest exact form; holds the layer's Parameter.
 
-    On CPU: dsearch's kernel (only the N x K real MACs) where `native_scc_wins`, else one matrix
-    product with the masked dense weight.
+    On CPU: dsearch's kernel (only the N x K real MACs) when built, else one matrix product with the
+    masked dense weight. The kernel measured 1.0-4.3x the dense product (forward + backward, batch 128,
+    maps 1x1 to 14x14, 2 to 8 groups; README, Benchmarks), so it is not chosen per shape.
     """
 
     index: Tensor
     starts: Tensor
     order: Tensor
 
-    def __init__(self, scc: SlidingChannelConv, device_type: str, size: int) -> None:
+    def __init__(self, scc: SlidingChannelConv, device_type: str) -> None:
         super().__init__()
         self.weight = scc.weight
         index = scc.index
@@ -233,7 +225,7 @@ class ProxySlidingChannelConv(nn.Module):
         self.in_channels, self.out_channels = scc.in_channels, scc.out_channels
         self.groups, self.overlap = scc.groups, scc.overlap
         self.linear = device_type == "cpu"
-        self.native = device_type == "cpu" and native_scc_wins(scc.groups, size)
+        self.native = device_type == "cpu" and native.library() is not None
         starts = index[:, 0].contiguous()  # each output's window start
         self.register_buffer("starts", starts, persistent=False)
         self.register_buffer("order", torch.sort(starts, stable=True).indices, persistent=False)
@@ -376,7 +368,7 @@ def specialise(model: nn.Module, in_channels: int, size: int) -> dict[str, int]:
                 replacement = ProxyConv2d(child, window, device_type, sizes[child])
                 form = replacement.form + ("+crop" if window.cropped else "")
             elif isinstance(child, SlidingChannelConv):
-                replacement = ProxySlidingChannelConv(child, device_type, sizes[child])
+                replacement = ProxySlidingChannelConv(child, device_type)
                 form = replacement.form
             if replacement is not None:
                 setattr(parent, name, replacement)

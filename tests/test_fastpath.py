@@ -98,7 +98,7 @@ def test_proxy_conv_gradcheck(cin, cout, groups, kernel, stride, size):
 def test_proxy_scc_equals_custom_op(groups, overlap):
     torch.manual_seed(0)
     scc = SlidingChannelConvOp(16, 12, groups, overlap).double()
-    proxy = ProxySlidingChannelConv(copy.deepcopy(scc), "cpu", 2)
+    proxy = ProxySlidingChannelConv(copy.deepcopy(scc), "cpu")
     x = torch.randn(3, 16, 2, 2, dtype=torch.float64).contiguous(memory_format=CL).requires_grad_()
     ref, y = scc(x), proxy(x)
     torch.testing.assert_close(y, ref, rtol=0, atol=1e-12)

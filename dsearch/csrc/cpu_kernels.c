@@ -330,47 +330,95 @@ void dw_backward_weight(const float *g, const float *x, float *gw, i64 N, i64 H,
 }
 
 /* ---- SCC's sliding-channel pointwise map: y[p, o] = sum over j < K of w[o, j] x[p, (start[o] + j) mod M] ----
- * The work runs channel-major: the pixel x channel tensors are transposed into (channel, pixel) rows padded to a
- * multiple of SV pixels, so that one vector holds SV pixels of one channel. `order` lists the outputs sorted by
- * window start; outputs that share a start are taken up to RUN at a time, so each input row loaded feeds up to RUN
- * outputs' accumulators. Only the N x K real multiply-accumulates run (a dense masked product does N x M). */
-#define SV 16  /* pixels per vector: one AVX-512 register (two AVX2 ones) */
-#define RUN 4  /* outputs sharing a window start, computed together */
-#define CHUNK 4 /* vectors of pixels per forward / input-gradient work item */
+ * Only the N x K real multiply-accumulates run (a dense masked product does N x M). Threads take TILE pixels at a
+ * time and keep the tile's working set in their own cache:
+ * - forward and input gradient run channel-major: the tile's (pixel, channel) rows are transposed, 16 x 16 at a
+ *   time in registers, into (channel, pixel) rows, so that one vector holds SV pixels of one channel. `order`
+ *   lists the outputs sorted by window start; outputs sharing a start are taken up to RUN at a time, so each
+ *   input row loaded feeds up to RUN outputs' accumulators. Results are transposed back into NHWC rows.
+ * - the weight gradient reads the NHWC rows themselves, vectorised over a window's taps (K contiguous channels;
+ *   each tile row is copied with its first channels appended, so that a window that wraps round reads on). A
+ *   run's RUN x TAPS tap vectors stay in registers across the tile's pixels. */
+#define SV 16   /* floats per vector: one AVX-512 register (two AVX2 ones) */
+#define RUN 4   /* outputs sharing a window start, computed together */
+#define CHUNK 4 /* vectors of pixels per tile */
+#define TILE (CHUNK * SV)
+#ifdef __AVX512F__
+#define TAPS 4  /* tap vectors per weight-gradient pass; RUN x TAPS accumulators fit AVX-512's 32 registers */
+#else
+#define TAPS 2
+#endif
 typedef float v16 __attribute__((vector_size(4 * SV)));
+typedef int32_t v16i __attribute__((vector_size(4 * SV)));
 static inline v16 ld16(const float *p) { v16 v; memcpy(&v, p, sizeof v); return v; }
 static inline void st16(float *p, v16 v) { memcpy(p, &v, sizeof v); }
 
-/* dst[c * PP + p] = src[p * C + c] for p < P, 0 for P <= p < PP; in SV x SV blocks, so that both sides stay in
- * cache lines. */
-static void to_channel_major(const float *src, float *dst, i64 P, i64 C, i64 PP) {
-#pragma omp parallel for schedule(static)
-    for (i64 p0 = 0; p0 < PP; p0 += SV) {
-        i64 q1 = min64(SV, max64(0, P - p0));
-        for (i64 c0 = 0; c0 < C; c0 += SV) {
-            i64 c1 = min64(SV, C - c0);
-            for (i64 cc = 0; cc < c1; cc++) {
-                float *d = dst + (c0 + cc) * PP + p0;
-                for (i64 q = 0; q < q1; q++) d[q] = src[(p0 + q) * C + c0 + cc];
-                for (i64 q = q1; q < SV; q++) d[q] = 0.f;
-            }
+/* r[i][e] becomes r[e][i]: four rounds, each swapping the off-diagonal b x b blocks of every 2b x 2b block. */
+static inline __attribute__((always_inline)) void transpose16(v16 r[SV]) {
+    const v16i lo8 = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23},
+               hi8 = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31},
+               lo4 = {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27},
+               hi4 = {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31},
+               lo2 = {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29},
+               hi2 = {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31},
+               lo1 = {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30},
+               hi1 = {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31};
+#define SWAP_BLOCKS(b, lo, hi)                                   \
+    for (int i = 0; i < SV; i++)                                 \
+        if (!(i & (b))) {                                        \
+            v16 a = r[i], c = r[i + (b)];                        \
+            r[i] = __builtin_shuffle(a, c, lo);                  \
+            r[i + (b)] = __builtin_shuffle(a, c, hi);            \
         }
-    }
+    SWAP_BLOCKS(8, lo8, hi8)
+    SWAP_BLOCKS(4, lo4, hi4)
+    SWAP_BLOCKS(2, lo2, hi2)
+    SWAP_BLOCKS(1, lo1, hi1)
+#undef SWAP_BLOCKS
 }
 
-/* dst[p * C + c] = src[c * PP + p] for p < P, in SV x SV blocks. */
-static void from_channel_major(const float *src, float *dst, i64 P, i64 C, i64 PP) {
-#pragma omp parallel for schedule(static)
-    for (i64 p0 = 0; p0 < P; p0 += SV) {
-        i64 q1 = min64(SV, P - p0);
-        for (i64 c0 = 0; c0 < C; c0 += SV) {
-            i64 c1 = min64(SV, C - c0);
-            for (i64 q = 0; q < q1; q++) {
-                float *d = dst + (p0 + q) * C + c0;
-                for (i64 cc = 0; cc < c1; cc++) d[cc] = src[(c0 + cc) * PP + p0 + q];
-            }
+/* dst[c * TILE + q] = src[q * C + c] for the tile's np NHWC rows of C channels; columns from np up to the next
+ * multiple of SV are zero. */
+static void tile_to_channel_major(const float *src, i64 C, i64 np, float *dst) {
+    i64 q0 = 0;
+    for (; q0 + SV <= np; q0 += SV) {
+        i64 c0 = 0;
+        for (; c0 + SV <= C; c0 += SV) {
+            v16 r[SV];
+            for (int i = 0; i < SV; i++) r[i] = ld16(src + (q0 + i) * C + c0);
+            transpose16(r);
+            for (int i = 0; i < SV; i++) st16(dst + (c0 + i) * TILE + q0, r[i]);
         }
+        for (; c0 < C; c0++)
+            for (int i = 0; i < SV; i++) dst[c0 * TILE + q0 + i] = src[(q0 + i) * C + c0];
     }
+    if (q0 < np)
+        for (i64 c = 0; c < C; c++)
+            for (i64 i = 0; i < SV; i++) dst[c * TILE + q0 + i] = q0 + i < np ? src[(q0 + i) * C + c] : 0.f;
+}
+
+/* dst[q * C + c] = src[c * TILE + q] for q < np: the inverse of tile_to_channel_major. */
+static void tile_from_channel_major(const float *src, i64 C, i64 np, float *dst) {
+    i64 q0 = 0;
+    for (; q0 + SV <= np; q0 += SV) {
+        i64 c0 = 0;
+        for (; c0 + SV <= C; c0 += SV) {
+            v16 r[SV];
+            for (int i = 0; i < SV; i++) r[i] = ld16(src + (c0 + i) * TILE + q0);
+            transpose16(r);
+            for (int i = 0; i < SV; i++) st16(dst + (q0 + i) * C + c0, r[i]);
+        }
+        for (; c0 < C; c0++)
+            for (int i = 0; i < SV; i++) dst[(q0 + i) * C + c0] = src[c0 * TILE + q0 + i];
+    }
+    for (; q0 < np; q0++)
+        for (i64 c = 0; c < C; c++) dst[q0 * C + c] = src[c * TILE + q0];
+}
+
+/* Asks for the cache lines of dst[0 .. n) in exclusive state ahead of the stores, so that the reads a store to
+ * an uncached line needs overlap with the computation instead of stalling the transposes. */
+static inline void prefetch_for_write(float *dst, i64 n) {
+    for (i64 e = 0; e < n; e += 64 / sizeof(float)) __builtin_prefetch(dst + e, 1, 3);
 }
 
 /* The next run of outputs in `order` starting at position i: up to RUN outputs that share a window start. */
@@ -385,17 +433,25 @@ static void *aligned_buffer(i64 floats) {
     return aligned_alloc(64, bytes ? bytes : 64);
 }
 
-/* One run of nr outputs (sharing window start s) over nv vectors of pixels from xt's column v0 * SV; inlined
- * with constant nr and nv for the common case so that the accumulators stay in registers. */
+/* Calls f(..., nr, nv) with nr and nv as constants for full tiles, so that the accumulators stay in registers. */
+#define WITH_CONSTANT_RUN(f, nr, nv, ...)                                      \
+    do {                                                                       \
+        if ((nv) != CHUNK) f(__VA_ARGS__, nr, nv);                             \
+        else if ((nr) == 4) f(__VA_ARGS__, 4, CHUNK);                          \
+        else if ((nr) == 3) f(__VA_ARGS__, 3, CHUNK);                          \
+        else if ((nr) == 2) f(__VA_ARGS__, 2, CHUNK);                          \
+        else f(__VA_ARGS__, 1, CHUNK);                                         \
+    } while (0)
+
+/* One run of nr outputs (sharing window start s) over a tile's first nv pixel vectors: yt rows of the outputs. */
 static inline __attribute__((always_inline)) void scc_forward_run(
-    const float *xt, const float *w, const i64 *outs, float *yt, i64 PP, i64 M, i64 K, i64 s, i64 v0, i64 nr,
-    i64 nv) {
+    const float *xt, const float *w, const i64 *outs, float *yt, i64 M, i64 K, i64 s, i64 nr, i64 nv) {
     v16 acc[RUN][CHUNK];
     for (i64 r = 0; r < nr; r++)
         for (i64 v = 0; v < nv; v++) acc[r][v] = (v16){0};
     for (i64 j = 0; j < K; j++) {
         i64 c = s + j < M ? s + j : s + j - M;
-        const float *row = xt + c * PP + v0 * SV;
+        const float *row = xt + c * TILE;
         v16 xv[CHUNK];
         for (i64 v = 0; v < nv; v++) xv[v] = ld16(row + v * SV);
         for (i64 r = 0; r < nr; r++) {
@@ -404,41 +460,41 @@ static inline __attribute__((always_inline)) void scc_forward_run(
         }
     }
     for (i64 r = 0; r < nr; r++)
-        for (i64 v = 0; v < nv; v++) st16(yt + outs[r] * PP + (v0 + v) * SV, acc[r][v]);
+        for (i64 v = 0; v < nv; v++) st16(yt + outs[r] * TILE + v * SV, acc[r][v]);
 }
 
 void scc_forward(const float *x, const float *w, const i64 *starts, const i64 *order, float *y, i64 P, i64 M,
                  i64 N, i64 K) {
-    i64 PP = (P + SV - 1) / SV * SV, nvec = PP / SV;
-    float *xt = aligned_buffer(M * PP), *yt = aligned_buffer(N * PP);
-    to_channel_major(x, xt, P, M, PP);
-#pragma omp parallel for schedule(static)
-    for (i64 v0 = 0; v0 < nvec; v0 += CHUNK) {
-        i64 nv = min64(CHUNK, nvec - v0);
-        for (i64 i = 0; i < N;) {
-            i64 nr = run_length(starts, order, i, N), s = starts[order[i]];
-            if (nr == RUN && nv == CHUNK)
-                scc_forward_run(xt, w, order + i, yt, PP, M, K, s, v0, RUN, CHUNK);
-            else
-                scc_forward_run(xt, w, order + i, yt, PP, M, K, s, v0, nr, nv);
-            i += nr;
+    i64 tiles = (P + TILE - 1) / TILE;
+#pragma omp parallel
+    {
+        float *xt = aligned_buffer(M * TILE), *yt = aligned_buffer(N * TILE);
+#pragma omp for schedule(static)
+        for (i64 t = 0; t < tiles; t++) {
+            i64 p0 = t * TILE, np = min64(TILE, P - p0), nv = (np + SV - 1) / SV;
+            tile_to_channel_major(x + p0 * M, M, np, xt);
+            prefetch_for_write(y + p0 * N, np * N);
+            for (i64 i = 0; i < N;) {
+                i64 nr = run_length(starts, order, i, N), s = starts[order[i]];
+                WITH_CONSTANT_RUN(scc_forward_run, nr, nv, xt, w, order + i, yt, M, K, s);
+                i += nr;
+            }
+            tile_from_channel_major(yt, N, np, y + p0 * N);
         }
+        free(xt);
+        free(yt);
     }
-    from_channel_major(yt, y, P, N, PP);
-    free(xt);
-    free(yt);
 }
 
 /* dxt rows of one run's window += the run's weights times its nr gradient rows (see scc_forward_run). */
 static inline __attribute__((always_inline)) void scc_input_grad_run(
-    const float *gt, const float *w, const i64 *outs, float *dxt, i64 PP, i64 M, i64 K, i64 s, i64 v0, i64 nr,
-    i64 nv) {
+    const float *gt, const float *w, const i64 *outs, float *dxt, i64 M, i64 K, i64 s, i64 nr, i64 nv) {
     v16 gv[RUN][CHUNK];
     for (i64 r = 0; r < nr; r++)
-        for (i64 v = 0; v < nv; v++) gv[r][v] = ld16(gt + outs[r] * PP + (v0 + v) * SV);
+        for (i64 v = 0; v < nv; v++) gv[r][v] = ld16(gt + outs[r] * TILE + v * SV);
     for (i64 j = 0; j < K; j++) {
         i64 c = s + j < M ? s + j : s + j - M;
-        float *row = dxt + c * PP + v0 * SV;
+        float *row = dxt + c * TILE;
         v16 d[CHUNK];
         for (i64 v = 0; v < nv; v++) d[v] = ld16(row + v * SV);
         for (i64 r = 0; r < nr; r++) {
@@ -449,68 +505,93 @@ static inline __attribute__((always_inline)) void scc_input_grad_run(
     }
 }
 
-/* dw entries of one run for tap j: sums over all pixel vectors (see scc_backward). */
+/* part[o * KP + j] += sum over the tile's np pixels q of g[q, o] xe[q, s + j], for the run's nr outputs and the
+ * nb tap vectors from b0 (xe: the tile's rows, MX floats apart, each with its first channels appended). */
 static inline __attribute__((always_inline)) void scc_weight_grad_run(
-    const float *gt, const float *xt, const i64 *outs, float *dw, i64 PP, i64 M, i64 K, i64 s, i64 nvec, i64 nr) {
-    for (i64 j = 0; j < K; j++) {
-        i64 c = s + j < M ? s + j : s + j - M;
-        const float *row = xt + c * PP;
-        v16 acc[RUN];
-        for (i64 r = 0; r < nr; r++) acc[r] = (v16){0};
-        for (i64 v = 0; v < nvec; v++) {
-            v16 xv = ld16(row + v * SV);
-            for (i64 r = 0; r < nr; r++) acc[r] += xv * ld16(gt + outs[r] * PP + v * SV);
-        }
+    const float *g, const float *xe, const i64 *outs, float *part, i64 N, i64 MX, i64 KP, i64 s, i64 np, i64 b0,
+    i64 nr, i64 nb) {
+    v16 acc[RUN][TAPS];
+    for (i64 r = 0; r < nr; r++)
+        for (i64 b = 0; b < nb; b++) acc[r][b] = ld16(part + outs[r] * KP + (b0 + b) * SV);
+    for (i64 q = 0; q < np; q++) {
+        const float *xr = xe + q * MX + s + b0 * SV, *gr = g + q * N;
+        v16 xv[TAPS];
+        for (i64 b = 0; b < nb; b++) xv[b] = ld16(xr + b * SV);
         for (i64 r = 0; r < nr; r++) {
-            float sum = 0;
-            for (int q = 0; q < SV; q++) sum += acc[r][q];
-            dw[outs[r] * K + j] = sum;
+            float gs = gr[outs[r]];
+            for (i64 b = 0; b < nb; b++) acc[r][b] += gs * xv[b];
         }
     }
+    for (i64 r = 0; r < nr; r++)
+        for (i64 b = 0; b < nb; b++) st16(part + outs[r] * KP + (b0 + b) * SV, acc[r][b]);
 }
 
-/* Gradients of scc_forward: dx (P x M; skipped when NULL) and dw (N x K; skipped when NULL). Each dw entry is
- * one thread's sum over pixels in a fixed order. */
+/* scc_weight_grad_run with nr and nb as constants (each pair its own inlined copy). */
+static void scc_weight_grad_tile(const float *g, const float *xe, const i64 *outs, float *part, i64 N, i64 MX,
+                                 i64 KP, i64 s, i64 np, i64 b0, i64 nr, i64 nb) {
+#define WG(R, B) \
+    if (nr == R && nb == B) { scc_weight_grad_run(g, xe, outs, part, N, MX, KP, s, np, b0, R, B); return; }
+    WG(4, 1) WG(4, 2) WG(3, 1) WG(3, 2) WG(2, 1) WG(2, 2) WG(1, 1) WG(1, 2)
+#if TAPS == 4
+    WG(4, 3) WG(4, 4) WG(3, 3) WG(3, 4) WG(2, 3) WG(2, 4) WG(1, 3) WG(1, 4)
+#endif
+#undef WG
+}
+
+/* Gradients of scc_forward: dx (P x M; skipped when NULL) and dw (N x K; skipped when NULL). Each thread sums
+ * its tiles' dw contributions in tile order; the threads' sums are added in thread order. */
 void scc_backward(const float *g, const float *x, const float *w, const i64 *starts, const i64 *order, float *dx,
                   float *dw, i64 P, i64 M, i64 N, i64 K) {
-    i64 PP = (P + SV - 1) / SV * SV, nvec = PP / SV;
-    float *gt = aligned_buffer(N * PP);
-    to_channel_major(g, gt, P, N, PP);
-    if (dx) {
-        float *dxt = aligned_buffer(M * PP);
-#pragma omp parallel for schedule(static)
-        for (i64 v0 = 0; v0 < nvec; v0 += CHUNK) {
-            i64 nv = min64(CHUNK, nvec - v0);
-            for (i64 c = 0; c < M; c++) memset(dxt + c * PP + v0 * SV, 0, sizeof(float) * SV * nv);
-            for (i64 i = 0; i < N;) {
-                i64 nr = run_length(starts, order, i, N), s = starts[order[i]];
-                if (nr == RUN && nv == CHUNK)
-                    scc_input_grad_run(gt, w, order + i, dxt, PP, M, K, s, v0, RUN, CHUNK);
-                else
-                    scc_input_grad_run(gt, w, order + i, dxt, PP, M, K, s, v0, nr, nv);
-                i += nr;
+    i64 tiles = (P + TILE - 1) / TILE, KP = (K + SV - 1) / SV * SV, MX = M + KP;
+    int threads = omp_get_max_threads();
+    float *parts = dw ? calloc((size_t)threads * N * KP, sizeof(float)) : NULL;
+#pragma omp parallel num_threads(threads)
+    {
+        float *gt = aligned_buffer(N * TILE), *dxt = aligned_buffer(M * TILE), *xe = aligned_buffer(TILE * MX);
+        float *part = dw ? parts + (size_t)omp_get_thread_num() * N * KP : NULL;
+#pragma omp for schedule(static)
+        for (i64 t = 0; t < tiles; t++) {
+            i64 p0 = t * TILE, np = min64(TILE, P - p0), nv = (np + SV - 1) / SV;
+            if (dx) {
+                tile_to_channel_major(g + p0 * N, N, np, gt);
+                memset(dxt, 0, sizeof(float) * M * TILE);
+                for (i64 i = 0; i < N;) {
+                    i64 nr = run_length(starts, order, i, N), s = starts[order[i]];
+                    WITH_CONSTANT_RUN(scc_input_grad_run, nr, nv, gt, w, order + i, dxt, M, K, s);
+                    i += nr;
+                }
+                tile_from_channel_major(dxt, M, np, dx + p0 * M);
+            }
+            if (dw) {
+                for (i64 q = 0; q < np; q++) {
+                    const float *src = x + (p0 + q) * M;
+                    float *row = xe + q * MX;
+                    memcpy(row, src, sizeof(float) * M);
+                    if (KP <= M)
+                        memcpy(row + M, src, sizeof(float) * KP);
+                    else
+                        for (i64 c = 0; c < KP; c++) row[M + c] = src[c % M];
+                }
+                for (i64 i = 0; i < N;) {
+                    i64 nr = run_length(starts, order, i, N), s = starts[order[i]];
+                    for (i64 b0 = 0; b0 < KP / SV; b0 += TAPS)
+                        scc_weight_grad_tile(g + p0 * N, xe, order + i, part, N, MX, KP, s, np, b0, nr,
+                                             min64(TAPS, KP / SV - b0));
+                    i += nr;
+                }
             }
         }
-        from_channel_major(dxt, dx, P, M, PP);
+        free(gt);
         free(dxt);
+        free(xe);
     }
     if (dw) {
-        float *xt = aligned_buffer(M * PP);
-        to_channel_major(x, xt, P, M, PP);
-        i64 runs = 0;
-        i64 *first = malloc(sizeof(i64) * (size_t)(N + 1));
-        for (i64 i = 0; i < N; i += run_length(starts, order, i, N)) first[runs++] = i;
-        first[runs] = N;
-#pragma omp parallel for schedule(dynamic, 1)
-        for (i64 k = 0; k < runs; k++) {
-            i64 i = first[k], nr = first[k + 1] - i, s = starts[order[i]];
-            if (nr == RUN)
-                scc_weight_grad_run(gt, xt, order + i, dw, PP, M, K, s, nvec, RUN);
-            else
-                scc_weight_grad_run(gt, xt, order + i, dw, PP, M, K, s, nvec, nr);
-        }
-        free(first);
-        free(xt);
+        for (i64 o = 0; o < N; o++)
+            for (i64 j = 0; j < K; j++) {
+                float sum = 0;
+                for (int t = 0; t < threads; t++) sum += parts[((size_t)t * N + o) * KP + j];
+                dw[o * K + j] = sum;
+            }
+        free(parts);
     }
-    free(gt);
 }

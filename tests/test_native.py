@@ -88,7 +88,8 @@ def test_scc_kernel_is_chosen_on_cpu_only():
 
 @needs_kernels
 @pytest.mark.parametrize("act", [True, False], ids=["relu6", "plain"])
-@pytest.mark.parametrize("n,c,size", [(8, 16, 14), (5, 33, 3), (64, 40, 1), (3, 7, 5)])
+# Channel counts on and off 16 (the kernel runs rows of 1, 2 or 4 pixels), pixel counts that leave a part row.
+@pytest.mark.parametrize("n,c,size", [(8, 16, 14), (5, 33, 3), (64, 40, 1), (3, 7, 5), (5, 24, 3), (3, 12, 3)])
 def test_batch_norm_kernel_matches_batch_norm(n, c, size, act):
     torch.manual_seed(0)
     # An offset mean, to catch cancellation in the variance; scale and shift put part of the output past 0 and 6.

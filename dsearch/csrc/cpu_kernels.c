@@ -90,6 +90,16 @@ static void shifted_sums(const float *x, const float *k, i64 P, i64 C, double *s
 
 static inline float relu6(float v) { return v < 0.f ? 0.f : (v > 6.f ? 6.f : v); }
 
+/* Pixels per row of the elementwise passes: R pixels of C channels make a whole number of 16-float vectors when C
+ * is a multiple of 4, so that the loop over a row (R x C floats, per-channel values repeated R times) runs in whole
+ * vectors; with C = 24, one pixel at a time would leave an 8-float tail per pixel. */
+static i64 pixels_per_row(i64 C) { return C % 16 == 0 ? 1 : C % 8 == 0 ? 2 : C % 4 == 0 ? 4 : 1; }
+
+/* v[C .. R * C) = R - 1 more copies of v[0 .. C). */
+static void repeat_row(float *v, i64 C, i64 R) {
+    for (i64 r = 1; r < R; r++) memcpy(v + r * C, v, sizeof(float) * C);
+}
+
 /* The per-channel affine map x * scale + shift of batch norm; forward and backward compute it alike, so the
  * ReLU6 mask the backward recomputes is the forward's. */
 static void bn_affine(const float *gamma, const float *beta, const float *mean, const float *invstd, i64 C,
@@ -109,7 +119,8 @@ void bn_act_forward(const float *x, float *y, const float *gamma, const float *b
                     int act, float *stats, float *running_mean, float *running_var, int64_t *num_batches_tracked,
                     double momentum) {
     double *s1 = malloc(sizeof(double) * 2 * C), *s2 = s1 + C;
-    float *scale = malloc(sizeof(float) * 2 * C), *shift = scale + C;
+    i64 R = pixels_per_row(C), L = R * C, rows = P / R;
+    float *scale = malloc(sizeof(float) * 2 * L), *shift = scale + L;
     float *mean_out = stats, *invstd_out = stats + C;
     shifted_sums(x, x, P, C, s1, s2);
     *num_batches_tracked += 1;
@@ -125,14 +136,17 @@ void bn_act_forward(const float *x, float *y, const float *gamma, const float *b
         running_var[c] = (float)((1 - factor) * running_var[c] + factor * var * unbias);
     }
     bn_affine(gamma, beta, mean_out, invstd_out, C, scale, shift);
+    repeat_row(scale, C, R);
+    repeat_row(shift, C, R);
 #pragma omp parallel for schedule(static)
-    for (i64 p = 0; p < P; p++) {
-        const float *xp = x + p * C;
-        float *yp = y + p * C;
+    for (i64 r = 0; r <= rows; r++) {
+        const float *xp = x + r * L;
+        float *yp = y + r * L;
+        i64 n = r < rows ? L : (P - rows * R) * C;  /* the last row holds the pixels left over */
         if (act)
-            for (i64 c = 0; c < C; c++) yp[c] = relu6(xp[c] * scale[c] + shift[c]);
+            for (i64 c = 0; c < n; c++) yp[c] = relu6(xp[c] * scale[c] + shift[c]);
         else
-            for (i64 c = 0; c < C; c++) yp[c] = xp[c] * scale[c] + shift[c];
+            for (i64 c = 0; c < n; c++) yp[c] = xp[c] * scale[c] + shift[c];
     }
     free(s1);
     free(scale);
@@ -143,7 +157,9 @@ void bn_act_forward(const float *x, float *y, const float *gamma, const float *b
 void bn_act_backward(const float *x, const float *g, float *dx, const float *gamma, const float *beta,
                      const float *mean, const float *invstd, i64 P, i64 C, int act, float *dgamma, float *dbeta) {
     int threads = omp_get_max_threads();
-    float *scale = malloc(sizeof(float) * 5 * C), *shift = scale + C, *k1 = shift + C, *k2 = k1 + C, *k3 = k2 + C;
+    i64 R = pixels_per_row(C), L = R * C, rows = P / R;
+    float *scale = malloc(sizeof(float) * 7 * L), *shift = scale + L, *k1 = shift + L, *k2 = k1 + L, *k3 = k2 + L;
+    float *mu = k3 + L, *is = mu + L;  /* mean and invstd, repeated like the others */
     double *part = calloc((size_t)threads * 2 * C, sizeof(double));
     bn_affine(gamma, beta, mean, invstd, C, scale, shift);
     const float lo = act ? 0.f : -INFINITY, hi = act ? 6.f : INFINITY;  /* ReLU6 passes gradient inside (0, 6) */
@@ -191,15 +207,19 @@ void bn_act_backward(const float *x, const float *g, float *dx, const float *gam
         k1[c] = scale[c];
         k2[c] = (float)(sg / P);
         k3[c] = (float)(sgx / P);
+        mu[c] = mean[c];
+        is[c] = invstd[c];
     }
+    for (float *v = scale; v < scale + 7 * L; v += L) repeat_row(v, C, R);
 #pragma omp parallel for schedule(static)
-    for (i64 p = 0; p < P; p++) {
-        const float *xp = x + p * C, *gp = g + p * C;
-        float *dp = dx + p * C;
-        for (i64 c = 0; c < C; c++) {
+    for (i64 r = 0; r <= rows; r++) {
+        const float *xp = x + r * L, *gp = g + r * L;
+        float *dp = dx + r * L;
+        i64 n = r < rows ? L : (P - rows * R) * C;  /* the last row holds the pixels left over */
+        for (i64 c = 0; c < n; c++) {
             float pre = xp[c] * scale[c] + shift[c];
             float gv = gp[c] * (float)((pre > lo) & (pre < hi));
-            float xh = (xp[c] - mean[c]) * invstd[c];
+            float xh = (xp[c] - mu[c]) * is[c];
             dp[c] = k1[c] * (gv - k2[c] - xh * k3[c]);
         }
     }

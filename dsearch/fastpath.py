@@ -283,6 +283,7 @@ class ProxyBatchNorm(nn.BatchNorm2d):
     def _native(self, x: Tensor) -> bool:
         return (self.training and self.affine and self.track_running_stats and not torch.jit.is_tracing()
                 and native.nhwc_ok(x) and self.weight.dtype == torch.float32 and x.numel() > x.shape[1]
+                and x.shape[1] == self.num_features  # else BatchNorm2d raises its own error
                 and native.library() is not None)
 
     def forward(self, x: Tensor) -> Tensor:

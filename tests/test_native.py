@@ -135,6 +135,16 @@ def test_proxy_batch_norm_keeps_batch_norm_state(momentum):
     torch.testing.assert_close(fused(x), plain(x))
 
 
+
+@needs_kernels
+def test_proxy_batch_norm_rejects_a_wrong_channel_count_like_batch_norm():
+    fused = ProxyBatchNorm(nn.BatchNorm2d(12), act=True)
+    x = torch.randn(4, 20, 3, 3).contiguous(memory_format=CL)
+    with pytest.raises(RuntimeError):  # the kernel would read and write past the 12 channels' parameters
+        nn.BatchNorm2d(12)(x)
+    with pytest.raises(RuntimeError):
+        fused(x)
+
 def float64_loss_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, layout: torch.memory_format
                            ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     loss = F.cross_entropy(model(x.to(next(model.parameters()).dtype).contiguous(memory_format=layout)), y)

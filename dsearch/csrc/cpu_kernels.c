@@ -435,12 +435,6 @@ static void tile_from_channel_major(const float *src, i64 C, i64 np, float *dst)
         for (i64 c = 0; c < C; c++) dst[q0 * C + c] = src[c * TILE + q0];
 }
 
-/* Asks for the cache lines of dst[0 .. n) in exclusive state ahead of the stores, so that the reads a store to
- * an uncached line needs overlap with the computation instead of stalling the transposes. */
-static inline void prefetch_for_write(float *dst, i64 n) {
-    for (i64 e = 0; e < n; e += 64 / sizeof(float)) __builtin_prefetch(dst + e, 1, 3);
-}
-
 /* The next run of outputs in `order` starting at position i: up to RUN outputs that share a window start. */
 static i64 run_length(const i64 *starts, const i64 *order, i64 i, i64 N) {
     i64 r = 1;
@@ -493,7 +487,6 @@ void scc_forward(const float *x, const float *w, const i64 *starts, const i64 *o
         for (i64 t = 0; t < tiles; t++) {
             i64 p0 = t * TILE, np = min64(TILE, P - p0), nv = (np + SV - 1) / SV;
             tile_to_channel_major(x + p0 * M, M, np, xt);
-            prefetch_for_write(y + p0 * N, np * N);
             for (i64 i = 0; i < N;) {
                 i64 nr = run_length(starts, order, i, N), s = starts[order[i]];
                 WITH_CONSTANT_RUN(scc_forward_run, nr, nv, xt, w, order + i, yt, M, K, s);
@@ -567,7 +560,8 @@ void scc_backward(const float *g, const float *x, const float *w, const i64 *sta
     float *parts = dw ? calloc((size_t)threads * N * KP, sizeof(float)) : NULL;
 #pragma omp parallel num_threads(threads)
     {
-        float *gt = aligned_buffer(N * TILE), *dxt = aligned_buffer(M * TILE), *xe = aligned_buffer(TILE * MX);
+        float *gt = dx ? aligned_buffer(N * TILE) : NULL, *dxt = dx ? aligned_buffer(M * TILE) : NULL;
+        float *xe = dw ? aligned_buffer(TILE * MX) : NULL;
         float *part = dw ? parts + (size_t)omp_get_thread_num() * N * KP : NULL;
 #pragma omp for schedule(static)
         for (i64 t = 0; t < tiles; t++) {

@@ -63,10 +63,24 @@ SCC_SHAPES = [(4, 24, 40, 2, 4, 0.5), (3, 33, 21, 3, 3, 1 / 3), (5, 32, 32, 1, 8
 @pytest.mark.parametrize("n,cin,cout,size,groups,overlap", SCC_SHAPES)
 def test_scc_kernel_matches_dense_masked_conv(n, cin, cout, size, groups, overlap):
     torch.manual_seed(0)
+    check_scc_kernel(torch.randn(n, cin, size, size), cout, groups, overlap)
+
+
+@needs_kernels
+def test_scc_kernel_matches_dense_masked_conv_on_activation_output():
+    # In a model the map reads ReLU6 output: half the inputs are exact zeros and none is negative.
+    # The shape is a sampled candidate's (96 -> 32 channels, 8 groups, overlap 0.5, on a 7x7 map).
+    torch.manual_seed(0)
+    check_scc_kernel(F.relu6(3 * torch.randn(32, 96, 7, 7)), 32, 8, 0.5)
+
+
+def check_scc_kernel(x: torch.Tensor, cout: int, groups: int, overlap: float) -> None:
+    """The native map's output and gradients against a float64 dense masked 1x1 conv."""
+    cin = x.shape[1]
     scc = SlidingChannelConvOp(cin, cout, groups, overlap)
     proxy = ProxySlidingChannelConv(copy.deepcopy(scc), "cpu")
     assert proxy.form == "native_scc"
-    x = torch.randn(n, cin, size, size).contiguous(memory_format=CL).requires_grad_()
+    x = x.contiguous(memory_format=CL).requires_grad_()
     y = proxy(x)
     g = torch.randn_like(y).contiguous(memory_format=CL)
     gx, gw = torch.autograd.grad(y, (x, proxy.weight), g)

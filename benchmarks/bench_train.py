@@ -4,6 +4,7 @@
     python benchmarks/bench_train.py            # 6 sampled candidates + presets (a few minutes on 2 CPU cores)
     python benchmarks/bench_train.py --quick    # 3 candidates, fewer steps (~1 minute)
     python benchmarks/bench_train.py --device cuda
+    python benchmarks/bench_train.py --fit-batches 8,32,128   # fixed ms per step and ms per image, both loops
 
 Architectures: `--candidates` samples from the default space (`mobile`, deployment 224x224) with
 Optuna's RandomSampler at a fixed seed, kept when within the default budget (300 MFLOPs at
@@ -139,6 +140,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default); on a busy "
                         "machine 1 thread avoids stalls at every parallel op's barrier")
     parser.add_argument("--quick", action="store_true", help="3 candidates, no presets, 6 steps, 2 rounds")
+    parser.add_argument("--fit-batches", default="", help="comma-separated batch sizes: instead of the table, fit "
+                        "each loop's step time as fixed ms + ms per image (slope between the two largest; best of "
+                        "--repeats at each size)")
     args = parser.parse_args()
     if args.quick:
         args.candidates, args.no_presets, args.steps, args.repeats = 3, True, 6, 2
@@ -152,6 +156,9 @@ def main() -> None:
     if not args.no_presets:
         specs += [(f"{name} w{w:g}", preset(name, width=w, num_classes=data.num_classes, in_channels=data.in_channels))
                   for name, w in PRESETS]
+    if args.fit_batches:
+        fit_table(specs, data, device, args.steps, sorted(int(b) for b in args.fit_batches.split(",")), args.repeats)
+        return
     peak = matmul_macs_per_s(device)
     cpu = _cpu_name() if device.type == "cpu" else torch.cuda.get_device_name(device)
     kernels = f"dsearch's CPU kernels: {native.status()}; " if device.type == "cpu" else ""
@@ -177,6 +184,39 @@ def main() -> None:
     if ratios:
         print(f"\nimages/s at {size}x{size}; ratio = dsearch / the faster baseline layout. Sampled candidates: "
               f"median ratio {statistics.median(ratios):.2f}x, worst {min(ratios):.2f}x, best {max(ratios):.2f}x")
+
+
+def step_ms(images_per_s: float, batch: int) -> float:
+    return batch / images_per_s * 1e3
+
+
+def fit_table(specs, data, device: torch.device, steps: int, batches: list[int], repeats: int) -> None:
+    """Per architecture and loop: step time (ms, best of `repeats`) at each batch size, and its linear fit.
+
+    The slope between the two largest batches is the cost per image; the intercept at the largest batch is the
+    cost per step that does not scale with the batch (dispatch, autograd, Python, work on the weights).
+    "no-fixed bound" is the ratio the trainer would reach at the largest batch if its fixed cost were zero.
+    """
+    if len(batches) < 2:
+        raise SystemExit("--fit-batches needs at least two batch sizes, e.g. --fit-batches 8,32,128")
+    print(f"step time (ms) at batch sizes {batches}, best of {repeats}; baseline: the channels_last plain loop")
+    for name, spec in specs:
+        times: dict[str, dict[int, float]] = {"baseline": {}, "dsearch": {}}
+        for b in batches:
+            times["baseline"][b] = min(step_ms(baseline_images_per_s(spec, data, device, steps, b, True), b)
+                                       for _ in range(repeats))
+            times["dsearch"][b] = min(step_ms(dsearch_images_per_s(spec, data, device, steps, b), b)
+                                      for _ in range(repeats))
+        small, large = batches[-2], batches[-1]
+        fits = {}
+        for loop, t in times.items():
+            per_image = (t[large] - t[small]) / (large - small)
+            fits[loop] = (t[large] - large * per_image, per_image)
+            print(f"{name:<16} {loop:<8} " + "  ".join(f"b{b} {t[b]:6.1f}" for b in batches) +
+                  f"  fit: {fits[loop][0]:5.1f} ms fixed + {fits[loop][1]:.3f} ms/image")
+        bound = times["baseline"][large] / (large * fits["dsearch"][1])
+        print(f"{name:<16} ratio at b{large}: {times['baseline'][large] / times['dsearch'][large]:.2f}x; "
+              f"no-fixed bound {bound:.2f}x", flush=True)
 
 
 def _cpu_name() -> str:

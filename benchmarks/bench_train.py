@@ -142,7 +142,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="3 candidates, no presets, 6 steps, 2 rounds")
     parser.add_argument("--fit-batches", default="", help="comma-separated batch sizes: instead of the table, fit "
                         "each loop's step time as fixed ms + ms per image (slope between the two largest; best of "
-                        "--repeats at each size)")
+                        "--repeats interleaved rounds at each size)")
     args = parser.parse_args()
     if args.quick:
         args.candidates, args.no_presets, args.steps, args.repeats = 3, True, 6, 2
@@ -203,10 +203,12 @@ def fit_table(specs, data, device: torch.device, steps: int, batches: list[int],
     for name, spec in specs:
         times: dict[str, dict[int, float]] = {"baseline": {}, "dsearch": {}}
         for b in batches:
-            times["baseline"][b] = min(step_ms(baseline_images_per_s(spec, data, device, steps, b, True), b)
-                                       for _ in range(repeats))
-            times["dsearch"][b] = min(step_ms(dsearch_images_per_s(spec, data, device, steps, b), b)
-                                      for _ in range(repeats))
+            runs: dict[str, list[float]] = {"baseline": [], "dsearch": []}
+            for _ in range(repeats):  # interleaved, so that a busy machine slows both loops alike
+                runs["baseline"].append(step_ms(baseline_images_per_s(spec, data, device, steps, b, True), b))
+                runs["dsearch"].append(step_ms(dsearch_images_per_s(spec, data, device, steps, b), b))
+            for loop, values in runs.items():
+                times[loop][b] = min(values)
         small, large = batches[-2], batches[-1]
         fits = {}
         for loop, t in times.items():

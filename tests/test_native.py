@@ -149,7 +149,6 @@ def test_proxy_batch_norm_keeps_batch_norm_state(momentum):
     torch.testing.assert_close(fused(x), plain(x))
 
 
-
 @needs_kernels
 def test_proxy_batch_norm_rejects_a_wrong_channel_count_like_batch_norm():
     fused = ProxyBatchNorm(nn.BatchNorm2d(12), act=True)
@@ -158,6 +157,7 @@ def test_proxy_batch_norm_rejects_a_wrong_channel_count_like_batch_norm():
         nn.BatchNorm2d(12)(x)
     with pytest.raises(RuntimeError):
         fused(x)
+
 
 def float64_loss_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, layout: torch.memory_format
                            ) -> tuple[torch.Tensor, list[torch.Tensor]]:

@@ -41,6 +41,9 @@ class ProxyConfig:
     label_smoothing: float = 0.0
     bsconv_alpha: float = 0.1
     augment: bool = True
+    # Batch-norm statistics recomputed before each evaluation from this many unaugmented training batches
+    # (0: keep the running averages of the last training steps).
+    bn_recompute: int = 0
     seed: int = 0
 
 
@@ -144,6 +147,34 @@ def warmup_cosine(total_steps: int, warmup_share: float = 0.15) -> Callable[[int
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return factor
+
+
+@torch.no_grad()
+def recompute_bn_stats(model: nn.Module, data: DeviceData, batches: int, batch_size: int, seed: int = 0) -> None:
+    """Replace every batch norm's running statistics by their plain average over `batches` unaugmented training batches.
+
+    The running averages of training mix batches of weights that changed since, and of augmented images that
+    evaluation never sees; after a short, fast-moving schedule they can be far from the statistics of the final
+    weights on clean images.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms or batches < 1:
+        return
+    model.eval()
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average: every batch counts the same
+        m.train()
+    # Its own random stream, so that recomputing changes what is evaluated, never the training that follows.
+    generator = torch.Generator(device=data.device).manual_seed(seed)
+    order = torch.randperm(len(data.train_x), device=data.device, generator=generator)
+    for i in range(min(batches, max(1, len(order) // batch_size))):
+        with _autocast(data.device):
+            model(data.prepare(data.train_x[order[i * batch_size:(i + 1) * batch_size]]))
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    model.eval()
 
 
 @torch.no_grad()
@@ -272,6 +303,8 @@ def train_proxy(
                 _check_finite(loss_sum, epoch, i)
             if progress is not None:
                 progress(step, total)
+        if cfg.bn_recompute:
+            recompute_bn_stats(model, data, cfg.bn_recompute, cfg.batch_size, cfg.seed)
         acc = evaluate(model, data, data.val_x, data.val_y)
         history.append(acc)
         if on_epoch is not None:

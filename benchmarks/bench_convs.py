@@ -38,9 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dsearch.fastpath import ProxySlidingChannelConv
-from dsearch.ops import ConvConfigError, SlidingChannelConvOp, check_conv, conv_macs, make_conv
-from dsearch.train import keep_freed_memory
+from dsearch.model.ops import ConvConfigError, SlidingChannelConvOp, check_conv, conv_macs, make_conv
+from dsearch.training.fastpath import ProxySlidingChannelConv
+from dsearch.training.proxy import keep_freed_memory
 
 KERNEL, STRIDE = 3, 1
 CONV_KINDS: tuple[tuple[str, dict], ...] = (

@@ -35,11 +35,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from dsearch import build_model, native, preset, spec_cost
-from dsearch.archspec import ArchSpec
+from dsearch import build_model, preset, spec_cost
 from dsearch.data import load_dataset
-from dsearch.spaces import load_space, sample
-from dsearch.train import DeviceData, ProxyConfig, select_device, train_proxy
+from dsearch.model.archspec import ArchSpec
+from dsearch.search.spaces import load_space, sample
+from dsearch.training import native
+from dsearch.training.proxy import DeviceData, ProxyConfig, select_device, train_proxy
 
 WARMUP_STEPS = 2
 PRESETS = (("mobilenet_v2", 0.5), ("mobilenet_v2", 1.0))

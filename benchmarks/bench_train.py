@@ -16,7 +16,7 @@ For each architecture, in the same run, interleaved round by round (--repeats ro
             TensorDataset of float images (shuffled, batch 128), fp32, SGD; once in NCHW and
             once in channels_last; the faster of the two is the baseline;
   dsearch:  `train_proxy` (uint8 data on the device, on-device augmentation, the fast path of
-            dsearch.fastpath with dsearch's own CPU kernels where built (DSEARCH_NATIVE=0 turns them
+            dsearch.training.fastpath with dsearch's own CPU kernels where built (DSEARCH_NATIVE=0 turns them
             off), bf16 autocast on CUDA), timed from its progress callback.
 Both are timed over the same number of training steps after the same warm-up steps, without
 evaluation. images/s is the median over rounds; the ratio is dsearch / baseline. Share of peak:

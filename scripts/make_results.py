@@ -2,7 +2,7 @@
 """Reproduce the seed papers' claims on the embedded data and write docs/results.md.
 
 Two experiments, each network trained with the full schedule of `dsearch train`
-(`dsearch.fulltrain.train_full` with `FullTrainConfig()` defaults) on the embedded Fashion-MNIST
+(`dsearch.training.full.train_full` with `FullTrainConfig()` defaults) on the embedded Fashion-MNIST
 subset at its own 28x28 size, several seeds each:
 
 - equal cost: MobileNetV2 with its published depthwise-separable conv (DSC) at a few width

@@ -70,7 +70,7 @@ class Space:
 
 
 def available_spaces() -> dict[str, Path]:
-    """Built-in spaces by name (the YAML files shipped in dsearch/spaces/)."""
+    """Built-in spaces by name (the YAML files shipped in dsearch/search/spaces/)."""
     return {p.stem: p for p in sorted(SPACES_DIR.glob("*.yaml"))}
 
 

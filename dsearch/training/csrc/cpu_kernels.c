@@ -1,6 +1,6 @@
 /* dsearch's CPU training kernels: fp32, channels_last (NHWC) tensors, OpenMP threads.
  *
- * Built on first use by dsearch/native.py with the machine's C compiler (-O3 -march=native -fopenmp);
+ * Built on first use by dsearch/training/native.py with the machine's C compiler (-O3 -march=native -fopenmp);
  * when no compiler is there, dsearch trains with PyTorch's own kernels instead.
  *
  * - batch norm (training mode, batch statistics) with an optional ReLU6, forward and backward: one

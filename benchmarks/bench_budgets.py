@@ -14,9 +14,10 @@ import tempfile
 import time
 
 from dsearch.cost import spec_cost
-from dsearch.record import trial_arch
-from dsearch.study import SearchConfig, run_search
-from dsearch.train import ProxyConfig
+from dsearch.search.config import SearchConfig
+from dsearch.search.driver import run_search
+from dsearch.search.record import trial_arch
+from dsearch.training.proxy import ProxyConfig
 
 CASES = [("mobile", b) for b in (60, 80, 150, 300, 600)] + [("residual", b) for b in (5, 40, 300)]
 

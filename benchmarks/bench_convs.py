@@ -1,12 +1,12 @@
 #!/usr/bin/env python
 """By-hand benchmark of dsearch's conv kinds (not a test; nothing here is asserted by pytest).
 
-Part 1 times forward+backward of every conv kind built by `dsearch.ops.make_conv` at a few
+Part 1 times forward+backward of every conv kind built by `dsearch.model.ops.make_conv` at a few
 realistic shapes and reports time per call, analytic MACs per call and achieved GMAC/s next
 to a matmul reference, so that we know how far we are from the machine's limit.
 
 Part 2 times the SCC pointwise map alone (M -> N 1x1) in the form dsearch's proxy trains it
-(`dsearch.fastpath.ProxySlidingChannelConv`: dsearch's own kernel on CPU where it is built, else the
+(`dsearch.training.fastpath.ProxySlidingChannelConv`: dsearch's own kernel on CPU where it is built, else the
 custom op's dense masked product; the header names the form) for every groups/overlap pair against
 two baselines measured in the same run on the same input:
   masked:  a dense 1x1 conv whose N x M weight is scattered from the N x K real weights
@@ -38,9 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dsearch.fastpath import ProxySlidingChannelConv
-from dsearch.ops import ConvConfigError, SlidingChannelConvOp, check_conv, conv_macs, make_conv
-from dsearch.train import keep_freed_memory
+from dsearch.model.ops import ConvConfigError, SlidingChannelConvOp, check_conv, conv_macs, make_conv
+from dsearch.training.fastpath import ProxySlidingChannelConv
+from dsearch.training.proxy import keep_freed_memory
 
 KERNEL, STRIDE = 3, 1
 CONV_KINDS: tuple[tuple[str, dict], ...] = (

@@ -42,11 +42,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_train import _cpu_name, sampled_candidates  # noqa: E402
 
 import dsearch  # noqa: E402
-from dsearch.archspec import ArchSpec  # noqa: E402
 from dsearch.cost import spec_cost  # noqa: E402
 from dsearch.data import load_dataset  # noqa: E402
-from dsearch.fulltrain import FullTrainConfig, train_full  # noqa: E402
-from dsearch.train import DeviceData, ProxyConfig, select_device, train_proxy  # noqa: E402
+from dsearch.model.archspec import ArchSpec  # noqa: E402
+from dsearch.training.full import FullTrainConfig, train_full  # noqa: E402
+from dsearch.training.proxy import DeviceData, ProxyConfig, select_device, train_proxy  # noqa: E402
 
 Arch = tuple[str, ArchSpec, dict[str, Any] | None]  # (results key, architecture, its full training if known)
 
@@ -89,9 +89,9 @@ def proxy_entry(spec: ArchSpec, data, device: torch.device, setting: str) -> dic
 
 def audited_archs(study_name: str, storage: str | None) -> list[Arch]:
     """The architectures an audit of the study retrained, each with the full-schedule figures it recorded."""
-    from dsearch.audit import study_audit
-    from dsearch.pareto import arch_of
-    from dsearch.study import open_study
+    from dsearch.analysis.audit import study_audit
+    from dsearch.analysis.pareto import arch_of
+    from dsearch.search.storage import open_study
 
     study, _ = open_study(study_name, storage)
     audit = study_audit(study)
@@ -107,8 +107,8 @@ def audited_archs(study_name: str, storage: str | None) -> list[Arch]:
 
 def study_proxy(study_name: str, storage: str | None) -> tuple[str, dict[str, dict[str, Any]]]:
     """The study's own proxy setting as RES:EPOCHS[:SUBSET], and the val acc the search recorded per audited trial."""
-    from dsearch.audit import study_audit
-    from dsearch.study import open_study
+    from dsearch.analysis.audit import study_audit
+    from dsearch.search.storage import open_study
 
     study, _ = open_study(study_name, storage)
     proxy = study.user_attrs["dsearch_config"]["proxy"]
@@ -121,7 +121,7 @@ def study_proxy(study_name: str, storage: str | None) -> tuple[str, dict[str, di
 
 
 def report(results: dict[str, Any], proxies: list[str]) -> None:
-    from dsearch.rank import agreement
+    from dsearch.analysis.rank import agreement
 
     archs = [a for a in results["archs"].values() if "full" in a]
     print(f"\n{len(archs)} architectures with full training ({results.get('made', {})})")

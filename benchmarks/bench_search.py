@@ -16,9 +16,10 @@ import statistics
 import tempfile
 import time
 
-from dsearch.pareto import hypervolume, pareto_front, trials_frame
-from dsearch.study import SearchConfig, run_search
-from dsearch.train import ProxyConfig
+from dsearch.analysis.pareto import hypervolume, pareto_front, trials_frame
+from dsearch.search.config import SearchConfig
+from dsearch.search.driver import run_search
+from dsearch.training.proxy import ProxyConfig
 
 
 def run_one(config: str, seed: int, args: argparse.Namespace) -> tuple[float, float, int]:

@@ -16,7 +16,7 @@ For each architecture, in the same run, interleaved round by round (--repeats ro
             TensorDataset of float images (shuffled, batch 128), fp32, SGD; once in NCHW and
             once in channels_last; the faster of the two is the baseline;
   dsearch:  `train_proxy` (uint8 data on the device, on-device augmentation, the fast path of
-            dsearch.fastpath with dsearch's own CPU kernels where built (DSEARCH_NATIVE=0 turns them
+            dsearch.training.fastpath with dsearch's own CPU kernels where built (DSEARCH_NATIVE=0 turns them
             off), bf16 autocast on CUDA), timed from its progress callback.
 Both are timed over the same number of training steps after the same warm-up steps, without
 evaluation. images/s is the median over rounds; the ratio is dsearch / baseline. Share of peak:
@@ -35,11 +35,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from dsearch import build_model, native, preset, spec_cost
-from dsearch.archspec import ArchSpec
+from dsearch import build_model, preset, spec_cost
 from dsearch.data import load_dataset
-from dsearch.spaces import load_space, sample
-from dsearch.train import DeviceData, ProxyConfig, select_device, train_proxy
+from dsearch.model.archspec import ArchSpec
+from dsearch.search.spaces import load_space, sample
+from dsearch.training import native
+from dsearch.training.proxy import DeviceData, ProxyConfig, select_device, train_proxy
 
 WARMUP_STEPS = 2
 PRESETS = (("mobilenet_v2", 0.5), ("mobilenet_v2", 1.0))

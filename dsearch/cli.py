@@ -11,10 +11,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .archspec import ArchSpec
 from .errors import DsearchError
+from .model.archspec import ArchSpec
+from .model.presets import PRESETS
 from .paths import file_part, write_atomic
-from .presets import PRESETS
 
 if TYPE_CHECKING:
     from tqdm import tqdm  # for the annotation only: _StepBar imports it where a bar is made
@@ -30,7 +30,7 @@ def command(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Names
 def load_arch(arch: str, *, width: float | None = None, num_classes: int | None = None,
               in_channels: int | None = None, conv: str | None = None) -> ArchSpec:
     """A preset name or the path of an ArchSpec JSON file, with optional overrides."""
-    from .factory import resolve_arch
+    from .model.factory import resolve_arch
 
     return resolve_arch(arch, width=width, num_classes=num_classes, in_channels=in_channels, conv=conv)
 
@@ -39,9 +39,10 @@ def load_arch(arch: str, *, width: float | None = None, num_classes: int | None 
 def cmd_cost(args: argparse.Namespace) -> int:
     import torch
 
-    from .builder import build_model
-    from .cost import cost_table, count_cost
-    from .validate import check_fits_memory, check_int, check_number, check_resolution
+    from .checks import check_int, check_number, check_resolution
+    from .cost.count import cost_table, count_cost
+    from .cost.memory import check_fits_memory
+    from .model.builder import build_model
 
     for value, flag in ((args.num_classes, "--num-classes"), (args.in_channels, "--in-channels")):
         if value is not None:
@@ -91,9 +92,9 @@ class _StepBar:
 
 @command
 def cmd_run(args: argparse.Namespace) -> int:
-    from .study import SearchConfig
-    from .train import ProxyConfig
-    from .workers import run_parallel
+    from .search.config import SearchConfig
+    from .search.workers import run_parallel
+    from .training.proxy import ProxyConfig
 
     proxy = ProxyConfig(epochs=args.epochs, batch_size=args.batch_size, train_subset=args.train_subset,
                         train_resolution=args.train_resolution, optimizer=args.optimizer, lr=args.lr,
@@ -130,7 +131,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def print_summary(summary, study_name: str, cfg) -> None:
-    from .pareto import pareto_front, trials_frame
+    from .analysis.pareto import pareto_front, trials_frame
 
     res = summary.resolution
     c = summary.counts
@@ -154,7 +155,7 @@ def print_summary(summary, study_name: str, cfg) -> None:
         print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"storage: {summary.storage_url}")
     print(f"  resume or add a worker: dsearch run --study-name {study_name} --storage {summary.storage_url} ...")
-    from .study import default_storage
+    from .paths import default_storage
 
     where = "" if summary.storage_url == default_storage(study_name) else f" --storage {summary.storage_url}"
     print(f"  explore: dsearch show {study_name}{where}  |  dsearch dashboard {study_name}{where}")
@@ -163,15 +164,16 @@ def print_summary(summary, study_name: str, cfg) -> None:
 
 
 def _open(name: str, storage: str | None):
-    from .study import open_study
+    from .search.storage import open_study
 
     return open_study(name, storage)
 
 
 @command
 def cmd_show(args: argparse.Namespace) -> int:
-    from .pareto import COSTS, hypervolume, pareto_front, reference_point, study_budget, trials_frame
-    from .study import trial_counts
+    from .analysis.pareto import COSTS, hypervolume, pareto_front, reference_point, study_budget, trials_frame
+    from .analysis.pick import budget_text
+    from .search.trials import trial_counts
 
     if args.parquet:
         _check_parquet()  # before anything is written
@@ -185,7 +187,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     budget = study_budget(study)
     print(f"study '{study.study_name}' ({url}): {len(frame)} trials: {c['complete']} trained, {c['rejected']} "
           f"rejected by the budget, {c['invalid']} invalid, {c['pruned']} pruned, {c['failed']} failed, "
-          f"{c['running']} running; budget: {_budget_text(budget) or 'none'}")
+          f"{c['running']} running; budget: {budget_text(budget) or 'none'}")
     cost = args.by
     if cost == "latency_ms" and frame["latency_ms"].isna().all():
         raise DsearchError("no trial has a measured latency; use --by mflops or --by mparams")
@@ -204,7 +206,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     unit = {"mflops": "MFLOPs", "mparams": "M params", "latency_ms": "ms"}[cost]
     print(f"hypervolume {hypervolume(front, ref, cost=cost):.4g} (accuracy x {unit}; reference point: accuracy 0, "
           f"{ref:g} {unit})")
-    from .baselines import comparison_lines
+    from .analysis.baselines import comparison_lines
 
     for line in comparison_lines(study, frame):
         print(line)
@@ -213,7 +215,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 @command
 def cmd_baselines(args: argparse.Namespace) -> int:
-    from .baselines import KINDS, run_baselines, table_lines
+    from .analysis.baselines import KINDS, run_baselines, table_lines
 
     study, url = _open(args.study, args.storage)
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
@@ -254,7 +256,7 @@ def _write_parquet(frame, path: Path) -> None:
 
 @command
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from .dashboard import write_dashboard
+    from .analysis.dashboard import write_dashboard
 
     study, _ = _open(args.study, args.storage)
     out = Path(args.out or Path("studies") / file_part(study.study_name) / "dashboard.html")
@@ -275,8 +277,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 def _trial_note(study, number: int, doing: str) -> str | None:
     """A note when trial `number` is not a trained trial within budget (its status and reason), else None."""
-    from .failures import failure_reason
-    from .study import trial_status
+    from .search.trials import trial_status
+    from .training.failures import failure_reason
 
     trials = study.get_trials(deepcopy=False)
     if not 0 <= number < len(trials):
@@ -291,31 +293,6 @@ def _trial_note(study, number: int, doing: str) -> str | None:
     return f"note: trial {number} {what}" + (f" ({reason})" if reason else "") + f"; {doing} anyway"
 
 
-def _budget_text(budget: dict[str, float | None]) -> str:
-    """E.g. '300 MFLOPs, 2 M params'; empty when the study has no budget."""
-    units = {"mflops": "MFLOPs", "mparams": "M params"}
-    return ", ".join(f"{v:g} {units[k]}" for k, v in budget.items() if v is not None)
-
-
-def _pick_trial(study, choice: str, log: Callable[[str], None] = print) -> int:
-    """'best' (most accurate trained trial within budget) or a trial number."""
-    from .pareto import best_within_budget, study_budget, trained, trials_frame
-
-    if choice == "best":
-        frame = trials_frame(study)
-        budget = study_budget(study)
-        row = best_within_budget(frame, budget)
-        n = len(trained(frame))
-        limits = _budget_text(budget) or "no budget"
-        log(f"chose trial {int(row['trial'])}: the highest validation accuracy ({row['val_acc']:.4f}) of {n} trained "
-            f"trials within the budget ({limits}); {row['mflops']:.2f} MFLOPs, {row['mparams']:.3f} M params")
-        return int(row["trial"])
-    try:
-        return int(choice)
-    except ValueError:
-        raise DsearchError(f"--trial must be 'best' or a trial number, got {choice!r}") from None
-
-
 def _is_study_target(target: str) -> bool:
     """STUDY|ARCH targets: an ArchSpec JSON file or a preset name is an architecture; anything else a study."""
     return not (target.endswith(".json") or Path(target).is_file() or target in PRESETS)
@@ -323,18 +300,19 @@ def _is_study_target(target: str) -> bool:
 
 @command
 def cmd_export(args: argparse.Namespace) -> int:
-    from .cost import spec_cost
-    from .export import check_weights_fit, export_spec, feed_size, load_weights
-    from .pareto import arch_of
+    from .analysis.pareto import arch_of
+    from .cost.count import spec_cost
+    from .export.writer import check_weights_fit, export_spec, feed_size, load_weights
 
     info: dict = {}
     if _is_study_target(args.target):
         if args.weights:
             raise DsearchError("--weights is for an ArchSpec JSON target; a study's weights are found by trial")
-        from .weights import trial_weights
+        from .analysis.pick import pick_trial
+        from .search.weights import trial_weights
 
         study, url = _open(args.target, args.storage)
-        number = _pick_trial(study, args.trial)
+        number = pick_trial(study, args.trial, flag="--trial", log=print)
         spec = arch_of(study, number)
         note = _trial_note(study, number, "exporting its architecture")
         if note:
@@ -413,8 +391,8 @@ def _study_weights_facts(study, number: int, source: str) -> dict:
 
 @command
 def cmd_train(args: argparse.Namespace) -> int:
-    from .fulltrain import FullTrainConfig, kept_state, study_defaults, train_full, write_trained
-    from .train import ProxyConfig
+    from .training.full import FullTrainConfig, kept_state, study_defaults, train_full, write_trained
+    from .training.proxy import ProxyConfig
 
     proxy = ProxyConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
                         label_smoothing=args.label_smoothing, seed=args.seed)
@@ -423,11 +401,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     steps = None if args.quiet else _StepBar()
     log = (lambda _msg: None) if args.quiet else print
     if _is_study_target(args.target):
-        from .pareto import arch_of
-        from .weights import artifact_dir, save_full_weights
+        from .analysis.pareto import arch_of
+        from .analysis.pick import pick_trial
+        from .search.weights import artifact_dir, save_full_weights
 
         study, url = _open(args.target, args.storage)
-        number = _pick_trial(study, args.trial, log)
+        number = pick_trial(study, args.trial, flag="--trial", log=log)
         spec = arch_of(study, number)
         note = _trial_note(study, number, "training it")
         if note:
@@ -459,8 +438,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 @command
 def cmd_audit(args: argparse.Namespace) -> int:
-    from .audit import AUDIT_ATTR, report_lines, run_audit
-    from .validate import check_int
+    from .analysis.audit import AUDIT_ATTR, report_lines, run_audit
+    from .checks import check_int
 
     check_int(args.k, "--k", 3)
     check_int(args.epochs, "--epochs", 1)
@@ -482,10 +461,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 @command
 def cmd_spaces(args: argparse.Namespace) -> int:
-    from .budget import Budget, budget_share
-    from .cost import spec_cost
-    from .spaces import available_spaces, extreme_spec, load_space, space_size
-    from .validate import check_int, check_number
+    from .checks import check_int, check_number
+    from .cost.count import spec_cost
+    from .search.budget import Budget, budget_share
+    from .search.spaces import available_spaces, extreme_spec, load_space, space_size
 
     check_int(args.in_channels, "--in-channels", 1)
     check_int(args.num_classes, "--num-classes", 2)
@@ -541,14 +520,14 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-    from .audit import DEFAULT_K
-    from .baselines import KINDS as BASELINE_KINDS
+    from .analysis.audit import DEFAULT_K
+    from .analysis.baselines import KINDS as BASELINE_KINDS
+    from .analysis.pareto import COSTS
     from .data import DATASETS
-    from .ops import CONV_TYPES
-    from .pareto import COSTS
-    from .study import OBJECTIVES, PRUNER_FACTORIES, SAMPLER_FACTORIES, SearchConfig
-    from .train import OPTIMIZERS, ProxyConfig
+    from .model.ops import CONV_TYPES
+    from .search.config import OBJECTIVES, PRUNER_FACTORIES, SAMPLER_FACTORIES, SearchConfig
+    from .training.proxy import OPTIMIZERS, ProxyConfig
+    from .version import __version__
 
     search, proxy, full = SearchConfig(), ProxyConfig(), _full_train_defaults()
     parser = argparse.ArgumentParser(
@@ -716,15 +695,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _full_train_defaults():
-    from .fulltrain import FullTrainConfig
+    from .training.full import FullTrainConfig
 
     return FullTrainConfig()
 
 
 def _lr_defaults(full_training: bool = False) -> str:
     """The per-optimizer default peak learning rates, as the trainers pick them."""
-    from .fulltrain import FULL_TRAIN_SGD_LR
-    from .train import DEFAULT_LR
+    from .training.full import FULL_TRAIN_SGD_LR
+    from .training.proxy import DEFAULT_LR
 
     rates = {**DEFAULT_LR, "sgd": FULL_TRAIN_SGD_LR} if full_training else DEFAULT_LR
     return " / ".join(f"{rate:g} {opt}" for opt, rate in rates.items())

@@ -2,7 +2,7 @@
 """Reproduce the seed papers' claims on the embedded data and write docs/results.md.
 
 Two experiments, each network trained with the full schedule of `dsearch train`
-(`dsearch.fulltrain.train_full` with `FullTrainConfig()` defaults) on the embedded Fashion-MNIST
+(`dsearch.training.full.train_full` with `FullTrainConfig()` defaults) on the embedded Fashion-MNIST
 subset at its own 28x28 size, several seeds each:
 
 - equal cost: MobileNetV2 with its published depthwise-separable conv (DSC) at a few width
@@ -44,10 +44,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 import dsearch  # noqa: E402
-from dsearch.archspec import ArchSpec  # noqa: E402
 from dsearch.cost import spec_cost  # noqa: E402
 from dsearch.errors import DsearchError  # noqa: E402
-from dsearch.presets import mobilenet_v2, with_conv  # noqa: E402
+from dsearch.model.archspec import ArchSpec  # noqa: E402
+from dsearch.model.presets import mobilenet_v2, with_conv  # noqa: E402
 
 DATASET = "fashion-mnist-embedded"
 IN_CHANNELS, NUM_CLASSES = 1, 10  # the embedded data's
@@ -464,7 +464,7 @@ def train_one(run: Run, full_cfg: Any, threads: int, command: str, log: Callable
     """Train one run with train_full; the record kept in the results file."""
     import torch
 
-    from dsearch.fulltrain import train_full
+    from dsearch.training.full import train_full
     cfg = replace(full_cfg, proxy=replace(full_cfg.proxy, seed=run.seed))
     spec = run.config.spec()
     result, facts = train_full(spec, cfg, log=lambda msg: log(f"  {msg}"))
@@ -536,7 +536,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    from dsearch.fulltrain import FullTrainConfig, full_proxy
+    from dsearch.training.full import FullTrainConfig, full_proxy
     try:
         widths = [float(w) for w in args.widths.split(",") if w.strip()]
     except ValueError:

@@ -28,8 +28,9 @@ def tiny_space(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def searched_study(tmp_path_factory) -> dict:
     """A real, finished search on the tiny space (3 trained trials with kept weights and latencies)."""
-    from dsearch.study import SearchConfig, run_search
-    from dsearch.train import ProxyConfig
+    from dsearch.search.config import SearchConfig
+    from dsearch.search.driver import run_search
+    from dsearch.training.proxy import ProxyConfig
 
     root = tmp_path_factory.mktemp("searched")
     space = root / "tiny.yaml"

@@ -75,10 +75,10 @@ def test_every_option_has_help_and_shows_its_default():
 
 
 def test_cli_defaults_and_choices_come_from_the_configs_and_registries():
-    from dsearch.fulltrain import FullTrainConfig
-    from dsearch.ops import CONV_TYPES
-    from dsearch.study import PRUNER_FACTORIES, SAMPLER_FACTORIES, SearchConfig
-    from dsearch.train import OPTIMIZERS, ProxyConfig
+    from dsearch.model.ops import CONV_TYPES
+    from dsearch.search.config import PRUNER_FACTORIES, SAMPLER_FACTORIES, SearchConfig
+    from dsearch.training.full import FullTrainConfig
+    from dsearch.training.proxy import OPTIMIZERS, ProxyConfig
 
     parser, commands = _subparsers()
     run = parser.parse_args(["run"])

@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from dsearch import build_model, create_model, load_trial, preset
+from dsearch.analysis.pareto import best_within_budget, study_budget, trials_frame
 from dsearch.errors import DsearchError
-from dsearch.pareto import best_within_budget, study_budget, trials_frame
-from dsearch.weights import trial_weights
+from dsearch.search.weights import trial_weights
 
 
 def test_create_model_from_preset_json_and_spec_agree(tmp_path):

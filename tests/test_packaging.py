@@ -25,7 +25,7 @@ def installed(tmp_path_factory) -> Path:
     wheels = list((root / "dist").glob("dsearch-*.whl"))
     assert len(wheels) == 1
     names = zipfile.ZipFile(wheels[0]).namelist()
-    assert "dsearch/spaces/mobile.yaml" in names and "dsearch/data/fashion_mnist_subset.npz" in names
+    assert "dsearch/search/spaces/mobile.yaml" in names and "dsearch/data/fashion_mnist_subset.npz" in names
     target = root / "site"
     install = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheels[0])],

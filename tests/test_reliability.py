@@ -17,14 +17,15 @@ import torch
 from optuna.trial import TrialState
 
 from dsearch import cli, preset
-from dsearch.builder import build_model
+from dsearch.cost.memory import activation_bytes
 from dsearch.errors import DsearchError
-from dsearch.failures import check_finite_state
+from dsearch.model.builder import build_model
 from dsearch.paths import check_study_name, default_storage
-from dsearch.study import SearchConfig, run_search
-from dsearch.train import ProxyConfig, TrainingDiverged
-from dsearch.validate import activation_bytes
-from dsearch.weights import ARTIFACTS_ATTR, recorded_artifact_dir, trial_weights
+from dsearch.search.config import SearchConfig
+from dsearch.search.driver import run_search
+from dsearch.search.weights import ARTIFACTS_ATTR, recorded_artifact_dir, trial_weights
+from dsearch.training.failures import check_finite_state
+from dsearch.training.proxy import ProxyConfig, TrainingDiverged
 
 FAST = ProxyConfig(epochs=1, batch_size=64, train_subset=128, augment=False)
 BUDGET = 0.3  # MFLOPs at 32x32: about the middle of the tiny space's range
@@ -211,7 +212,7 @@ def test_non_finite_weights_are_found():
 
 
 def test_inf_batch_norm_statistics_fail_the_trial_and_are_not_trained(tiny_space, tmp_path, monkeypatch):
-    import dsearch.study as study_mod
+    import dsearch.search.objective as study_mod
 
     real = study_mod.train_proxy
 
@@ -235,7 +236,7 @@ def test_inf_batch_norm_statistics_fail_the_trial_and_are_not_trained(tiny_space
 
 
 def test_a_diverging_run_exits_non_zero_with_why(tiny_space, tmp_path, monkeypatch, capfd):
-    import dsearch.study as study_mod
+    import dsearch.search.driver as study_mod
 
     monkeypatch.setattr(study_mod, "MAX_FAILURES_IN_A_ROW", 2)
     monkeypatch.chdir(tmp_path)
@@ -305,7 +306,7 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
 
 def test_failed_trials_keep_their_reason_and_print_no_traceback(tiny_space, tmp_path, monkeypatch, capfd):
     """A crash, a diverged trial and Ctrl-C: each reason is kept; no traceback; exit 130 after Ctrl-C."""
-    import dsearch.study as study_mod
+    import dsearch.search.objective as study_mod
 
     monkeypatch.chdir(tmp_path)
     real = study_mod.train_proxy
@@ -335,7 +336,7 @@ def test_failed_trials_keep_their_reason_and_print_no_traceback(tiny_space, tmp_
 # --- 8. train and export say what a trial was ------------------------------------------------------------------------
 
 def test_train_and_export_name_a_rejected_or_failed_trial(searched_study, tmp_path, monkeypatch, capfd):
-    import dsearch.fulltrain as fulltrain
+    import dsearch.training.full as fulltrain
 
     monkeypatch.chdir(tmp_path)
     shutil.copytree(searched_study["root"], tmp_path / "s")

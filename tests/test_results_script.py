@@ -171,7 +171,7 @@ def test_other_schedules_do_not_count_as_done(mr):
 
 
 def test_render_only_from_a_results_file(mr, tmp_path):
-    from dsearch.fulltrain import FullTrainConfig
+    from dsearch.training.full import FullTrainConfig
     configs = mr.plan_configs([0.75], None)
     schedule = mr.schedule_of(FullTrainConfig().proxy)
     results = {"format": 1, "runs": {}}

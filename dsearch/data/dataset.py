@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -140,3 +141,9 @@ def build_dataset(name: str, splits: Splits, val_fraction: float, seed: int,
         in_channels=int(train_x.shape[1]), image_size=(int(train_x.shape[2]), int(train_x.shape[3])),
         mean=mean, std=std, classes=tuple(splits.classes),
     )
+
+
+def data_facts(data: Dataset) -> dict[str, Any]:
+    """What a user of an exported model needs to know about its input and output."""
+    return {"mean": [float(v) for v in data.mean], "std": [float(v) for v in data.std],
+            "classes": [str(c) for c in data.classes], "image_size": list(data.image_size)}

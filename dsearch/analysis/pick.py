@@ -1,0 +1,49 @@
+"""Which trial of a study a command or `load_trial` means: 'best' or a trial number, checked."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import optuna
+
+from ..errors import DsearchError
+from .pareto import best_within_budget, study_budget, trained, trials_frame
+
+
+def budget_text(budget: dict[str, float | None]) -> str:
+    """E.g. '300 MFLOPs, 2 M params'; empty when the study has no budget."""
+    units = {"mflops": "MFLOPs", "mparams": "M params"}
+    return ", ".join(f"{v:g} {units[k]}" for k, v in budget.items() if v is not None)
+
+
+def pick_trial(study: optuna.Study, trial: int | str = "best", *, flag: str = "trial",
+               log: Callable[[str], None] | None = None) -> int:
+    """'best' (the most accurate trained trial within the study's budget) or a trial number of the study.
+
+    `flag` names the argument in the error for anything else (the CLI's `--trial`); `log`, when given, hears
+    which trial 'best' chose and why.
+    """
+    if trial == "best":
+        frame = trials_frame(study)
+        budget = study_budget(study)
+        row = best_within_budget(frame, budget)
+        if log is not None:
+            n = len(trained(frame))
+            limits = budget_text(budget) or "no budget"
+            log(f"chose trial {int(row['trial'])}: the highest validation accuracy ({row['val_acc']:.4f}) of {n} "
+                f"trained trials within the budget ({limits}); {row['mflops']:.2f} MFLOPs, {row['mparams']:.3f} M "
+                "params")
+        return int(row["trial"])
+    number: int | None = None
+    if isinstance(trial, str):
+        try:
+            number = int(trial)
+        except ValueError:
+            number = None
+    elif isinstance(trial, int) and not isinstance(trial, bool):
+        number = trial
+    if number is None:
+        raise DsearchError(f"{flag} must be 'best' or a trial number, got {trial!r}")
+    count = len(study.get_trials(deepcopy=False))
+    if not 0 <= number < count:
+        raise DsearchError(f"study '{study.study_name}' has no trial {number} (trials 0..{count - 1})")
+    return number

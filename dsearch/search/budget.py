@@ -1,0 +1,303 @@
+"""Budgets over a search space: how much of the space fits, and repairing samples that do not.
+
+Everything here runs on the analytic cost model (dsearch.cost.spec_cost, well under a
+millisecond per architecture), so a search can afford to cost thousands of candidates.
+
+Repair rule (documented in README, "Search"): an over-budget architecture is changed one
+parameter at a time. Each step looks at every single change of one parameter to another of its
+choices (a block, a conv kind with its knobs, or a smaller width, depth, expansion, kernel,
+stem or head width) and measures the result against the budget as r = max(MFLOPs / MFLOPs budget, M params / params
+budget). If some change brings r <= 1, it takes the one of those with the highest r (the least
+shrinkage); otherwise it takes the change with the lowest r (the largest saving), and repeats.
+If no change lowers r, it falls back to the space's cheapest architecture, which is known to fit.
+"""
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..cost.count import net_counts, spec_cost, stage_counts
+from ..model.archspec import ArchSpec, ArchSpecError, ConvSpec, StageSpec, StemSpec
+from ..model.blocks import conv_units
+from ..model.ops import ConvConfigError, check_conv
+from .spaces import Choices, Space, extreme_params, sample
+
+Params = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A deployment budget: MFLOPs and/or M params, counted at `resolution` (None: the space's)."""
+
+    mflops: float | None = None
+    mparams: float | None = None
+    resolution: int | None = None
+
+    def ratio(self, spec: ArchSpec) -> float:
+        """max(cost / budget) over the budgets set: <= 1 means within budget (0 when no budget is set)."""
+        cost = spec_cost(spec, self.resolution)
+        return self.counts_ratio(cost.macs, cost.params)
+
+    def counts_ratio(self, macs: int, params: int) -> float:
+        ratios = [macs / 1e6 / self.mflops] if self.mflops is not None else []
+        if self.mparams is not None:
+            ratios.append(params / 1e6 / self.mparams)
+        return max(ratios, default=0.0)
+
+    def fits(self, spec: ArchSpec) -> bool:
+        return self.ratio(spec) <= 1.0
+
+    def describe(self) -> str:
+        parts = [f"{self.mflops:g} MFLOPs"] if self.mflops is not None else []
+        if self.mparams is not None:
+            parts.append(f"{self.mparams:g} M params")
+        return " and ".join(parts) or "no budget"
+
+
+class Recorder:
+    """A Suggester that answers with `answer(name, choices)` and records the parameters actually asked for."""
+
+    def __init__(self, answer: Callable[[str, list[Any]], Any]) -> None:
+        self.answer = answer
+        self.used: dict[str, Any] = {}
+
+    def suggest_categorical(self, name: str, choices: list[Any]) -> Any:
+        self.used[name] = self.answer(name, choices)
+        return self.used[name]
+
+
+def random_recorder(rng: random.Random) -> Recorder:
+    """Picks uniformly among the choices, as Optuna's RandomSampler does, without a study."""
+    return Recorder(lambda _name, choices: rng.choice(choices))
+
+
+def build(space: Space, params: Mapping[str, Any], in_channels: int, num_classes: int,
+          resolution: int | None = None) -> tuple[ArchSpec, Params]:
+    """The ArchSpec `params` describe and the subset of `params` it uses (its active parameters)."""
+    recorder = Recorder(lambda name, _choices: params[name])
+    spec = sample(space, recorder, in_channels, num_classes, resolution)
+    return spec, dict(recorder.used)
+
+
+def _value(params: Mapping[str, Any], name: str, choices: Choices) -> Any:
+    return choices[0] if len(choices) == 1 else params[name]
+
+
+@functools.lru_cache(maxsize=200_000)
+def _valid_stage_counts(st: StageSpec, in_channels: int, size: int) -> tuple[int, int, int] | None:
+    """`stage_counts`, or None where the stage's conv units break a rule (e.g. SCC groups that do not divide)."""
+    channels = in_channels
+    for r in range(st.repeats):
+        try:
+            for _, m, n, s in conv_units(st.block, channels, st.out_channels, st.expansion,
+                                         st.stride if r == 0 else 1):
+                check_conv(st.conv.kind, m, n, st.kernel, s, st.conv.knob_dict)
+        except ConvConfigError:
+            return None
+        channels = st.out_channels
+    return stage_counts(st, in_channels, size)
+
+
+def params_counts(space: Space, params: Mapping[str, Any], in_channels: int, num_classes: int,
+                  resolution: int | None = None) -> tuple[int, int] | None:
+    """(MACs, params) of the architecture `params` pick, equal to spec_cost of it, without validating an ArchSpec.
+
+    Stage costs are cached, so costing many architectures that differ in one choice is cheap. None
+    where the choices do not make a valid architecture.
+    """
+    stages = []
+    for i, st in enumerate(space.stages, start=1):
+        p = f"stage{i}"
+        kind = _value(params, f"{p}.conv", st.conv)
+        knobs = {k: _value(params, f"{p}.{kind}_{k}", c) for k, c in space.knob_choices(kind).items()}
+        stages.append(StageSpec(
+            block=_value(params, f"{p}.block", st.block), out_channels=_value(params, f"{p}.width", st.width),
+            repeats=_value(params, f"{p}.depth", st.depth), stride=st.stride,
+            kernel=_value(params, f"{p}.kernel", st.kernel),
+            expansion=float(_value(params, f"{p}.expansion", st.expansion)), conv=_conv_spec(kind, knobs),
+            activation=st.activation, residual=st.residual))
+    stem = StemSpec(_value(params, "stem.width", space.stem_width), space.stem_kernel, space.stem_stride,
+                    space.stem_activation)
+    return net_counts(in_channels, num_classes, stem, stages, _value(params, "head.width", space.head_width),
+                      resolution or space.resolution, stage=_valid_stage_counts)
+
+
+@functools.lru_cache(maxsize=4096)
+def _conv_spec_cached(kind: str, knobs: tuple[tuple[str, Any], ...]) -> ConvSpec:
+    return ConvSpec(kind, knobs)
+
+
+def _conv_spec(kind: str, knobs: Mapping[str, Any]) -> ConvSpec:
+    return _conv_spec_cached(kind, tuple(sorted(knobs.items())))
+
+
+def _multi(name: str, choices: Choices) -> Iterator[tuple[str, Any]]:
+    """(name, choice) pairs for a parameter that is a real choice (single values are not parameters)."""
+    if len(choices) > 1:
+        for c in choices:
+            yield name, c
+
+
+def single_changes(space: Space, params: Mapping[str, Any]) -> Iterator[Params]:
+    """Every parameter set that differs from `params` in one choice and may cost less.
+
+    A conv kind change brings its knobs; widths, depths, kernels and expansions only go down.
+    """
+    current = dict(params)
+    plain: list[tuple[str, Choices]] = [("stem.width", space.stem_width), ("head.width", space.head_width)]
+    for i, st in enumerate(space.stages, start=1):
+        p = f"stage{i}"
+        plain += [(f"{p}.block", st.block), (f"{p}.width", st.width), (f"{p}.depth", st.depth),
+                  (f"{p}.kernel", st.kernel), (f"{p}.expansion", st.expansion)]
+        kind_now = current.get(f"{p}.conv", st.conv[0])
+        for kind in st.conv:
+            knobs = space.knob_choices(kind)
+            names = [f"{p}.{kind}_{k}" for k in knobs]
+            for combo in itertools.product(*knobs.values()):
+                change = {f"{p}.conv": kind} if len(st.conv) > 1 else {}
+                change.update({n: v for n, v, c in zip(names, combo, knobs.values(), strict=True) if len(c) > 1})
+                same = kind == kind_now and all(current.get(n) == v for n, v in change.items())
+                if not same:
+                    yield {**current, **change}
+    for name, choices in plain:
+        now = current.get(name)
+        for _, c in _multi(name, choices):
+            # Larger widths, depths, kernels and expansions never cost less: only smaller ones can repair.
+            if c != now and (name.endswith(".block") or c < now):
+                yield {**current, name: c}
+
+
+def repair(space: Space, params: Mapping[str, Any], budget: Budget, in_channels: int, num_classes: int,
+           max_steps: int = 200) -> tuple[ArchSpec, Params, int]:
+    """The architecture the repair rule (module docstring) makes of `params`: (spec, its params, steps taken)."""
+    spec, params = build(space, params, in_channels, num_classes, budget.resolution)
+    ratio = budget.ratio(spec)
+    steps = 0
+    while ratio > 1.0 and steps < max_steps:
+        fitting: tuple[float, Params] | None = None
+        lowest: tuple[float, Params] | None = None
+        for candidate in single_changes(space, params):
+            counts = params_counts(space, candidate, in_channels, num_classes, budget.resolution)
+            if counts is None:
+                continue  # e.g. SCC groups that do not divide a width
+            r = budget.counts_ratio(*counts)
+            if r <= 1.0 and (fitting is None or r > fitting[0]):
+                fitting = (r, candidate)
+            if lowest is None or r < lowest[0]:
+                lowest = (r, candidate)
+        steps += 1
+        if fitting is not None:
+            spec, params = build(space, fitting[1], in_channels, num_classes, budget.resolution)
+            return spec, params, steps
+        if lowest is None or lowest[0] >= ratio:
+            break
+        ratio, params = lowest[0], build(space, lowest[1], in_channels, num_classes, budget.resolution)[1]
+    if ratio > 1.0:
+        spec, params = build(space, extreme_params(space, budget.resolution), in_channels, num_classes,
+                             budget.resolution)
+    return spec, params, steps
+
+
+@dataclass(frozen=True)
+class BudgetShare:
+    """What share of a space fits a budget, estimated from uniform random samples."""
+
+    samples: int
+    within: int
+    invalid: int
+    seconds: float
+    largest_within: ArchSpec | None  # the costliest sampled architecture that fits
+
+    @property
+    def share(self) -> float:
+        return self.within / max(1, self.samples)
+
+    def interval(self, z: float = 1.96) -> tuple[float, float]:
+        """Wilson 95% interval of the share."""
+        n, p = max(1, self.samples), self.share
+        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+        return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def budget_share(space: Space, budget: Budget, in_channels: int, num_classes: int, samples: int = 10_000,
+                 seed: int = 0) -> BudgetShare:
+    """Sample the space uniformly (as Optuna's RandomSampler would) and count the samples within `budget`."""
+    rng = random.Random(seed)
+    start = time.perf_counter()
+    within = invalid = 0
+    best: tuple[float, ArchSpec] | None = None
+    for _ in range(samples):
+        try:
+            spec = sample(space, random_recorder(rng), in_channels, num_classes, budget.resolution)
+        except ArchSpecError:
+            invalid += 1
+            continue
+        r = budget.ratio(spec)
+        if r <= 1.0:
+            within += 1
+            if best is None or r > best[0]:
+                best = (r, spec)
+    return BudgetShare(samples=samples, within=within, invalid=invalid, seconds=time.perf_counter() - start,
+                       largest_within=best[1] if best else None)
+
+
+ENUMERATE_AT_MOST = 20_000  # spaces up to this size are counted exactly; larger ones are never exhausted in practice
+
+
+def all_params(space: Space) -> Iterator[Params]:
+    """Every architecture of the space as its active parameters (conv knobs only where the kind is used)."""
+    per_stage: list[list[Params]] = []
+    for i, st in enumerate(space.stages, start=1):
+        p = f"stage{i}"
+        plain: list[list[tuple[str, Any] | None]] = [list(_multi(f"{p}.{key}", getattr(st, key))) or [None]
+                                                     for key in ("block", "width", "depth", "kernel", "expansion")]
+        options: list[Params] = []
+        for kind in st.conv:
+            knobs = space.knob_choices(kind)
+            for combo in itertools.product(*knobs.values()):
+                conv = {f"{p}.conv": kind} if len(st.conv) > 1 else {}
+                conv.update({f"{p}.{kind}_{k}": v
+                             for (k, c), v in zip(knobs.items(), combo, strict=True) if len(c) > 1})
+                for picks in itertools.product(*plain):
+                    options.append({**conv, **dict(x for x in picks if x is not None)})
+        per_stage.append(options)
+    ends: list[list[tuple[str, Any] | None]] = [list(_multi("stem.width", space.stem_width)) or [None],
+                                                list(_multi("head.width", space.head_width)) or [None]]
+    for stages in itertools.product(*per_stage):
+        for stem_head in itertools.product(*ends):
+            params: Params = dict(x for x in stem_head if x is not None)
+            for stage in stages:
+                params.update(stage)
+            yield params
+
+
+def feasible_count(space: Space, budget: Budget, in_channels: int, num_classes: int) -> int | None:
+    """How many distinct valid architectures of the space fit `budget`; None for spaces too large to count."""
+    feasible = feasible_params(space, budget, in_channels, num_classes)
+    return None if feasible is None else len(feasible)
+
+
+def feasible_params(space: Space, budget: Budget, in_channels: int, num_classes: int) -> list[Params] | None:
+    """Every architecture of the space within `budget`, as parameters; None for spaces too large to enumerate."""
+    from .spaces import space_size
+
+    if space_size(space) > ENUMERATE_AT_MOST:
+        return None
+    return list(_feasible_params(space, budget, in_channels, num_classes))
+
+
+@functools.lru_cache(maxsize=64)
+def _feasible_params(space: Space, budget: Budget, in_channels: int, num_classes: int) -> tuple[Params, ...]:
+    fitting = []
+    for params in all_params(space):
+        counts = params_counts(space, params, in_channels, num_classes, budget.resolution)
+        if counts is not None and budget.counts_ratio(*counts) <= 1.0:
+            fitting.append(params)
+    return tuple(fitting)

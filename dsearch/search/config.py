@@ -1,0 +1,109 @@
+"""The settings of a search (SearchConfig, the samplers and pruners) and their checks, made before anything is
+loaded or written; each error states the rule it broke.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import optuna
+import torch
+
+from ..checks import check_device, check_number, check_resolution, check_seed
+from ..cost.count import Cost, spec_cost
+from ..cost.memory import check_fits_memory
+from ..data import Dataset
+from ..errors import DsearchError
+from ..training.proxy import ProxyConfig, check_proxy
+from .budget import Budget
+from .resume import space_digest
+from .spaces import Space, extreme_spec
+
+OBJECTIVES = ("multi", "accuracy")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    space: str = "mobile"
+    dataset: str = "fashion-mnist-embedded"
+    data_dir: str | None = None
+    budget_mflops: float | None = None
+    budget_mparams: float | None = None
+    resolution: int | None = None  # deployment resolution; None: the space's
+    objective: str = "multi"  # multi: (val acc up, MFLOPs down); accuracy: val acc up
+    sampler: str = "tpe"
+    pruner: str = "median"  # used with objective "accuracy" (Optuna prunes single-objective studies only)
+    seed: int = 0
+    device: str = "auto"
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    measure_latency: bool = False  # batch-1 eval latency of each trained candidate on the training device
+    # Multi-objective early stopping: stop a trial whose val acc after an epoch trails, by more than the margin,
+    # a cheaper-or-equal Pareto-front trial's val acc after the same epoch (Optuna's pruners are single-objective).
+    early_stop: bool = False
+    early_stop_margin: float = 0.02
+
+    @property
+    def budget(self) -> Budget:
+        return Budget(self.budget_mflops, self.budget_mparams, self.resolution)
+
+    def identity(self, space: Space, train_resolution: int) -> dict[str, Any]:
+        """The settings a study is bound to (see dsearch.search.resume); resuming with other values is refused."""
+        proxy = {f"proxy.{k}": v for k, v in asdict(self.proxy).items() if k not in ("seed", "train_resolution")}
+        return {"version": 2, "space": space.name, "space_sha256": space_digest(space), "dataset": self.dataset,
+                "budget_mflops": self.budget_mflops, "budget_mparams": self.budget_mparams,
+                "resolution": self.resolution or space.resolution, "train_resolution": train_resolution,
+                "objective": self.objective, **proxy}
+
+
+SAMPLER_FACTORIES: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
+    # constant_liar: a running trial of another worker counts as a poor result, so that workers spread out
+    # (no effect with one worker, which never asks while its own trial runs).
+    "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed, n_startup_trials=6, constant_liar=True),
+    "nsga2": lambda seed: optuna.samplers.NSGAIISampler(seed=seed, population_size=8),
+    "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
+}
+PRUNER_FACTORIES: dict[str, Callable[[], optuna.pruners.BasePruner]] = {
+    "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
+    "hyperband": lambda: optuna.pruners.HyperbandPruner(),
+    "none": lambda: optuna.pruners.NopPruner(),
+}
+
+
+def check_config(cfg: SearchConfig) -> None:
+    """Every setting checked before anything is loaded or written; each error states the rule."""
+    for value, flag in ((cfg.budget_mflops, "--budget-mflops"), (cfg.budget_mparams, "--budget-mparams")):
+        if value is not None:
+            check_number(value, flag, low=0, low_open=True)
+    check_resolution(cfg.resolution, "--resolution")
+    if cfg.objective not in OBJECTIVES:
+        raise DsearchError(f"unknown objective {cfg.objective!r}; valid: {', '.join(OBJECTIVES)}")
+    for name, table, what in ((cfg.sampler, SAMPLER_FACTORIES, "sampler"), (cfg.pruner, PRUNER_FACTORIES, "pruner")):
+        if name not in table:
+            raise DsearchError(f"unknown {what} {name!r}; valid: {', '.join(table)}")
+    check_seed(cfg.seed)
+    check_device(cfg.device)
+    check_proxy(cfg.proxy)
+
+
+def check_fits(space: Space, data: Dataset, cfg: SearchConfig, device) -> None:
+    """Refuse resolutions whose activations cannot fit: counting the largest candidate, and training it."""
+    largest = extreme_spec(space, data.in_channels, data.num_classes, cfg.resolution, cheapest=False)
+    check_fits_memory(largest, cfg.resolution or space.resolution, 1, torch.device("cpu"), "--resolution")
+    check_fits_memory(largest, cfg.proxy.train_resolution or data.image_size[0], cfg.proxy.batch_size, device,
+                      "--train-resolution", training=True)
+
+
+def check_budget_reachable(space: Space, data: Dataset, cfg: SearchConfig) -> Cost:
+    """Fail at once when no architecture of the space fits the budget; returns the cheapest cost."""
+    cheapest = spec_cost(extreme_spec(space, data.in_channels, data.num_classes, cfg.resolution))
+    res = cfg.resolution or space.resolution
+    if cfg.budget_mflops is not None and cheapest.mflops > cfg.budget_mflops:
+        raise DsearchError(
+            f"no architecture of space '{space.name}' fits --budget-mflops {cfg.budget_mflops:g}: the cheapest costs "
+            f"{cheapest.mflops:.2f} MFLOPs at {res}x{res}; raise the budget or use a smaller space/resolution")
+    if cfg.budget_mparams is not None and cheapest.mparams > cfg.budget_mparams:
+        raise DsearchError(
+            f"no architecture of space '{space.name}' fits --budget-mparams {cfg.budget_mparams:g}: the cheapest has "
+            f"{cheapest.mparams:.3f} M params; raise the budget or use a smaller space")
+    return cheapest

@@ -1,0 +1,270 @@
+"""The Optuna driver: sample -> cost -> budget check -> proxy training -> storage.
+
+Every candidate's cost is counted at the deployment resolution before any training. One over
+budget is never trained: it is recorded (cost, reason) as a PRUNED trial whose constraint
+values are positive, so the sampler learns from it (`trial.set_constraint`), and its repair
+(dsearch.search.budget: the closest architecture within the budget by a documented rule) is enqueued
+as the next trial, so every sample leads to a trainable candidate. An architecture already
+trained in the study is not trained again: the repeat is recorded as a duplicate with the
+original's result. A run that cannot find anything new to train stops and says why. Several
+`dsearch run` processes on one storage cooperate on one study; RDB storages (SQLite by default,
+PostgreSQL/MySQL for many machines) carry heartbeats, so a killed worker's trial is marked failed.
+
+The pieces live beside this loop: `config` (the settings and their checks), `storage`, `objective`
+(one trial), `trials` (reading a study's trials back), `workers` (several processes of this loop).
+"""
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import optuna
+from optuna.trial import TrialState
+
+from ..checks import check_int, check_number
+from ..data import Dataset, data_facts, load_dataset
+from ..errors import DsearchError
+from ..model.archspec import ArchSpecError
+from ..paths import default_storage
+from ..training.failures import failure_reason, optuna_log_level, recording_failures
+from ..training.proxy import DeviceData, select_device
+from .budget import build, feasible_count, feasible_params, random_recorder, repair
+from .config import PRUNER_FACTORIES, SAMPLER_FACTORIES, SearchConfig, check_budget_reachable, check_config, check_fits
+from .objective import Objective
+from .record import arch_key, name_metrics
+from .resume import bind, check_resume
+from .spaces import Space, load_space, sample
+from .storage import open_storage
+from .trials import study_split_seed, trained_keys, trained_trials_since, trial_counts, untrained_seconds
+from .weights import artifact_dir
+
+MAX_FAILURES_IN_A_ROW = 5  # a broken setup should not burn through every sample
+STALE_AFTER = 6  # trials in a row that trained nothing new before a random untried candidate is enqueued
+FRESH_ATTEMPTS = 300  # random samples (repaired) tried when looking for an untried candidate
+WORKER_SEED_STRIDE = 1_000_003  # sampler seeds of parallel workers lie this far apart
+
+
+@dataclass
+class SearchSummary:
+    study: optuna.Study
+    storage_url: str
+    resolution: int
+    counts: dict[str, int]
+    wall_s: float
+    interrupted: bool = False
+    asked: int = 0  # architectures this run was asked to train
+    trained: int = 0  # ... and trained (this worker, this run)
+    failed: int = 0  # trials that failed in this run
+    last_failure: str | None = None  # the last failed trial's reason
+    untrained_s: float = 0.0  # this run's time in trials that trained nothing (rejected, invalid, duplicate)
+    stopped: str | None = None  # why the run stopped before training what was asked, when it could not go on
+    exhausted: str | None = None  # set when every architecture within the budget has been trained
+
+    def shortfall(self) -> str | None:
+        """Why this run trained fewer architectures than asked, when trials failed; None otherwise."""
+        if self.interrupted or self.trained >= self.asked or not self.failed:
+            return None
+        return (f"{self.trained} of {self.asked} architectures trained: {self.failed} trial(s) failed "
+                f"(last: {self.last_failure})")
+
+
+def prepare_study(cfg: SearchConfig, study_name: str, storage_url: str, identity: dict[str, Any],
+                  allow_changed_settings: bool = False, worker: int = 0) -> optuna.Study:
+    """Create the study, or load it and check that it was made with the same settings (see dsearch.search.resume).
+
+    `worker` numbers the parallel workers of one `dsearch run --jobs N` (0 for the first): each gets its own
+    sampler seed, so that workers started at the same moment do not propose the same architectures.
+    """
+    storage = open_storage(storage_url)
+    directions: list[Literal["maximize", "minimize"]] = ["maximize"]  # val acc, then MFLOPs for "multi"
+    if cfg.objective == "multi":
+        directions.append("minimize")
+    try:
+        existing = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        existing = None
+    changes = check_resume(study_name, existing, identity, allow_changed_settings)
+    # A distinct sampler seed per start, so that a resumed or second worker does not replay the same samples.
+    seed = cfg.seed + (len(existing.get_trials(deepcopy=False)) if existing is not None else 0)
+    seed = (seed + WORKER_SEED_STRIDE * worker) % 2 ** 32
+    study = optuna.create_study(study_name=study_name, storage=storage, directions=directions, load_if_exists=True,
+                                sampler=SAMPLER_FACTORIES[cfg.sampler](seed), pruner=PRUNER_FACTORIES[cfg.pruner]())
+    bind(study, identity, asdict(cfg), existing is None, changes)
+    name_metrics(study, cfg.objective, cfg.resolution or load_space(cfg.space).resolution)
+    return study
+
+
+def run_search(cfg: SearchConfig, study_name: str, storage_url: str | None = None, n_trials: int = 10,
+               timeout: float | None = None, log: Callable[[str], None] = print,
+               progress_factory: Callable[[int], Any] | None = None,
+               trial_progress: Callable[[int, int], None] | None = None,
+               allow_changed_settings: bool = False, worker: int | None = None,
+               on_study: Callable[[optuna.Study, int], None] | None = None,
+               shared_from: int | None = None) -> SearchSummary:
+    """Run (or resume) a search until this worker has trained `n_trials` architectures or `timeout` passes.
+
+    Every input is checked before anything is written, so bad input creates no study. A resume with
+    other settings is refused unless `allow_changed_settings` (then the change is recorded on the study).
+    `worker` numbers the parallel workers of one run (see dsearch.search.workers; None: a standalone run);
+    `on_study(study, first)` is called once the study exists, before any trial, with the number this run's
+    trials start from. With `shared_from` (the study's
+    trial count when a parallel run began; -1: when this worker begins), `n_trials` counts what all the
+    run's workers train from there on, and this worker starts no trial once those trained and those
+    running reach it.
+    """
+    check_config(cfg)
+    optuna.logging.set_verbosity(optuna_log_level())  # dsearch prints its own one line per trial
+    check_int(n_trials, "--n-trials", 1)
+    if timeout is not None:
+        check_number(timeout, "--timeout", low=0, low_open=True)
+    storage_url = storage_url or default_storage(study_name)
+    space = load_space(cfg.space)
+    data = load_dataset(cfg.dataset, cfg.data_dir, seed=cfg.seed)
+    try:
+        device = select_device(cfg.device)
+    except (ValueError, RuntimeError) as err:
+        raise DsearchError(str(err).splitlines()[0]) from None
+    check_fits(space, data, cfg, device)
+    check_budget_reachable(space, data, cfg)
+    identity = cfg.identity(space, cfg.proxy.train_resolution or data.image_size[0])
+    study = prepare_study(cfg, study_name, storage_url, identity, allow_changed_settings, worker or 0)
+    split_seed = study_split_seed(study, cfg.seed)
+    if split_seed != cfg.seed:  # every trial of a study is validated on the same images, whoever trains it
+        data = load_dataset(cfg.dataset, cfg.data_dir, seed=split_seed)
+        log(f"validating on the study's split (seed {split_seed}, the seed it was made with); --seed {cfg.seed} "
+            "seeds this worker's sampler and training")
+    if "dsearch_data" not in study.user_attrs:
+        study.set_user_attr("dsearch_data", data_facts(data))
+    device_data = DeviceData(data, device, cfg.proxy.train_subset, cfg.proxy.train_resolution)
+    objective = Objective(cfg, space, data, device_data, log, trial_progress, artifact_dir(study, storage_url), worker)
+    target, exhausted = _target(study, space, data, cfg, n_trials, log)
+    bar = progress_factory(target) if progress_factory and target else None
+    trained = 0
+    failures_in_a_row = 0
+    failed: list[str] = []  # this run's failure reasons
+    stale = 0  # trials in a row that trained nothing new
+    stopped: str | None = None
+    first = len(study.get_trials(deepcopy=False))  # this run's trials come after
+    rng = random.Random(f"{cfg.seed}/{first}" + (f"/{worker}" if worker else ""))  # worker 0 as a standalone run
+    if shared_from is not None and shared_from < 0:
+        shared_from = first
+    if on_study is not None:
+        on_study(study, first)
+
+    def run_done() -> int:
+        """Architectures this run has trained: this worker's, or with shared_from every worker's."""
+        return trained if shared_from is None else len(trained_trials_since(study, shared_from))
+
+    def shared_done(first_of_run: int) -> bool:
+        """Whether a shared run's trained and running trials (all workers') reach the target."""
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        busy = sum(t.number >= first_of_run for t in running)  # this run's; not a dead worker's stale trial
+        return len(trained_trials_since(study, first_of_run)) + busy >= target
+
+    def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        nonlocal trained, failures_in_a_row, stale, stopped, exhausted
+        if shared_from is not None and shared_done(shared_from):  # this one's trial included
+            study.stop()
+        if trial.state == TrialState.FAIL:
+            failures_in_a_row += 1
+            reason = failure_reason(trial)
+            failed.append(reason)
+            log(f"trial {trial.number}: failed: {reason}")
+            if failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
+                stopped = f"{failures_in_a_row} trials in a row failed; last error: {reason}"
+                log(f"stopping: {stopped}")
+                study.stop()
+            return
+        # Only training resets the counts: rejections and repeats between failures do not.
+        if trial.user_attrs.get("trained") and trial.user_attrs.get("status") != "duplicate":
+            failures_in_a_row, stale = 0, 0
+            trained += 1
+            if bar is not None:
+                bar.update(run_done() - bar.n)
+            if shared_from is None and trained >= target:
+                study.stop()
+            return
+        stale += 1
+        if stale >= STALE_AFTER and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            params = fresh_candidate(study, space, data, cfg, rng)
+            if params is None:
+                count = feasible_count(space, cfg.budget, data.in_channels, data.num_classes)
+                if count is not None and count <= len(trained_keys(study)):
+                    exhausted = all_trained(count)
+                else:
+                    stopped = (f"the sampler proposed nothing new in {stale} trials and {FRESH_ATTEMPTS} random "
+                               "samples found no untrained architecture within the budget")
+                log(f"stopping: {exhausted or stopped}")
+                study.stop()
+                return
+            study.enqueue_trial(params, user_attrs={"fresh_after": stale})
+            log(f"the sampler proposed nothing new in {stale} trials: queued an untried random architecture")
+            stale = 0
+
+    start = time.perf_counter()
+    interrupted = False
+    if target and not exhausted and not (shared_from is not None and shared_done(shared_from)):  # a late worker
+        try:
+            study.optimize(recording_failures(objective), n_trials=1000 + 100 * target, timeout=timeout,
+                           callbacks=[after_trial], catch=(Exception,), gc_after_trial=False, show_progress_bar=False)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            if bar is not None:
+                bar.close()
+    wall = time.perf_counter() - start
+    this_run = study.get_trials(deepcopy=False)[first:]
+    # A shared run's workers stop as the others take the last trials: the run as a whole is judged by its caller.
+    if not interrupted and not stopped and not exhausted and trained < target and timeout is None \
+            and shared_from is None:
+        stopped = f"sampled {len(this_run)} trials without training {target} architectures"
+    if target < n_trials and run_done() >= target and not exhausted:
+        exhausted = all_trained(len(trained_keys(study)))
+    return SearchSummary(study=study, storage_url=storage_url, resolution=cfg.resolution or space.resolution,
+                         counts=trial_counts(study), wall_s=wall, interrupted=interrupted, asked=target,
+                         trained=trained, failed=len(failed), last_failure=failed[-1] if failed else None,
+                         untrained_s=untrained_seconds(this_run), stopped=stopped, exhausted=exhausted)
+
+
+def _target(study: optuna.Study, space: Space, data: Dataset, cfg: SearchConfig, n_trials: int,
+            log: Callable[[str], None]) -> tuple[int, str | None]:
+    """How many architectures this run trains: n_trials, or fewer where the space has fewer left within the budget."""
+    count = feasible_count(space, cfg.budget, data.in_channels, data.num_classes)
+    if count is None:
+        return n_trials, None
+    left = count - len(trained_keys(study))
+    if left <= 0:
+        return 0, all_trained(count)
+    if left < n_trials:
+        log(f"only {count} architectures of space '{space.name}' fit the budget and {left} are untrained: "
+            f"training those {left}")
+        return left, None
+    return n_trials, None
+
+
+def all_trained(count: int) -> str:
+    return f"all {count} architectures of the space within the budget are trained"
+
+
+def fresh_candidate(study: optuna.Study, space: Space, data: Dataset, cfg: SearchConfig,
+                    rng: random.Random) -> dict[str, Any] | None:
+    """The parameters of a random architecture within the budget (repaired) that the study has not trained."""
+    known = trained_keys(study)
+    feasible = feasible_params(space, cfg.budget, data.in_channels, data.num_classes)
+    if feasible is not None:  # a small space: pick straight from the architectures that fit
+        untried = [p for p in feasible if arch_key(build(space, p, data.in_channels, data.num_classes,
+                                                         cfg.resolution)[0]) not in known]
+        return rng.choice(untried) if untried else None
+    for _ in range(FRESH_ATTEMPTS):
+        recorder = random_recorder(rng)
+        try:
+            sample(space, recorder, data.in_channels, data.num_classes, cfg.resolution)
+        except ArchSpecError:
+            continue
+        spec, params, _ = repair(space, recorder.used, cfg.budget, data.in_channels, data.num_classes)
+        if arch_key(spec) not in known:
+            return params
+    return None

@@ -1,0 +1,177 @@
+"""The Optuna objective: one sampled architecture, its cost and budget check, then proxy training.
+
+An architecture over budget is recorded as rejected and its repair enqueued; one the study has trained
+already is recorded as a duplicate with the original's result (see dsearch.search.driver).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from ..cost.count import spec_cost
+from ..cost.latency import measure_latency
+from ..data import Dataset
+from ..model.archspec import ArchSpecError
+from ..training import native
+from ..training.failures import check_finite_state
+from ..training.proxy import DeviceData, TrainingDiverged, train_proxy
+from .budget import repair
+from .config import SearchConfig
+from .record import arch_attrs, arch_key, set_constraints, trial_arch_key
+from .spaces import Space, sample
+from .trials import trained_trials
+from .weights import save_trial_weights
+
+
+class Objective:
+    """Optuna objective: one sampled architecture, checked against the budget, then trained."""
+
+    def __init__(self, cfg: SearchConfig, space: Space, data: Dataset, device_data: DeviceData,
+                 log: Callable[[str], None], progress: Callable[[int, int], None] | None = None,
+                 weights_dir: Path | None = None, worker: int | None = None) -> None:
+        self.cfg, self.space, self.data, self.device_data = cfg, space, data, device_data
+        self.worker = worker  # which worker of a parallel run trains here (None: a standalone run)
+        self.weights_dir = weights_dir
+        self.resolution = cfg.resolution or space.resolution
+        self.train_resolution = device_data.size
+        self.log, self.progress = log, progress
+
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        try:
+            spec = sample(self.space, trial, self.data.in_channels, self.data.num_classes, self.resolution)
+        except ArchSpecError as err:
+            self._constraints(trial, invalid=1.0)
+            self._finish(trial, "invalid", f"invalid architecture: {err}")
+            raise optuna.TrialPruned(f"invalid architecture: {err}") from None
+        cost = spec_cost(spec)
+        key = arch_key(spec)
+        for name, value in {**arch_attrs(spec), "arch_key": key}.items():
+            trial.set_user_attr(name, value)
+        trial.set_user_attr("mflops", cost.mflops)
+        trial.set_user_attr("mparams", cost.mparams)
+        trial.set_user_attr("resolution", self.resolution)
+        over_flops = cost.mflops - self.cfg.budget_mflops if self.cfg.budget_mflops is not None else -1.0
+        over_params = cost.mparams - self.cfg.budget_mparams if self.cfg.budget_mparams is not None else -1.0
+        self._constraints(trial, over_flops, over_params)
+        where = f"{cost.mflops:.1f} MFLOPs at {self.resolution}x{self.resolution}, {cost.mparams:.2f} M params"
+        if over_flops > 0 or over_params > 0:
+            limits = []
+            if over_flops > 0:
+                limits.append(f"> {self.cfg.budget_mflops:g} MFLOPs")
+            if over_params > 0:
+                limits.append(f"> {self.cfg.budget_mparams:g} M params")
+            reason = f"over budget: {where} ({', '.join(limits)})"
+            self._finish(trial, "rejected", reason)
+            fixed, params, steps = repair(self.space, trial.params, self.cfg.budget, self.data.in_channels,
+                                          self.data.num_classes)
+            trial.study.enqueue_trial(params, user_attrs={"repair_of": trial.number, "repair_changes": steps})
+            self.log(f"trial {trial.number}: rejected, {reason}; queued its repair "
+                     f"({spec_cost(fixed).mflops:.1f} MFLOPs, {steps} change(s))")
+            raise optuna.TrialPruned(reason)
+        original = self.trained_with(trial.study, key, trial.number)
+        if original is not None:
+            return self._duplicate(trial, original)
+        train_cost = spec_cost(spec, self.train_resolution)
+        trial.set_user_attr("mflops_train", train_cost.mflops)
+        trial.set_user_attr("train_resolution", self.train_resolution)
+        if self.device_data.device.type == "cpu":  # the thread count changes a seeded trial's sums, so its result
+            trial.set_user_attr("cpu_threads", torch.get_num_threads())
+            trial.set_user_attr("cpu_kernels", native.status())  # dsearch's own or PyTorch's: sums differ slightly
+        if self.worker is not None:
+            trial.set_user_attr("worker", self.worker)
+        if self.cfg.measure_latency:
+            trial.set_user_attr("latency_ms", round(measure_latency(spec, self.device_data.device), 3))
+            trial.set_user_attr("latency_device", str(self.device_data.device))
+        trial.set_user_attr("status", "training")
+        single = self.cfg.objective == "accuracy"
+
+        def on_epoch(epoch: int, acc: float) -> None:
+            trial.set_user_attr("history", trial.user_attrs.get("history", []) + [acc])
+            if self.cfg.early_stop and not single and epoch + 1 < self.cfg.proxy.epochs:
+                better = outpaced_by(trial.study, cost.mflops, epoch, acc, self.cfg.early_stop_margin)
+                if better is not None:
+                    reason = (f"stopped early after epoch {epoch + 1}: val acc {acc:.4f} is more than "
+                              f"{self.cfg.early_stop_margin:g} below the {better.user_attrs['history'][epoch]:.4f} "
+                              f"of trial {better.number} ({better.user_attrs['mflops']:.1f} MFLOPs, on the Pareto "
+                              "front) at that epoch")
+                    self._finish(trial, "pruned", reason)
+                    trial.set_user_attr("trained", True)
+                    self.log(f"trial {trial.number}: {reason}")
+                    raise optuna.TrialPruned()
+            if single:
+                trial.report(acc, epoch)
+                if trial.should_prune():
+                    self._finish(trial, "pruned", f"pruned by {self.cfg.pruner} after epoch {epoch + 1} "
+                                                  f"(val acc {acc:.4f})")
+                    trial.set_user_attr("trained", True)
+                    raise optuna.TrialPruned()
+
+        try:
+            result = train_proxy(spec, self.device_data, self.cfg.proxy, on_epoch, self.progress)
+            check_finite_state(result.state)  # a finite loss can hide inf batch-norm statistics
+        except TrainingDiverged as err:  # a failure, not a trained trial (run_search logs it)
+            self._finish(trial, "failed", f"training diverged: {err}")
+            raise
+        for key, value in (("val_acc", result.val_acc), ("test_acc", result.test_acc),
+                           ("train_time_s", round(result.train_time_s, 2)), ("device", result.device),
+                           ("images_per_s", round(result.images_per_s, 1)), ("epochs", result.epochs)):
+            trial.set_user_attr(key, value)
+        trial.set_user_attr("trained", True)
+        if self.weights_dir is not None and result.state is not None:
+            try:
+                save_trial_weights(trial, result.state, self.weights_dir)
+            except OSError as err:  # the accuracy is the result; lost weights can be retrained with `dsearch train`
+                self.log(f"trial {trial.number}: weights not kept: {err}")
+        self._finish(trial, "complete", None)
+        self.log(f"trial {trial.number}: val acc {result.val_acc:.4f} (test {result.test_acc:.4f}), {where} "
+                 f"[{train_cost.mflops:.2f} MFLOPs at {self.train_resolution}x{self.train_resolution} trained], "
+                 f"{result.train_time_s:.0f} s, {spec.summary()}")
+        return result.val_acc if single else (result.val_acc, cost.mflops)
+
+    def trained_with(self, study: optuna.Study, key: str, exclude: int) -> optuna.trial.FrozenTrial | None:
+        """The earliest finished trial of `study` that trained the architecture `key`, if any."""
+        return next((t for t in trained_trials(study) if t.number != exclude and trial_arch_key(t) == key), None)
+
+    def _duplicate(self, trial: optuna.Trial, original: optuna.trial.FrozenTrial) -> float | tuple[float, float]:
+        """Record a repeat of an architecture the study already trained, with the original's result."""
+        trial.set_user_attr("duplicate_of", original.number)
+        reason = f"same architecture as trial {original.number}, which holds its result; not trained again"
+        self._finish(trial, "duplicate", reason)
+        self.log(f"trial {trial.number}: duplicate of trial {original.number}, not trained again")
+        if original.state != TrialState.COMPLETE:
+            raise optuna.TrialPruned(reason)
+        values = original.values  # a complete trial holds one value per objective: (val acc[, MFLOPs])
+        return (values[0], values[1]) if self.cfg.objective == "multi" else values[0]
+
+    @staticmethod
+    def _constraints(trial: optuna.Trial, over_flops: float = -1.0, over_params: float = -1.0,
+                     invalid: float = 0.0) -> None:
+        # The same keys on every trial: the samplers compare constraint vectors across trials.
+        set_constraints(trial, {"mflops_over_budget": over_flops, "mparams_over_budget": over_params,
+                                "invalid": invalid})
+
+    @staticmethod
+    def _finish(trial: optuna.Trial, status: str, reason: str | None) -> None:
+        trial.set_user_attr("status", status)
+        if reason:
+            trial.set_user_attr("reason", reason)
+
+
+def outpaced_by(study: optuna.Study, mflops: float, epoch: int, acc: float,
+                margin: float) -> optuna.trial.FrozenTrial | None:
+    """A Pareto-front trial costing at most `mflops` whose val acc after `epoch` beat `acc` by more than `margin`."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.user_attrs.get("status") == "complete" and "val_acc" in t.user_attrs]
+    front = [t for t in done if not any(
+        o.user_attrs["val_acc"] >= t.user_attrs["val_acc"] and o.user_attrs["mflops"] <= t.user_attrs["mflops"]
+        and (o.user_attrs["val_acc"], -o.user_attrs["mflops"]) != (t.user_attrs["val_acc"], -t.user_attrs["mflops"])
+        for o in done)]
+    for t in sorted(front, key=lambda t: t.number):
+        history = t.user_attrs.get("history", [])
+        if t.user_attrs["mflops"] <= mflops and len(history) > epoch and history[epoch] > acc + margin:
+            return t
+    return None

@@ -1,0 +1,112 @@
+"""The trial record: what dsearch keeps on Optuna trials and studies, and the conversions to and from it.
+
+One definition for every writer (study) and reader (pareto, dashboard, export, weights, CLI):
+
+- user attrs of a trial: `arch` (the ArchSpec as a JSON object; studies made by earlier versions
+  hold it as a JSON string, still read), `arch_summary` (one readable line), `status` (one of
+  STATUSES), `reason`, cost and training facts (`mflops`, `mparams`, `resolution`, `val_acc`, ...),
+  `arch_key` (a fingerprint of the ArchSpec), `repair_of` (on a repaired candidate: the rejected
+  trial it was made from) and `duplicate_of` (on a repeat: the trial that trained it).
+- constraints: CONSTRAINT_KEYS through `trial.set_constraint` (what Optuna 5's samplers read) and
+  the same values as one list under the trial system attr `constraints` (what optuna-dashboard
+  shows). Both forms hold the same numbers, so a trial is feasible in one exactly when in the other.
+  Optuna 5 reads both, so `trial.constraints` lists each value twice (by name and as '0', '1', '2'):
+  samplers' sums of violations double, which changes no feasibility and no ordering between trials.
+  Read them by name with `named_constraints`.
+- study metric names (`study.set_metric_names`): what Optuna's plots and optuna-dashboard label
+  the objectives with.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import optuna
+
+from ..errors import DsearchError
+from ..model.archspec import ArchSpec
+from ..version import __version__
+
+ARCH = "arch"
+ARCH_SUMMARY = "arch_summary"
+STATUS = "status"
+REASON = "reason"
+STATUSES = ("complete", "rejected", "invalid", "duplicate", "pruned", "failed", "running", "waiting")
+CONSTRAINT_KEYS = ("mflops_over_budget", "mparams_over_budget", "invalid")
+DASHBOARD_CONSTRAINTS = "constraints"  # optuna-dashboard reads a trial's constraints as this one list
+
+
+def arch_attrs(spec: ArchSpec) -> dict[str, Any]:
+    """The user attrs that describe an architecture: the ArchSpec as structured JSON and a one-line summary."""
+    return {ARCH: spec.to_dict(), ARCH_SUMMARY: spec.summary()}
+
+
+def arch_from_attr(value: Any) -> ArchSpec:
+    """The ArchSpec of an `arch` attr, in either form (a JSON object, or a JSON string in older studies)."""
+    if isinstance(value, str):
+        return ArchSpec.from_json(value)
+    if isinstance(value, Mapping):
+        return ArchSpec.from_dict(value)
+    raise DsearchError(f"the trial's architecture record has an unknown form ({type(value).__name__})")
+
+
+def trial_arch(attrs: Mapping[str, Any]) -> ArchSpec | None:
+    """The ArchSpec kept in a trial's user attrs; None when the trial sampled none."""
+    return arch_from_attr(attrs[ARCH]) if ARCH in attrs else None
+
+
+def arch_key(spec: ArchSpec) -> str:
+    """A short fingerprint of an architecture: equal ArchSpecs, equal keys."""
+    return hashlib.sha256(json.dumps(spec.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def trial_arch_key(trial: optuna.trial.FrozenTrial) -> str | None:
+    """The trial's architecture fingerprint (computed from its stored ArchSpec for studies made before keys)."""
+    key = trial.user_attrs.get("arch_key")
+    if key is None:
+        try:
+            spec = trial_arch(trial.user_attrs)
+        except DsearchError:
+            return None
+        key = arch_key(spec) if spec is not None else None
+    return key
+
+
+def set_constraints(trial: optuna.Trial, values: Mapping[str, float]) -> None:
+    """Every CONSTRAINT_KEYS value (<= 0: satisfied), in the form Optuna 5 reads and the one optuna-dashboard reads."""
+    ordered = [float(values[key]) for key in CONSTRAINT_KEYS]
+    for key, value in zip(CONSTRAINT_KEYS, ordered, strict=True):
+        trial.set_constraint(key, value)
+    trial.storage.set_trial_system_attr(trial._trial_id, DASHBOARD_CONSTRAINTS, ordered)
+
+
+def named_constraints(trial: optuna.trial.FrozenTrial) -> dict[str, float]:
+    """The trial's constraint values by CONSTRAINT_KEYS name (Optuna also lists the dashboard list as '0', '1', ...)."""
+    values = trial.constraints
+    return {key: values[key] for key in CONSTRAINT_KEYS if key in values}
+
+
+def metric_names(objective: str, resolution: int) -> list[str]:
+    """The objectives' names: validation accuracy, and MFLOPs at the deployment resolution for 'multi'."""
+    names = ["val_acc"]
+    if objective == "multi":
+        names.append(f"mflops@{resolution}x{resolution}")
+    return names
+
+
+def name_metrics(study: optuna.Study, objective: str, resolution: int) -> None:
+    """Name the study's objectives once (kept as they are when already named)."""
+    if study.metric_names is None:
+        with warnings.catch_warnings():  # set_metric_names is "experimental" in Optuna 5
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(metric_names(objective, resolution))
+
+
+def made_by() -> str:
+    """How and when a stored result was made: dsearch's version and the UTC time."""
+    from datetime import UTC, datetime
+
+    return f"dsearch {__version__}, {datetime.now(UTC).isoformat(timespec='seconds')}"

@@ -1,0 +1,329 @@
+"""Search spaces: YAML files (the built-in ones ship beside this module) -> Space -> ArchSpec per Optuna trial.
+
+Every value in a space file is either fixed or a list of choices. `sample(space, trial, ...)`
+turns an Optuna trial into an ArchSpec with stable, readable parameter names (stage2.conv,
+stage2.kernel, stage2.scc_overlap, ...); a conv knob is a parameter only where its stage uses
+that conv kind.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+
+from ...errors import DsearchError
+from ...model.archspec import ArchSpec, ConvSpec, HeadSpec, StageSpec, StemSpec
+from ...model.blocks import BLOCKS, conv_units
+from ...model.ops import CONV_TYPES, ConvConfigError, conv_macs, resolve_knobs
+from ...model.ops.activations import check_activation
+from ...model.ops.registry import out_size
+
+SPACES_DIR = Path(__file__).resolve().parent  # shipped inside the package (wheel and editable installs alike)
+
+Choices = tuple[Any, ...]
+
+
+class SpaceError(DsearchError):
+    """A space file that breaks a rule; the message names the file, the key and the rule."""
+
+
+class Suggester(Protocol):
+    def suggest_categorical(self, name: str, choices: list[Any]) -> Any: ...
+
+
+@dataclass(frozen=True)
+class StageSpace:
+    block: Choices
+    width: Choices
+    depth: Choices
+    stride: int
+    kernel: Choices
+    expansion: Choices
+    conv: Choices
+    activation: str
+    residual: bool
+
+
+@dataclass(frozen=True)
+class Space:
+    name: str
+    description: str
+    resolution: int
+    stem_width: Choices
+    stem_kernel: int
+    stem_stride: int
+    stem_activation: str
+    head_width: Choices
+    head_activation: str
+    head_dropout: float
+    stages: tuple[StageSpace, ...]
+    conv_knobs: tuple[tuple[str, tuple[tuple[str, Choices], ...]], ...]
+    path: str = ""
+
+    def knob_choices(self, kind: str) -> dict[str, Choices]:
+        return dict(dict(self.conv_knobs).get(kind, ()))
+
+
+def available_spaces() -> dict[str, Path]:
+    """Built-in spaces by name (the YAML files shipped in dsearch/search/spaces/)."""
+    return {p.stem: p for p in sorted(SPACES_DIR.glob("*.yaml"))}
+
+
+def load_space(name_or_path: str) -> Space:
+    """A built-in space by name, or a YAML file by path."""
+    builtin = available_spaces()
+    path = builtin.get(name_or_path) or Path(name_or_path)
+    if not path.is_file():
+        raise SpaceError(
+            f"space {name_or_path!r} not found: give a YAML file path or one of: {', '.join(builtin) or '(none)'}"
+        )
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise SpaceError(f"{path}: not UTF-8 text (byte {err.start}); save the space file as UTF-8") from None
+    except yaml.YAMLError as err:
+        first = str(err).splitlines()[0] if str(err) else "syntax error"
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise SpaceError(f"{path}: invalid YAML{where}: {first}") from None
+    return parse_space(data, str(path))
+
+
+def parse_space(data: Any, source: str = "<space>") -> Space:
+    reader = _Reader(source)
+    top = reader.mapping(data, "", {"name", "description", "resolution", "stem", "head", "stage_defaults",
+                                    "stages", "conv_knobs"}, required={"name", "resolution", "stem", "stages"})
+    stem = reader.mapping(top["stem"], "stem", {"width", "kernel", "stride", "activation"}, required={"width"})
+    head = reader.mapping(top.get("head", {}), "head", {"width", "activation", "dropout"})
+    defaults = reader.mapping(top.get("stage_defaults", {}), "stage_defaults", STAGE_KEYS)
+    stages_raw = top["stages"]
+    if not isinstance(stages_raw, list) or not stages_raw:
+        reader.fail("stages", "must be a non-empty list of stages")
+    knobs_raw = reader.mapping(top.get("conv_knobs", {}), "conv_knobs", set(CONV_TYPES))
+    conv_knobs = []
+    for kind, knobs in sorted(knobs_raw.items()):
+        knobs = reader.mapping(knobs, f"conv_knobs.{kind}", set(CONV_TYPES[kind].knob_names))
+        choices = tuple(sorted((k, reader.choices(v, f"conv_knobs.{kind}.{k}")) for k, v in knobs.items()))
+        for combo in itertools.product(*(c for _, c in choices)):
+            try:
+                resolve_knobs(kind, dict(zip((k for k, _ in choices), combo, strict=True)))
+            except ConvConfigError as err:
+                reader.fail(f"conv_knobs.{kind}", str(err))
+        conv_knobs.append((kind, choices))
+    stages = tuple(reader.stage({**defaults, **reader.mapping(s, f"stages[{i}]", STAGE_KEYS)}, f"stages[{i}]")
+                   for i, s in enumerate(stages_raw))
+    space = Space(
+        name=reader.string(top["name"], "name"),
+        description=str(top.get("description", "")),
+        resolution=reader.int_(top["resolution"], "resolution", 8),
+        stem_width=reader.choices(stem["width"], "stem.width", int),
+        stem_kernel=reader.int_(stem.get("kernel", 3), "stem.kernel"),
+        stem_stride=reader.int_(stem.get("stride", 1), "stem.stride"),
+        stem_activation=reader.activation(stem.get("activation", "relu"), "stem.activation"),
+        head_width=reader.choices(head.get("width", 0), "head.width", int, minimum=0),
+        head_activation=reader.activation(head.get("activation", "relu"), "head.activation"),
+        head_dropout=reader.fraction(head.get("dropout", 0.0), "head.dropout"),
+        stages=stages,
+        conv_knobs=tuple(conv_knobs),
+        path=source,
+    )
+    return space
+
+
+STAGE_KEYS = {"block", "width", "depth", "stride", "kernel", "expansion", "conv", "activation", "residual"}
+
+
+class _Reader:
+    """Checks space-file values; every error names the file, the key and the rule."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, key: str, rule: str) -> None:
+        raise SpaceError(f"{self.source}: {key or 'top level'}: {rule}")
+
+    def mapping(self, value: Any, key: str, allowed: set[str],
+                required: frozenset[str] | set[str] = frozenset()) -> dict:
+        if not isinstance(value, Mapping):
+            self.fail(key, "must be a mapping of keys to values")
+        unknown = sorted(set(value) - allowed)
+        if unknown:
+            self.fail(key, f"unknown key(s) {', '.join(map(str, unknown))}; valid: {', '.join(sorted(allowed))}")
+        missing = sorted(required - set(value))
+        if missing:
+            self.fail(key, f"missing required key(s) {', '.join(missing)}")
+        return dict(value)
+
+    def choices(self, value: Any, key: str, kind: type | None = None, minimum: int = 1) -> Choices:
+        values = tuple(value) if isinstance(value, list) else (value,)
+        if not values:
+            self.fail(key, "an empty list of choices; give at least one value")
+        if len(set(values)) != len(values):
+            self.fail(key, "lists a choice twice")
+        if kind is int:
+            for v in values:
+                if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
+                    self.fail(key, f"choices must be integers >= {minimum}, got {v!r}")
+        return values
+
+    def int_(self, value: Any, key: str, minimum: int = 1) -> int:
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            self.fail(key, f"must be an integer >= {minimum}, got {value!r}")
+        return value
+
+    def fraction(self, value: Any, key: str) -> float:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
+            self.fail(key, f"must be a number >= 0 and < 1, got {value!r}")
+        return float(value)
+
+    def string(self, value: Any, key: str) -> str:
+        if not isinstance(value, str) or not value:
+            self.fail(key, "must be a non-empty string")
+        return value
+
+    def activation(self, value: Any, key: str) -> str:
+        problem = check_activation(value)
+        if problem:
+            self.fail(key, problem)
+        return value
+
+    def stage(self, raw: dict, key: str) -> StageSpace:
+        for required in ("width", "stride"):
+            if required not in raw:
+                self.fail(key, f"missing required key {required!r}")
+        blocks = self.choices(raw.get("block", "inverted_residual"), f"{key}.block")
+        for b in blocks:
+            if b not in BLOCKS:
+                self.fail(f"{key}.block", f"unknown block {b!r}; valid: {', '.join(sorted(BLOCKS))}")
+        convs = self.choices(raw.get("conv", "dsc"), f"{key}.conv")
+        for c in convs:
+            if c not in CONV_TYPES:
+                self.fail(f"{key}.conv", f"unknown conv type {c!r}; valid: {', '.join(sorted(CONV_TYPES))}")
+        kernels = self.choices(raw.get("kernel", 3), f"{key}.kernel", int)
+        for k in kernels:
+            if k not in (1, 3, 5, 7):
+                self.fail(f"{key}.kernel", f"kernel {k} is not one of 1, 3, 5, 7")
+        expansions = self.choices(raw.get("expansion", 1), f"{key}.expansion")
+        for e in expansions:
+            if not isinstance(e, (int, float)) or isinstance(e, bool) or e <= 0:
+                self.fail(f"{key}.expansion", f"choices must be numbers > 0, got {e!r}")
+        stride = self.int_(raw["stride"], f"{key}.stride")
+        if stride not in (1, 2):
+            self.fail(f"{key}.stride", "must be 1 or 2")
+        residual = raw.get("residual", True)
+        if not isinstance(residual, bool):
+            self.fail(f"{key}.residual", "must be true or false")
+        return StageSpace(
+            block=blocks, width=self.choices(raw["width"], f"{key}.width", int),
+            depth=self.choices(raw.get("depth", 1), f"{key}.depth", int), stride=stride, kernel=kernels,
+            expansion=expansions, conv=convs, activation=self.activation(raw.get("activation", "relu"),
+                                                                         f"{key}.activation"),
+            residual=residual,
+        )
+
+
+def _pick(trial: Suggester, name: str, choices: Choices) -> Any:
+    return choices[0] if len(choices) == 1 else trial.suggest_categorical(name, list(choices))
+
+
+def sample(space: Space, trial: Suggester, in_channels: int, num_classes: int,
+           resolution: int | None = None) -> ArchSpec:
+    """The ArchSpec an Optuna trial (or any object with suggest_categorical) picks from `space`."""
+    stages = []
+    for i, st in enumerate(space.stages, start=1):
+        p = f"stage{i}"
+        kind = _pick(trial, f"{p}.conv", st.conv)
+        knobs = {k: _pick(trial, f"{p}.{kind}_{k}", c) for k, c in space.knob_choices(kind).items()}
+        stages.append(StageSpec(
+            block=_pick(trial, f"{p}.block", st.block), out_channels=_pick(trial, f"{p}.width", st.width),
+            repeats=_pick(trial, f"{p}.depth", st.depth), stride=st.stride,
+            kernel=_pick(trial, f"{p}.kernel", st.kernel),
+            expansion=float(_pick(trial, f"{p}.expansion", st.expansion)), conv=ConvSpec.of(kind, **knobs),
+            activation=st.activation, residual=st.residual,
+        ))
+    return ArchSpec(
+        in_channels=in_channels, num_classes=num_classes, resolution=resolution or space.resolution,
+        stem=StemSpec(_pick(trial, "stem.width", space.stem_width), space.stem_kernel, space.stem_stride,
+                      space.stem_activation),
+        stages=tuple(stages),
+        head=HeadSpec(_pick(trial, "head.width", space.head_width), space.head_activation, space.head_dropout),
+        name=space.name,
+    )
+
+
+def space_size(space: Space) -> int:
+    """Number of distinct architectures in the space."""
+    total = len(space.stem_width) * len(space.head_width)
+    for st in space.stages:
+        per_kind = sum(math.prod(len(c) for c in space.knob_choices(kind).values()) for kind in st.conv)
+        total *= len(st.block) * len(st.width) * len(st.depth) * len(st.kernel) * len(st.expansion) * per_kind
+    return total
+
+
+class _Fixed:
+    """A Suggester that answers from a dict of parameter values."""
+
+    def __init__(self, params: Mapping[str, Any]) -> None:
+        self.params = params
+
+    def suggest_categorical(self, name: str, choices: list[Any]) -> Any:
+        return self.params[name]
+
+
+def _stage_macs(block: str, kind: str, knobs: dict[str, Any], channels: int, size: int, width: int, depth: int,
+                kernel: int, expansion: float, stride: int) -> int | None:
+    """Analytic MACs of one stage's conv units; None where the knobs don't fit the widths."""
+    total, m, h = 0, channels, size
+    for r in range(depth):
+        for _, cin, cout, s in conv_units(block, m, width, expansion, stride if r == 0 else 1):
+            try:
+                total += conv_macs(kind, cin, cout, kernel, s, (h, h), **knobs)
+            except ConvConfigError:
+                return None
+            h = out_size(h, kernel, s)
+        m = width
+    return total
+
+
+def extreme_spec(space: Space, in_channels: int, num_classes: int, resolution: int | None = None,
+                 cheapest: bool = True) -> ArchSpec:
+    """The cheapest (or dearest) architecture of the space by MACs (see `extreme_params`)."""
+    return sample(space, _Fixed(extreme_params(space, resolution, cheapest)), in_channels, num_classes, resolution)
+
+
+def extreme_params(space: Space, resolution: int | None = None, cheapest: bool = True) -> dict[str, Any]:
+    """The parameter values of the cheapest (or dearest) architecture of the space by MACs.
+
+    Widths, depths, expansions, kernels and head width are monotone in cost, so their extremes
+    are taken directly; the block, conv kind and knobs of each stage are ranked by the analytic
+    MACs of the stage's conv units.
+    """
+    pick = min if cheapest else max
+    size = out_size(resolution or space.resolution, space.stem_kernel, space.stem_stride)
+    params: dict[str, Any] = {"stem.width": pick(space.stem_width), "head.width": pick(space.head_width)}
+    channels = params["stem.width"]
+    for i, st in enumerate(space.stages, start=1):
+        p = f"stage{i}"
+        width, depth, kernel, expansion = pick(st.width), pick(st.depth), pick(st.kernel), pick(st.expansion)
+        params.update({f"{p}.width": width, f"{p}.depth": depth, f"{p}.kernel": kernel, f"{p}.expansion": expansion})
+
+        options = []
+        for block in st.block:
+            for kind in st.conv:
+                knob_choices = space.knob_choices(kind)
+                for combo in itertools.product(*knob_choices.values()):
+                    knobs = dict(zip(knob_choices, combo, strict=True))
+                    macs = _stage_macs(block, kind, knobs, channels, size, width, depth, kernel, expansion, st.stride)
+                    if macs is not None:
+                        options.append((macs, block, kind, knobs))
+        _, block, kind, knobs = pick(options, key=lambda o: o[0])
+        params.update({f"{p}.block": block, f"{p}.conv": kind})
+        params.update({f"{p}.{kind}_{k}": v for k, v in knobs.items()})
+        size = out_size(size, kernel, st.stride)
+        channels = width
+    return params

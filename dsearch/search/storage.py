@@ -1,0 +1,120 @@
+"""Optuna storages: an RDB (SQLite, PostgreSQL, MySQL) with heartbeats or a journal file, and the studies in them.
+
+On an RDB storage every worker beats a heartbeat, so the trial of a killed worker is marked failed after
+GRACE_HEARTBEATS missed beats. A local SQLite file runs in write-ahead-log mode.
+"""
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+import optuna.storages.journal  # a submodule: `import optuna` alone does not declare it
+import sqlalchemy
+
+from ..errors import DsearchError
+from ..paths import default_storage, local_storage_file
+
+HEARTBEAT_S = 20
+STORAGE_ATTEMPTS = 4
+GRACE_HEARTBEATS = 3  # a trial whose worker missed 3 heartbeats (60 s by default) is marked failed
+HEARTBEAT_ENV = "DSEARCH_HEARTBEAT_S"  # seconds between heartbeats; tests shorten it to see a killed worker sooner
+
+
+def heartbeat_seconds() -> int:
+    """Seconds between a worker's heartbeats on an RDB storage: $DSEARCH_HEARTBEAT_S, else 20."""
+    text = os.environ.get(HEARTBEAT_ENV, "")
+    if not text:
+        return HEARTBEAT_S
+    if not text.isdigit() or int(text) < 1:
+        raise DsearchError(f"{HEARTBEAT_ENV}={text!r} must be a whole number of seconds >= 1")
+    return int(text)
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """An Optuna storage for `url`: an RDB URL (sqlite/postgresql/mysql) with heartbeats, or a journal file path."""
+    local = local_storage_file(url)
+    if local is not None:
+        _check_storage_file(local, url)
+    if "://" in url:
+        engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+        heartbeat = heartbeat_seconds()
+        # Workers starting together on an empty database race to create Optuna's tables: retry.
+        for attempt in range(STORAGE_ATTEMPTS):
+            try:
+                with warnings.catch_warnings():
+                    # Heartbeats are "experimental" in Optuna 5 but are what marks a killed worker's trial failed.
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
+                                                         heartbeat_interval=heartbeat,
+                                                         grace_period=GRACE_HEARTBEATS * heartbeat)
+                if url.startswith("sqlite:///"):
+                    _sqlite_write_ahead_log(storage)
+                return storage
+            except Exception as err:  # noqa: BLE001 - any driver/connection error becomes one line
+                if "import" in str(err).lower() or attempt == STORAGE_ATTEMPTS - 1:
+                    raise DsearchError(f"cannot open storage {url!r}: {str(err).splitlines()[0]}") from None
+                time.sleep(0.5 + attempt)
+    try:
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url))
+    except OSError as err:
+        raise DsearchError(f"cannot open journal storage {url}: {err.strerror or err}") from None
+
+
+def _check_storage_file(path: Path, url: str) -> None:
+    """A storage file must be a file (or not exist yet) in a folder that can be made; one line otherwise."""
+    if path.is_dir():
+        example = path / ("study.db" if "://" in url else "journal.log")
+        raise DsearchError(f"storage {url} is a folder; give a file path (e.g. {example})")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DsearchError(f"cannot make the folder of storage {url}: {err.strerror or err}") from None
+
+
+def storage_url_of(study: optuna.Study) -> str:
+    """The URL (RDB) or file path (journal) of an open study's storage, as `open_storage` takes it."""
+    storage = getattr(study, "_storage", None)
+    storage = getattr(storage, "_backend", storage)  # Optuna wraps RDB storages in a cache
+    if isinstance(storage, optuna.storages.RDBStorage):
+        return str(storage.url)
+    backend = getattr(storage, "_backend", None)
+    if isinstance(backend, optuna.storages.journal.JournalFileBackend):
+        return str(backend._file_path)
+    raise DsearchError("cannot tell where this study is stored; pass storage=URL")
+
+
+def _sqlite_write_ahead_log(storage: optuna.storages.RDBStorage) -> None:
+    """WAL journal with synchronous=NORMAL on every connection: a commit costs ~4x less than in SQLite's default.
+
+    Every trial writes tens of small transactions (each parameter and attribute), so this is what keeps a
+    rejected sample cheap. A killed process loses nothing committed; only a power cut can lose the last commits.
+    """
+    def on_connect(connection: Any, _record: Any) -> None:
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+        except Exception:  # noqa: BLE001 - e.g. locked by a worker in another journal mode: keep the defaults
+            pass
+
+    sqlalchemy.event.listen(storage.engine, "connect", on_connect)
+    storage.engine.dispose()  # connections opened while creating the tables predate the listener
+
+
+def open_study(study_name: str, storage_url: str | None = None) -> tuple[optuna.Study, str]:
+    """An existing study (running or finished) and its storage URL; never creates one."""
+    url = storage_url or default_storage(study_name)
+    local = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else None if "://" in url else url
+    if local is not None and not Path(local).is_file():
+        hint = "" if storage_url else " (the default storage); pass --storage URL if it lives elsewhere"
+        raise DsearchError(f"no study '{study_name}': {url} does not exist{hint}")
+    storage = open_storage(url)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        names = ", ".join(optuna.get_all_study_names(storage)) or "none"
+        raise DsearchError(f"no study '{study_name}' in {url} (studies there: {names})") from None
+    return study, url

@@ -50,12 +50,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_train import _cpu_name, sampled_candidates  # noqa: E402
 
 import dsearch  # noqa: E402
-from dsearch.archspec import ArchSpec  # noqa: E402
-from dsearch.builder import build_model  # noqa: E402
 from dsearch.cost import spec_cost  # noqa: E402
 from dsearch.data import load_dataset  # noqa: E402
-from dsearch.fulltrain import FullTrainConfig, train_full  # noqa: E402
-from dsearch.train import (  # noqa: E402
+from dsearch.model.archspec import ArchSpec  # noqa: E402
+from dsearch.model.builder import build_model  # noqa: E402
+from dsearch.training.full import FullTrainConfig, train_full  # noqa: E402
+from dsearch.training.proxy import (  # noqa: E402
     DeviceData,
     ProxyConfig,
     evaluate,
@@ -146,8 +146,9 @@ def full_entry(spec: ArchSpec, cfg: FullTrainConfig) -> dict[str, Any]:
 
 
 def study_archs(name: str, storage: str | None) -> list[ArchSpec]:
-    from dsearch.pareto import arch_of
-    from dsearch.study import open_study, trained_trials
+    from dsearch.analysis.pareto import arch_of
+    from dsearch.search.storage import open_study
+    from dsearch.search.trials import trained_trials
 
     study, _ = open_study(name, storage)
     return [arch_of(study, t.number) for t in trained_trials(study)]

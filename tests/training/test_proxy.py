@@ -5,7 +5,7 @@ from torch import nn
 
 from dsearch import build_model, preset
 from dsearch.data import load_dataset
-from dsearch.train import DeviceData, ProxyConfig, memory_format, recompute_bn_stats, train_proxy
+from dsearch.training.proxy import DeviceData, ProxyConfig, memory_format, recompute_bn_stats, train_proxy
 
 
 def _small_data():

@@ -17,6 +17,7 @@ from .model.presets import PRESETS
 from .paths import file_part, write_atomic
 
 if TYPE_CHECKING:
+    import optuna
     from tqdm import tqdm  # for the annotation only: _StepBar imports it where a bar is made
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
@@ -83,7 +84,8 @@ class _StepBar:
         from tqdm import tqdm
 
         if self.bar is None or step == 1:
-            self.bar = tqdm(total=total, desc="  training", unit="step", leave=False)
+            # disable=None: no bar when stderr is not a terminal (a log or CI gets the one line per trial only)
+            self.bar = tqdm(total=total, desc="  training", unit="step", leave=False, disable=None)
         self.bar.update(1)
         if step == total:
             self.bar.close()
@@ -92,6 +94,9 @@ class _StepBar:
 
 @command
 def cmd_run(args: argparse.Namespace) -> int:
+    from .analysis.finals import FinalsConfig, check_finals, run_finals
+    from .analysis.verdict import verdict_lines
+    from .paths import default_storage
     from .search.config import SearchConfig
     from .search.workers import run_parallel
     from .training.proxy import ProxyConfig
@@ -105,29 +110,67 @@ def cmd_run(args: argparse.Namespace) -> int:
                        pruner=args.pruner, seed=args.seed, device=args.device, proxy=proxy,
                        measure_latency=args.measure_latency, early_stop=args.early_stop,
                        early_stop_margin=args.early_stop_margin)
+    finals = None if args.no_finals else FinalsConfig(eta=args.eta, proxy_seeds=args.proxy_seeds,
+                                                       seeds=args.final_seeds, epochs=args.final_epochs,
+                                                       device=args.device)
+    if finals is not None:
+        check_finals(finals)  # before anything is written
     if args.quiet:
         log, bars, steps = (lambda _msg: None), None, None
     else:
         from tqdm import tqdm
 
         log = tqdm.write
-        bars = lambda n: tqdm(total=n, desc="search", unit="trial")  # noqa: E731
+        bars = lambda n: tqdm(total=n, desc="search", unit="trial", disable=None)  # noqa: E731
         steps = _StepBar()
-    summary = run_parallel(cfg, args.study_name, args.storage, n_trials=args.n_trials, jobs=args.jobs,
-                           timeout=args.timeout, log=log, progress_factory=bars, trial_progress=steps,
-                           allow_changed_settings=args.allow_changed_settings, quiet=args.quiet)
-    print_summary(summary, args.study_name, cfg)
-    if summary.interrupted:
+    resumed = _pending_finals(args.study_name, args.storage, cfg) if finals is not None else None
+    if resumed is not None:
+        study, url = resumed
+        print(f"study '{args.study_name}': its finals were interrupted; resuming them (the search is not run again; "
+              "every finished training is kept)")
+    else:
+        summary = run_parallel(cfg, args.study_name, args.storage, n_trials=args.n_trials, jobs=args.jobs,
+                               timeout=args.timeout, log=log, progress_factory=bars, trial_progress=steps,
+                               allow_changed_settings=args.allow_changed_settings, quiet=args.quiet)
+        print_summary(summary, args.study_name, cfg)
+        if summary.interrupted:
+            return 130
+        shortfall = summary.shortfall()
+        if shortfall:  # fewer architectures than asked because trials failed: say so, and fail the command
+            print(f"dsearch run: error: {shortfall}; `dsearch show {args.study_name}` lists every trial",
+                  file=sys.stderr)
+            return 1
+        if summary.stopped:  # nothing new to train could be found
+            print(f"dsearch run: error: stopped after training {summary.trained} of {args.n_trials} architectures: "
+                  f"{summary.stopped}", file=sys.stderr)
+            return 1
+        study, url = summary.study, summary.storage_url
+    if finals is None:
+        return 0
+    try:
+        verdict = run_finals(study, url, finals, seed=args.seed, log=log, progress=steps)
+    except KeyboardInterrupt:
+        print("interrupted during the finals: every finished training is kept; run the same command again to "
+              "resume them", file=sys.stderr)
         return 130
-    shortfall = summary.shortfall()
-    if shortfall:  # fewer architectures than asked because trials failed: say so, and fail the command
-        print(f"dsearch run: error: {shortfall}; `dsearch show {args.study_name}` lists every trial", file=sys.stderr)
-        return 1
-    if summary.stopped:  # nothing new to train could be found
-        print(f"dsearch run: error: stopped after training {summary.trained} of {args.n_trials} architectures: "
-              f"{summary.stopped}", file=sys.stderr)
-        return 1
+    print("\n".join(verdict_lines(verdict)))
+    where = "" if url == default_storage(args.study_name) else f" --storage {url}"
+    print(f"  export the pick with its fully trained weights: dsearch export {args.study_name}{where} --trial best")
     return 0
+
+
+def _pending_finals(name: str, storage: str | None, cfg) -> tuple[optuna.Study, str] | None:
+    """The study and its URL when it exists and has interrupted finals of this very search; else None."""
+    from dataclasses import asdict
+
+    from .analysis.finals import pending_finals
+    from .search.storage import open_study
+
+    try:
+        study, url = open_study(name, storage)
+    except DsearchError:
+        return None  # no such study yet: the search makes it
+    return (study, url) if pending_finals(study, asdict(cfg)) is not None else None
 
 
 def print_summary(summary, study_name: str, cfg) -> None:
@@ -522,6 +565,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def build_parser() -> argparse.ArgumentParser:
     from .analysis.audit import DEFAULT_K
     from .analysis.baselines import KINDS as BASELINE_KINDS
+    from .analysis.finals import FinalsConfig
     from .analysis.pareto import COSTS
     from .data import DATASETS
     from .model.ops import CONV_TYPES
@@ -601,6 +645,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--allow-changed-settings", action="store_true",
                    help="resume a study with settings other than those it was made with (recorded on the study)")
     g.add_argument("--quiet", action="store_true", help="no progress bars or per-trial lines")
+    finals = FinalsConfig()
+    g = p.add_argument_group("finals and verdict (after the search)")
+    g.add_argument("--no-finals", action="store_true",
+                   help="the quick search only: no rungs, no full-schedule finals, no verdict")
+    g.add_argument("--eta", type=int, default=finals.eta, help="each rung keeps the best 1/eta of the one below")
+    g.add_argument("--proxy-seeds", type=int, default=finals.proxy_seeds,
+                   help="rung 1: proxy trainings per promoted candidate (the search's own included)")
+    g.add_argument("--final-seeds", type=int, default=finals.seeds,
+                   help="final rung: full-schedule trainings per finalist and for the best baseline")
+    g.add_argument("--final-epochs", type=int, help="final rung's epochs (default: dsearch train's)")
 
     def study_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--storage", help="Optuna storage URL or journal file "

@@ -28,9 +28,10 @@ import pandas as pd
 
 from ..checks import check_device
 from ..errors import DsearchError
+from ..search.claims import Claim, claim_is_live
 from ..search.record import made_by
 from ..search.resume import CONFIG_ATTR, IDENTITY_ATTR
-from ..search.storage import GRACE_HEARTBEATS, heartbeat_seconds
+from ..search.storage import heartbeat_seconds
 from ..search.trials import trained_trials
 from ..search.weights import artifact_dir, save_full_weights
 from ..training.full import FullTrainConfig, full_proxy, kept_state, study_full_config, train_full
@@ -139,34 +140,7 @@ def matches(facts: Any, schedule: dict[str, Any]) -> bool:
             and (resolution is None or facts.get("train_resolution") == resolution))
 
 
-def _claim_is_live(claim: Any, worker: str) -> bool:
-    """Another worker's claim that it refreshed recently enough to be still training."""
-    if not isinstance(claim, dict) or claim.get("worker") == worker:
-        return False
-    return time.time() - float(claim.get("at", 0)) < GRACE_HEARTBEATS * heartbeat_seconds()
-
-
-class _Claim:
-    """This worker's claim on trial `number`, refreshed at most every heartbeat while training."""
-
-    def __init__(self, study: optuna.Study, number: int, worker: str) -> None:
-        self.study, self.key, self.worker, self.last = study, f"{CLAIM_PREFIX}{number}", worker, 0.0
-
-    def refresh(self, force: bool = False) -> None:
-        now = time.time()
-        if force or now - self.last >= heartbeat_seconds():
-            self.study.set_user_attr(self.key, {"worker": self.worker, "at": now})
-            self.last = now
-
-    def held(self) -> bool:
-        claim = self.study.user_attrs.get(self.key)
-        return isinstance(claim, dict) and claim.get("worker") == self.worker
-
-    def release(self) -> None:
-        self.study.set_user_attr(self.key, None)
-
-
-def _train_trial(study: optuna.Study, url: str, number: int, cfg: FullTrainConfig, claim: _Claim, log: Log,
+def _train_trial(study: optuna.Study, url: str, number: int, cfg: FullTrainConfig, claim: Claim, log: Log,
                  progress: Callable[[int, int], None] | None) -> dict[str, Any]:
     spec = arch_of(study, number)
 
@@ -203,7 +177,7 @@ def train_selection(study: optuna.Study, url: str, selection: list[int], cfg: Fu
         first = False
         if not missing:
             return {n: attrs[f"trained.{n}"] for n in selection}, done_now, [n for n in selection if n not in done_now]
-        free = [n for n in missing if not _claim_is_live(attrs.get(f"{CLAIM_PREFIX}{n}"), worker)]
+        free = [n for n in missing if not claim_is_live(attrs.get(f"{CLAIM_PREFIX}{n}"), worker)]
         if not free:  # the rest are being trained by other workers: wait for them rather than train them twice
             if not waiting_said:
                 log(f"waiting for trial(s) {', '.join(map(str, missing))}, being trained by another worker")
@@ -211,7 +185,7 @@ def train_selection(study: optuna.Study, url: str, selection: list[int], cfg: Fu
             time.sleep(heartbeat_seconds())
             continue
         number = free[0]
-        claim = _Claim(study, number, worker)
+        claim = Claim(study, f"{CLAIM_PREFIX}{number}", worker)
         claim.refresh(force=True)
         if not claim.held():  # another worker claimed it at the same moment and wrote last: leave it to them
             continue

@@ -7,6 +7,7 @@ import optuna
 
 from ..errors import DsearchError
 from .pareto import best_within_budget, study_budget, trained, trials_frame
+from .verdict import study_verdict
 
 
 def budget_text(budget: dict[str, float | None]) -> str:
@@ -17,12 +18,21 @@ def budget_text(budget: dict[str, float | None]) -> str:
 
 def pick_trial(study: optuna.Study, trial: int | str = "best", *, flag: str = "trial",
                log: Callable[[str], None] | None = None) -> int:
-    """'best' (the most accurate trained trial within the study's budget) or a trial number of the study.
+    """'best' or a trial number of the study.
+
+    'best' is the pick of the study's verdict (the finalist with the best full-schedule validation mean over its
+    seeds, or the cheapest one statistically tied with it) when its finals have run; without a verdict, the
+    trained trial within the budget with the highest proxy validation accuracy.
 
     `flag` names the argument in the error for anything else (the CLI's `--trial`); `log`, when given, hears
     which trial 'best' chose and why.
     """
     if trial == "best":
+        verdict = study_verdict(study)
+        if verdict is not None and verdict.get("pick") is not None:
+            if log is not None:
+                log(f"chose the verdict's pick: {verdict['sentences'][0]}")
+            return int(verdict["pick"])
         frame = trials_frame(study)
         budget = study_budget(study)
         row = best_within_budget(frame, budget)
@@ -31,7 +41,8 @@ def pick_trial(study: optuna.Study, trial: int | str = "best", *, flag: str = "t
             limits = budget_text(budget) or "no budget"
             log(f"chose trial {int(row['trial'])}: the highest validation accuracy ({row['val_acc']:.4f}) of {n} "
                 f"trained trials within the budget ({limits}); {row['mflops']:.2f} MFLOPs, {row['mparams']:.3f} M "
-                "params")
+                "params; a single proxy training, without finals (no verdict on this study: `dsearch run` without "
+                "--no-finals makes one)")
         return int(row["trial"])
     number: int | None = None
     if isinstance(trial, str):

@@ -41,7 +41,7 @@ def artifact_dir(study: optuna.Study, storage_url: str) -> Path:
     return path
 
 
-def _upload(folder: Path, state: dict[str, torch.Tensor], target: Any, file_name: str) -> str:
+def upload_weights(folder: Path, state: dict[str, torch.Tensor], target: Any, file_name: str) -> str:
     # Optuna keeps the uploaded file's name with the artifact: optuna-dashboard offers it for download under it.
     tmp = Path(tempfile.mkdtemp(prefix=".upload-", dir=folder))
     try:
@@ -55,7 +55,7 @@ def _upload(folder: Path, state: dict[str, torch.Tensor], target: Any, file_name
 
 def save_trial_weights(trial: optuna.Trial, state: dict[str, torch.Tensor], folder: Path) -> str:
     """Keep a trained proxy's weights with its trial."""
-    artifact = _upload(folder, state, trial, f"trial-{trial.number}-proxy.pt")
+    artifact = upload_weights(folder, state, trial, f"trial-{trial.number}-proxy.pt")
     trial.set_user_attr("weights_artifact", artifact)
     return artifact
 
@@ -63,9 +63,14 @@ def save_trial_weights(trial: optuna.Trial, state: dict[str, torch.Tensor], fold
 def save_full_weights(study: optuna.Study, number: int, state: dict[str, torch.Tensor], folder: Path,
                       facts: dict[str, Any]) -> str:
     """Keep fully trained weights for trial `number` (the newest replaces older ones for export)."""
-    artifact = _upload(folder, state, study, f"trial-{number}-full.pt")
-    study.set_user_attr(f"trained.{number}", {**facts, "weights_artifact": artifact, "saved_at": time.time()})
+    artifact = upload_weights(folder, state, study, f"trial-{number}-full.pt")
+    keep_full_weights(study, number, artifact, facts)
     return artifact
+
+
+def keep_full_weights(study: optuna.Study, number: int, artifact: str, facts: dict[str, Any]) -> None:
+    """Make an uploaded artifact trial `number`'s fully trained weights, the ones export takes."""
+    study.set_user_attr(f"trained.{number}", {**facts, "weights_artifact": artifact, "saved_at": time.time()})
 
 
 def _download(folder: Path, artifact: str) -> dict[str, torch.Tensor]:

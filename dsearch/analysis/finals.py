@@ -1,0 +1,355 @@
+"""The finals of a search: rungs of rising fidelity over its best candidates, ending in a verdict with intervals.
+
+Rung 0 is the search itself: one proxy training per architecture. Rung 1 trains the best 1/eta of them
+(dsearch.analysis.promotion's rule) again with the proxy at more seeds; a candidate's rung-1 score is its mean
+over every proxy seed. Rung 2, the final, trains the best 1/eta of rung 1 with the full schedule of
+`dsearch train` at `seeds` seeds, and with them the best hand-designed baseline within the budget (MobileNetV2
+and its conv swaps, which go through rungs 0 and 1 the same way). Every training of a rung uses the study's
+validation split, so all of them are scored on the same images.
+
+Each training is kept on the study the moment it finishes (user attr `dsearch_rung<R>.<target>.s<seed>`; the
+final rung's weights as an artifact), and one already kept is never trained again: a killed run resumes where
+it stopped, and workers sharing the storage split the trainings (a claim per training, as the audit's). The plan
+(the candidates and settings) is stored as `dsearch_finals` when the finals begin, so a resumed run finishes the
+same finals; the verdict is stored as `dsearch_verdict`, and the pick's fully trained weights (its seed with the
+best validation accuracy) become its `trained.N` weights, which `dsearch export --trial best` takes.
+"""
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from ..data import load_dataset
+from ..errors import DsearchError
+from ..model.archspec import ArchSpec
+from ..search.claims import Claim, claim_is_live
+from ..search.record import made_by
+from ..search.resume import CONFIG_ATTR, IDENTITY_ATTR, plain
+from ..search.storage import heartbeat_seconds
+from ..search.trials import study_split_seed
+from ..search.weights import artifact_dir, keep_full_weights, upload_weights
+from ..training.failures import check_finite_state
+from ..training.full import FullTrainConfig, full_proxy
+from ..training.proxy import DeviceData, ProxyConfig, TrainingDiverged, select_device, train_proxy
+from .baselines import Baseline, baseline_specs, study_deployment_budget, study_search_config
+from .pareto import arch_of, study_budget, trained, trials_frame
+from .promotion import promote, promoted_count
+from .verdict import VERDICT_ATTR, Finalist, make_verdict, study_verdict
+
+PLAN_ATTR = "dsearch_finals"
+RECORD_PREFIX = "dsearch_rung"
+CLAIM_PREFIX = "dsearch_claim."
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class FinalsConfig:
+    eta: int = 3  # each rung keeps the best 1/eta of the one below
+    proxy_seeds: int = 3  # rung 1: proxy trainings per candidate, the search's own included
+    seeds: int = 3  # the final rung: full-schedule trainings per finalist
+    epochs: int | None = None  # the final rung's epochs; None: `dsearch train`'s
+    baselines: bool = True  # the best baseline within the budget takes part
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A trial or a baseline in the finals."""
+
+    target: str  # "trial7" or "baseline:<label>": the record keys' middle part
+    key: str  # as a reader sees it: "trial 7" or the baseline's label
+    trial: int | None
+    spec: ArchSpec
+    mflops: float
+    mparams: float
+
+
+def check_finals(cfg: FinalsConfig) -> None:
+    for name, value, low in (("--eta", cfg.eta, 2), ("--proxy-seeds", cfg.proxy_seeds, 1),
+                             ("--final-seeds", cfg.seeds, 2)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise DsearchError(f"{name} must be a whole number >= {low}, got {value!r}")
+    if cfg.epochs is not None and (not isinstance(cfg.epochs, int) or cfg.epochs < 1):
+        raise DsearchError(f"--final-epochs must be a whole number >= 1, got {cfg.epochs!r}")
+
+
+def record_key(rung: int, target: str, seed: int) -> str:
+    return f"{RECORD_PREFIX}{rung}.{target}.s{seed}"
+
+
+def rung_reached(study: optuna.Study) -> dict[int, int]:
+    """Trial number -> the highest rung of the finals it was trained in (trials the finals never took: absent)."""
+    found: dict[int, int] = {}
+    pattern = re.compile(rf"^{RECORD_PREFIX}(\d+)\.trial(\d+)\.s\d+$")
+    for key in study.user_attrs:
+        m = pattern.match(key)
+        if m:
+            rung, number = int(m.group(1)), int(m.group(2))
+            found[number] = max(found.get(number, 0), rung)
+    return found
+
+
+def wait_for_search(study: optuna.Study, log: Log) -> None:
+    """Wait while other workers still train search trials: the finals rank every trial of the study."""
+    said = False
+    while True:
+        optuna.storages.fail_stale_trials(study)  # a dead worker's trial, after its missed heartbeats
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if not running:
+            return
+        if not said:
+            log(f"finals: waiting for {len(running)} search trial(s) still training in other workers")
+            said = True
+        time.sleep(min(5, heartbeat_seconds()))
+
+
+def _candidates(study: optuna.Study, numbers: list[int]) -> list[Candidate]:
+    frame = trials_frame(study).set_index("trial")
+    return [Candidate(f"trial{n}", f"trial {n}", n, arch_of(study, n), float(frame.loc[n, "mflops"]),
+                      float(frame.loc[n, "mparams"])) for n in numbers]
+
+
+def _baseline_candidates(study: optuna.Study, in_channels: int, num_classes: int) -> list[Candidate]:
+    budget, resolution = study_deployment_budget(study)
+    try:
+        found: list[Baseline] = baseline_specs(budget, in_channels, num_classes, resolution)
+    except DsearchError:
+        return []  # no budget, or nothing hand-designed fits it: the verdict says so
+    return [Candidate(f"baseline:{b.label}", b.label, None, b.spec, b.cost.mflops, b.cost.mparams) for b in found]
+
+
+# Settings that make a study's finals the ones a rerun of `dsearch run` asks for (the seed, device and sampler do
+# not change what the finals rank).
+SAME_SEARCH = ("space", "dataset", "budget_mflops", "budget_mparams", "resolution", "objective", "proxy")
+
+
+def pending_finals(study: optuna.Study, search: dict[str, Any]) -> dict[str, Any] | None:
+    """The study's interrupted finals (a plan without its verdict) when `search` (SearchConfig as a dict) is the
+    search they belong to; else None."""
+    plan = study.user_attrs.get(PLAN_ATTR)
+    verdict = study_verdict(study)
+    if not isinstance(plan, dict) or (verdict is not None and verdict.get("plan") == plan.get("id")):
+        return None
+    stored = study.user_attrs.get(CONFIG_ATTR) or {}
+    same = all(plain(stored.get(k)) == plain(search.get(k)) for k in SAME_SEARCH if k != "proxy")
+    proxy_now, proxy_then = dict(plain(search.get("proxy") or {})), dict(stored.get("proxy") or {})
+    proxy_now.pop("seed", None)
+    proxy_then.pop("seed", None)
+    return plan if same and proxy_now == proxy_then else None
+
+
+def plan_finals(study: optuna.Study, cfg: FinalsConfig, seed: int) -> dict[str, Any]:
+    """The finals' plan: a stored one that has no verdict yet (a resumed run), else a new one over every trained
+    trial within the budget."""
+    stored = study.user_attrs.get(PLAN_ATTR)
+    verdict = study_verdict(study)
+    if isinstance(stored, dict) and (verdict is None or verdict.get("plan") != stored.get("id")):
+        return stored
+    frame = trained(trials_frame(study))
+    budget = study_budget(study)
+    for cost, limit in budget.items():
+        if limit is not None and not frame.empty:
+            frame = frame[frame[cost] <= limit]
+    numbers = sorted(int(n) for n in frame["trial"])
+    if not numbers:
+        raise DsearchError("the finals need trained trials within the budget; the search trained none")
+    plan = plain({"id": uuid.uuid4().hex, "trials": numbers, "seed": seed, "config": asdict(cfg), "made": made_by()})
+    study.set_user_attr(PLAN_ATTR, plan)
+    return plan
+
+
+class _Trainer:
+    """Trains one candidate at one seed for a rung, keeping the result on the study (and splitting work by claims)."""
+
+    def __init__(self, study: optuna.Study, url: str, data: Any, device: torch.device, proxy: ProxyConfig,
+                 full: ProxyConfig, log: Log, progress: Callable[[int, int], None] | None) -> None:
+        self.study, self.url, self.log, self.progress = study, url, log, progress
+        self.proxy, self.full = proxy, full
+        self.proxy_data = DeviceData(data, device, proxy.train_subset, proxy.train_resolution)
+        self.full_data = DeviceData(data, device, None, proxy.train_resolution)
+        self.worker = uuid.uuid4().hex
+
+    def ensure(self, rung: int, jobs: list[tuple[Candidate, int]]) -> dict[tuple[str, int], dict[str, Any]]:
+        """Every (candidate, seed) of `jobs` trained for `rung` (kept ones reused); their records."""
+        keys = {(c.target, s): record_key(rung, c.target, s) for c, s in jobs}
+        waiting_said = False
+        while True:
+            attrs = self.study.user_attrs
+            missing = [(c, s) for c, s in jobs if keys[(c.target, s)] not in attrs]
+            if not missing:
+                return {k: attrs[key] for k, key in keys.items()}
+            free = [(c, s) for c, s in missing
+                    if not claim_is_live(attrs.get(CLAIM_PREFIX + keys[(c.target, s)]), self.worker)]
+            if not free:
+                if not waiting_said:
+                    self.log(f"finals: waiting for {len(missing)} training(s) of rung {rung} in another worker")
+                    waiting_said = True
+                time.sleep(heartbeat_seconds())
+                continue
+            candidate, seed = free[0]
+            key = keys[(candidate.target, seed)]
+            claim = Claim(self.study, CLAIM_PREFIX + key, self.worker)
+            claim.refresh(force=True)
+            if not claim.held():
+                continue
+            try:
+                record = self._train(rung, candidate, seed, claim)
+                self.study.set_user_attr(key, record)
+            finally:
+                claim.release()
+            what = (f"val {record['val_acc']:.4f}, test {record['test_acc']:.4f}" if record["status"] == "complete"
+                    else f"failed: {record['reason']}")
+            self.log(f"finals: rung {rung} ({'full schedule' if rung == 2 else 'proxy'}, seed {seed}): "
+                     f"{candidate.key}: {what} ({record['train_time_s']:.0f} s)")
+
+    def _train(self, rung: int, candidate: Candidate, seed: int, claim: Claim) -> dict[str, Any]:
+        final = rung == 2
+        cfg = replace(self.full if final else self.proxy, seed=seed)
+        data = self.full_data if final else self.proxy_data
+
+        def on_step(step: int, total: int) -> None:
+            claim.refresh()
+            if self.progress is not None:
+                self.progress(step, total)
+
+        record: dict[str, Any] = {"rung": rung, "target": candidate.target, "seed": seed, "epochs": cfg.epochs,
+                                  "config": plain(asdict(cfg)), "train_resolution": data.size,
+                                  "cpu_threads": torch.get_num_threads(), "made": made_by()}
+        start = time.perf_counter()
+        try:
+            result = train_proxy(candidate.spec, data, cfg, progress=on_step)
+            check_finite_state(result.state)
+        except (TrainingDiverged, DsearchError) as err:
+            return plain({**record, "status": "failed", "reason": str(err), "val_acc": None, "test_acc": None,
+                          "train_time_s": round(time.perf_counter() - start, 1)})
+        record.update({"status": "complete", "val_acc": result.val_acc, "test_acc": result.test_acc,
+                       "history": result.history, "train_time_s": round(result.train_time_s, 1),
+                       "device": result.device})
+        if final and result.state is not None:
+            record["weights_artifact"] = upload_weights(artifact_dir(self.study, self.url), result.state, self.study,
+                                                        f"{candidate.target.replace(':', '-')}-full-s{seed}.pt")
+        return plain(record)
+
+
+def _score(records: list[dict[str, Any]]) -> float | None:
+    values = [r["val_acc"] for r in records if r.get("status") == "complete"]
+    return sum(values) / len(values) if values else None
+
+
+def run_finals(study: optuna.Study, url: str, cfg: FinalsConfig = FinalsConfig(), *, seed: int | None = None,
+               log: Log = print, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Run (or resume) the finals of a searched study and store its verdict; returns the verdict."""
+    check_finals(cfg)
+    search = study_search_config(study)
+    seed = search.seed if seed is None else seed
+    wait_for_search(study, log)
+    plan = plan_finals(study, cfg, seed)
+    cfg = FinalsConfig(**{**asdict(cfg), **(plan.get("config") or {})})  # a resumed plan keeps its own settings
+    seed = int(plan["seed"])
+    data = load_dataset(search.dataset, search.data_dir, seed=study_split_seed(study, search.seed))
+    try:
+        device = select_device(cfg.device)
+    except (ValueError, RuntimeError) as err:
+        raise DsearchError(str(err).splitlines()[0]) from None
+    identity = study.user_attrs.get(IDENTITY_ATTR) or {}
+    proxy = replace(search.proxy, train_resolution=identity.get("train_resolution") or search.proxy.train_resolution)
+    full_cfg = FullTrainConfig().proxy
+    full = replace(full_proxy(full_cfg if cfg.epochs is None else replace(full_cfg, epochs=cfg.epochs)),
+                   train_resolution=proxy.train_resolution)
+    trainer = _Trainer(study, url, data, device, proxy, full, log, progress)
+
+    trials = _candidates(study, list(plan["trials"]))
+    baselines = _baseline_candidates(study, data.in_channels, data.num_classes) if cfg.baselines else []
+    frame = trials_frame(study).set_index("trial")
+    rung0: dict[str, float | None] = {c.target: float(frame.loc[c.trial, "val_acc"]) for c in trials}
+    log(f"finals: {len(trials)} trained trial(s) within the budget, {len(baselines)} baseline(s); "
+        f"each rung keeps the best 1/{cfg.eta}")
+    if baselines:  # rung 0 for the baselines: the search's proxy at the search's seed
+        kept = trainer.ensure(0, [(b, seed) for b in baselines])
+        rung0.update({b.target: _score([kept[(b.target, seed)]]) for b in baselines})
+
+    # Rung 1: the proxy at more seeds for the best 1/eta of the trials (and every baseline).
+    objective = search.objective
+    scores0 = {c.target: v for c in trials if (v := rung0.get(c.target)) is not None}
+    scored = [c for c in trials if c.target in scores0]
+    chosen = promote([scores0[c.target] for c in scored], None if objective == "accuracy" else
+                     [c.mflops for c in scored], promoted_count(len(scored), cfg.eta))
+    rung1_trials = [scored[i] for i in chosen]
+    more = [seed + k for k in range(1, cfg.proxy_seeds)]
+    log(f"finals: rung 1 (proxy at {cfg.proxy_seeds} seeds): {', '.join(c.key for c in rung1_trials)}"
+        + (" and the baselines" if baselines else ""))
+    kept1 = trainer.ensure(1, [(c, s) for c in [*rung1_trials, *baselines] for s in more])
+    rung1: dict[str, float] = {}
+    for c in [*rung1_trials, *baselines]:
+        first = {"status": "complete", "val_acc": rung0[c.target]} if rung0.get(c.target) is not None else {}
+        score = _score([first, *(kept1[(c.target, s)] for s in more)])
+        if score is not None:
+            rung1[c.target] = score
+
+    # Rung 2: the full schedule at `seeds` seeds for the best 1/eta of rung 1, and the best baseline.
+    scored1 = [c for c in rung1_trials if c.target in rung1]
+    if not scored1:
+        raise DsearchError("every rung-1 training failed; see `dsearch show` and the trials' reasons")
+    chosen = promote([rung1[c.target] for c in scored1], None if objective == "accuracy" else
+                     [c.mflops for c in scored1], promoted_count(len(scored1), cfg.eta))
+    finalists = [scored1[i] for i in chosen]
+    ranked_baselines = sorted((b for b in baselines if b.target in rung1), key=lambda b: (-rung1[b.target], b.mflops))
+    best_baseline = ranked_baselines[0] if ranked_baselines else None
+    seeds = [seed + k for k in range(cfg.seeds)]
+    log(f"finals: rung 2 (full schedule, {full.epochs} epochs, seeds {', '.join(map(str, seeds))}): "
+        f"{', '.join(c.key for c in finalists)}" + (f" and the best baseline, {best_baseline.key}"
+                                                    if best_baseline else ""))
+    kept2 = trainer.ensure(2, [(c, s) for c in [*finalists, *([best_baseline] if best_baseline else [])]
+                               for s in seeds])
+    verdict = _verdict(study, plan, finalists, best_baseline, kept2, seeds)
+    study.set_user_attr(VERDICT_ATTR, verdict)
+    _keep_pick_weights(study, verdict, kept2, finalists)
+    return verdict
+
+
+def _finalist(c: Candidate, kept: dict[tuple[str, int], dict[str, Any]], seeds: list[int],
+              budget: dict[str, float | None]) -> Finalist | None:
+    records = [kept[(c.target, s)] for s in seeds]
+    if any(r.get("status") != "complete" for r in records):
+        return None
+    within = all(limit is None or getattr(c, cost) <= limit for cost, limit in budget.items())
+    return Finalist(c.key, c.trial, c.spec.summary(), c.mflops, c.mparams, within,
+                    tuple(r["val_acc"] for r in records), tuple(r["test_acc"] for r in records))
+
+
+def _verdict(study: optuna.Study, plan: dict[str, Any], finalists: list[Candidate], baseline: Candidate | None,
+             kept: dict[tuple[str, int], dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+    budget = study_budget(study)
+    done = [f for c in finalists if (f := _finalist(c, kept, seeds, budget)) is not None]
+    if not done:
+        raise DsearchError("every finalist had a failed full-schedule training; see the finals' log lines")
+    base = _finalist(baseline, kept, seeds, budget) if baseline is not None else None
+    _, resolution = study_deployment_budget(study)
+    verdict = make_verdict(done, base, resolution, seeds)
+    train = (study.user_attrs.get(CONFIG_ATTR) or {}).get("proxy") or {}
+    return plain({**verdict, "plan": plan["id"], "budget": budget, "made": made_by(),
+                  "schedule": next(iter(kept.values()))["config"], "train_resolution":
+                  next(iter(kept.values()))["train_resolution"], "proxy": train,
+                  "baseline_absent": None if baseline is not None else "no baseline fits the budget"})
+
+
+def _keep_pick_weights(study: optuna.Study, verdict: dict[str, Any], kept: dict[tuple[str, int], dict[str, Any]],
+                       finalists: list[Candidate]) -> None:
+    """The pick's fully trained weights (its seed with the best validation accuracy) as its `trained.N` weights."""
+    pick = next(c for c in finalists if c.trial == verdict["pick"])
+    seed, record = max(((s, r) for (t, s), r in kept.items() if t == pick.target),
+                       key=lambda sr: (sr[1]["val_acc"], -sr[0]))
+    kept_facts = ("epochs", "val_acc", "test_acc", "train_resolution", "train_time_s", "device", "history", "config")
+    facts: dict[str, Any] = {k: record[k] for k in kept_facts if k in record}
+    dataset = (study.user_attrs.get(CONFIG_ATTR) or {}).get("dataset")
+    assert pick.trial is not None  # the pick is a trial, never a baseline
+    keep_full_weights(study, pick.trial, record["weights_artifact"],
+                      {**facts, "dataset": dataset, "seed": seed, "from": "the finals' verdict"})

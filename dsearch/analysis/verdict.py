@@ -1,0 +1,165 @@
+"""The verdict of a search: its finalists' full-schedule accuracy over several seeds, with intervals and ties.
+
+Validation accuracy chooses, test accuracy is only reported. The pick is the finalist within the budget
+with the best validation mean, or, among the finalists statistically tied with that one, the cheapest. Two
+finalists are tied when the 95% interval of the difference of their validation means (Welch's t, unequal
+variances) contains 0. The pick is set against the best hand-designed baseline trained the same way by the
+difference of their test means, with its Welch interval. Statistics from scipy.stats.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import optuna
+from scipy import stats
+
+VERDICT_ATTR = "dsearch_verdict"
+LEVEL = 0.95
+ROLES = {"pick": "the pick", "tied": "tied with the best", "behind": "behind the best",
+         "over budget": "over the budget", "baseline": "baseline"}
+
+
+@dataclass(frozen=True)
+class Finalist:
+    """One architecture of the final rung and its full-schedule accuracies, one per seed (same seeds for all)."""
+
+    key: str  # "trial 7" or the baseline's label
+    trial: int | None  # the study's trial number; None for a baseline
+    summary: str  # the architecture in one line
+    mflops: float  # at the deployment resolution
+    mparams: float
+    within_budget: bool
+    val: tuple[float, ...]
+    test: tuple[float, ...]
+
+
+def study_verdict(study: optuna.Study) -> dict[str, Any] | None:
+    """The verdict stored on the study by its finals (`dsearch run`), if they have finished."""
+    verdict = study.user_attrs.get(VERDICT_ATTR)
+    return verdict if isinstance(verdict, dict) else None
+
+
+def mean_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, float | None, float | None]:
+    """Mean and its t interval; no interval from one value."""
+    x = np.asarray(values, dtype=float)
+    mean = float(x.mean())
+    if len(x) < 2:
+        return mean, None, None
+    sem = float(stats.sem(x))
+    if sem == 0:
+        return mean, mean, mean
+    low, high = stats.t.interval(level, len(x) - 1, loc=mean, scale=sem)
+    return mean, float(low), float(high)
+
+
+def difference(a: Sequence[float], b: Sequence[float], level: float = LEVEL) -> dict[str, float | None]:
+    """Mean of `a` minus mean of `b`, with the Welch interval and p value (None where they are undefined)."""
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    diff = float(x.mean() - y.mean())
+    if len(x) < 2 or len(y) < 2:
+        return {"difference": diff, "low": None, "high": None, "p": None}
+    if x.var() == 0 and y.var() == 0:  # no spread at all: the difference is exact
+        return {"difference": diff, "low": diff, "high": diff, "p": 1.0 if diff == 0 else 0.0}
+    result = stats.ttest_ind(x, y, equal_var=False)
+    ci = result.confidence_interval(level)
+    return {"difference": diff, "low": float(ci.low), "high": float(ci.high), "p": float(result.pvalue)}
+
+
+def tied(d: dict[str, float | None]) -> bool:
+    """Whether a difference is not distinguishable from 0 at the level (no interval: tied unless exactly equal)."""
+    low, high = d["low"], d["high"]
+    if low is None or high is None:
+        return d["difference"] == 0
+    return low <= 0 <= high
+
+
+def _clean(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else value
+
+
+def make_verdict(finalists: Sequence[Finalist], baseline: Finalist | None, resolution: int,
+                 seeds: Sequence[int], level: float = LEVEL) -> dict[str, Any]:
+    """The verdict as a JSON-able dict: a row per finalist (and the baseline), the pick, and its sentences."""
+    within = [f for f in finalists if f.within_budget]
+    if not within:
+        raise ValueError("no finalist within the budget")
+    best = max(within, key=lambda f: (float(np.mean(f.val)), -f.mflops))
+    versus_best = {f.key: difference(f.val, best.val, level) for f in within}
+    contenders = [f for f in within if f is best or tied(versus_best[f.key])]
+    pick = min(contenders, key=lambda f: (f.mflops, -float(np.mean(f.val))))
+    rows = []
+    for f in [*finalists, *([baseline] if baseline else [])]:
+        if f is baseline:
+            role = "baseline"
+        elif not f.within_budget:
+            role = "over budget"
+        else:
+            role = "pick" if f is pick else "tied" if f in contenders else "behind"
+        val, test = mean_interval(f.val, level), mean_interval(f.test, level)
+        rows.append({"key": f.key, "trial": f.trial, "summary": f.summary, "mflops": f.mflops, "mparams": f.mparams,
+                     "role": role, "n": len(f.val), "val": list(f.val), "test": list(f.test),
+                     "val_mean": val[0], "val_low": _clean(val[1]), "val_high": _clean(val[2]),
+                     "test_mean": test[0], "test_low": _clean(test[1]), "test_high": _clean(test[2])})
+    sentences = [_pick_sentence(pick, best, contenders, versus_best, resolution, level)]
+    comparison = None
+    if baseline is not None:
+        comparison = difference(pick.test, baseline.test, level)
+        sentences.append(_baseline_sentence(pick, baseline, comparison, level))
+    return {"level": level, "resolution": resolution, "seeds": list(seeds), "pick": pick.trial, "pick_key": pick.key,
+            "best_val": best.key, "rows": rows, "versus_baseline": comparison, "sentences": sentences}
+
+
+def _points(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:+.1f}"
+
+
+def _pick_sentence(pick: Finalist, best: Finalist, contenders: list[Finalist],
+                   versus_best: dict[str, dict[str, float | None]], resolution: int, level: float) -> str:
+    cost = f"{pick.mflops:.1f} MFLOPs@{resolution}x{resolution}"
+    if pick is best:
+        others = [f.key for f in contenders if f is not pick]
+        tie = (f"; tied with {', '.join(others)} (each costlier)" if others else "")
+        return (f"{pick.key} ({cost}): the best full-schedule validation mean ({np.mean(pick.val):.4f} over "
+                f"{len(pick.val)} seeds){tie}")
+    d = versus_best[pick.key]
+    return (f"{pick.key} ({cost}): statistically tied with {best.key}, which has the best validation mean "
+            f"({np.mean(best.val):.4f} vs {np.mean(pick.val):.4f}; difference {_points(d['difference'])} points, "
+            f"{level:.0%} interval [{_points(d['low'])}, {_points(d['high'])}]), and cheaper "
+            f"({best.mflops:.1f} MFLOPs)")
+
+
+def _baseline_sentence(pick: Finalist, baseline: Finalist, d: dict[str, float | None], level: float) -> str:
+    figures = (f"{_points(d['difference'])} points of test accuracy, {level:.0%} interval "
+               f"[{_points(d['low'])}, {_points(d['high'])}], Welch t over {len(pick.test)} and {len(baseline.test)} "
+               "seeds")
+    if d["low"] is not None and d["low"] > 0:
+        return f"{pick.key} beats the best baseline, {baseline.key}, by {figures[1:]}"
+    if d["high"] is not None and d["high"] < 0:
+        return f"{pick.key} trails the best baseline, {baseline.key}: {figures}"
+    return f"{pick.key} is tied with the best baseline, {baseline.key}: {figures}"
+
+
+def _interval(mean: float, low: float | None, high: float | None) -> str:
+    if low is None or high is None:
+        return f"{mean:.4f}"
+    return f"{mean:.4f} [{low:.4f}, {high:.4f}]"
+
+
+def verdict_lines(verdict: dict[str, Any]) -> list[str]:
+    """The verdict as a table and its sentences, for a terminal."""
+    r, level = verdict["resolution"], verdict["level"]
+    seeds = ", ".join(map(str, verdict["seeds"]))
+    header = (f"{'finalist':<28} {'role':<18} {'val acc, mean [' + f'{level:.0%}' + ' CI]':>27} "
+              f"{'test acc, mean [CI]':>27} {f'MFLOPs@{r}':>11} {'M params':>8}")
+    lines = [f"verdict: full-schedule training, seeds {seeds}; validation accuracy chooses, test accuracy is "
+             "only reported", header]
+    for row in verdict["rows"]:
+        lines.append(f"{row['key'][:28]:<28} {ROLES[row['role']]:<18} "
+                     f"{_interval(row['val_mean'], row['val_low'], row['val_high']):>27} "
+                     f"{_interval(row['test_mean'], row['test_low'], row['test_high']):>27} "
+                     f"{row['mflops']:>11.1f} {row['mparams']:>8.3f}")
+    return lines + [f"  {s}" for s in verdict["sentences"]]

@@ -242,10 +242,12 @@ def cmd_show(args: argparse.Namespace) -> int:
     ref = reference_point(frame, budget.get(cost), cost)
     print(f"Pareto-optimal trials, validation accuracy vs {COSTS[cost]} at {res}x{res} "
           f"(test accuracy is reported only):")
-    table = front[["trial", "val_acc", "test_acc", "mflops", "mparams", "dominant_conv", "arch"]].rename(columns={
-        "val_acc": "val acc", "test_acc": "test acc", "mflops": f"MFLOPs@{res}", "mparams": "M params",
-        "dominant_conv": "mostly"})
+    table = front[["trial", "val_acc", "test_acc", "mflops", "mparams", "rung", "dominant_conv", "arch"]].rename(
+        columns={"val_acc": "val acc", "test_acc": "test acc", "mflops": f"MFLOPs@{res}", "mparams": "M params",
+                 "dominant_conv": "mostly"})
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print("  (val/test acc: one proxy training; rung: the highest rung of the finals the trial reached, 0: the "
+          "search only, 2: a finalist)")
     unit = {"mflops": "MFLOPs", "mparams": "M params", "latency_ms": "ms"}[cost]
     print(f"hypervolume {hypervolume(front, ref, cost=cost):.4g} (accuracy x {unit}; reference point: accuracy 0, "
           f"{ref:g} {unit})")
@@ -253,6 +255,14 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     for line in comparison_lines(study, frame):
         print(line)
+    from .analysis.verdict import study_verdict, verdict_lines
+
+    verdict = study_verdict(study)
+    if verdict is None:
+        print("no verdict: the study's finals have not run (`dsearch run` without --no-finals ends with them); "
+              "every accuracy above is a single proxy training")
+    else:
+        print("\n".join(verdict_lines(verdict)))
     return 0
 
 

@@ -29,7 +29,8 @@ from dsearch.training.proxy import ProxyConfig, TrainingDiverged
 
 FAST = ProxyConfig(epochs=1, batch_size=64, train_subset=128, augment=False)
 BUDGET = 0.3  # MFLOPs at 32x32: about the middle of the tiny space's range
-RUN = ("--budget-mflops", str(BUDGET), "--epochs", "1", "--batch-size", "64", "--train-subset", "128", "--quiet")
+RUN = ("--budget-mflops", str(BUDGET), "--epochs", "1", "--batch-size", "64", "--train-subset", "128", "--quiet",
+       "--no-finals")
 
 
 def quiet(_msg):
@@ -379,7 +380,7 @@ def test_a_worker_killed_mid_trial_loses_nothing_on_resume(tiny_space, tmp_path,
     monkeypatch.setenv("DSEARCH_HEARTBEAT_S", "1")  # marked failed after 3 missed heartbeats, not 60 s
     db = tmp_path / "kill.db"
     args = ["run", "--space", str(tiny_space), "--budget-mflops", str(BUDGET), "--sampler", "random", "--epochs", "1",
-            "--batch-size", "64", "--train-subset", "512", "--n-trials", "50", "--quiet",
+            "--batch-size", "64", "--train-subset", "512", "--n-trials", "50", "--quiet", "--no-finals",
             "--study-name", "kill", "--storage", f"sqlite:///{db}"]
     code_under_test = str(Path(cli.__file__).resolve().parents[1])  # not whichever dsearch is installed
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [code_under_test, os.environ.get("PYTHONPATH")]))}

@@ -38,6 +38,7 @@ from .pareto import (
     trained,
     trials_frame,
 )
+from .verdict import study_verdict
 
 # A fixed colour per conv kind (Okabe-Ito, colour-blind safe), so one kind looks the same in every figure.
 KIND_COLOURS = {"regular": "#0072B2", "dsc": "#E69F00", "bsconv_u": "#009E73", "bsconv_s": "#CC79A7",
@@ -62,6 +63,11 @@ TITLE_MPARAMS = "Validation accuracy vs parameters"
 TITLE_CONV = "Validation accuracy vs MFLOPs, one panel per dominant conv type"
 TITLE_PROGRESS = "Search progress"
 TITLE_IMPORTANCE = "Parameter importances for validation accuracy"
+TITLE_VERDICT = "Verdict: the finalists after full training, with 95% intervals over seeds"
+VERDICT_COLOURS = {"pick": "#D55E00", "tied": "#E69F00", "behind": "#0072B2", "over budget": "#9E9E9E",
+                   "baseline": "#009E73"}
+ROLE_WORDS = {"pick": "the pick", "tied": "tied with the best", "behind": "behind the best",
+              "over budget": "over the budget", "baseline": "best baseline"}
 TITLE_AUDIT = "Proxy audit: proxy validation accuracy vs test accuracy after full training"
 AUDIT_COLOUR = "#4477AA"
 AUDIT_HOVER = ("<b>trial %{customdata[0]}</b><br>%{customdata[1]}<br>proxy val acc %{x:.4f}, full test acc %{y:.4f}"
@@ -457,6 +463,37 @@ def audit_figure(audit: dict[str, Any]) -> go.Figure:
     return fig
 
 
+def verdict_figure(verdict: dict[str, Any]) -> go.Figure:
+    """The finalists and the best baseline: full-schedule validation and test means with their 95% intervals."""
+    rows = verdict.get("rows") or []
+    if not rows:
+        raise DsearchError("the stored verdict has no finalists")
+    r = verdict.get("resolution")
+    fig = go.Figure()
+    for score, symbol in (("val", "circle"), ("test", "diamond-open")):
+        means = [row[f"{score}_mean"] for row in rows]
+        fig.add_trace(go.Scatter(
+            x=[row["mflops"] for row in rows], y=means, mode="markers+text" if score == "val" else "markers",
+            name=f"{score} accuracy, mean over seeds",
+            text=[row["key"] + (" (pick)" if row["role"] == "pick" else "") for row in rows] if score == "val"
+            else None, textposition="top center",
+            marker={"symbol": symbol, "size": 11, "color": [VERDICT_COLOURS[row["role"]] for row in rows]},
+            error_y={"type": "data", "symmetric": False,
+                     "array": [(row[f"{score}_high"] - m) if row[f"{score}_high"] is not None else 0
+                               for row, m in zip(rows, means, strict=True)],
+                     "arrayminus": [(m - row[f"{score}_low"]) if row[f"{score}_low"] is not None else 0
+                                    for row, m in zip(rows, means, strict=True)]},
+            customdata=[[row["key"], ROLE_WORDS.get(row["role"], row["role"]), str(row["n"]),
+                         ", ".join(f"{v:.4f}" for v in row[score])] for row in rows],
+            hovertemplate=("<b>%{customdata[0]}</b> (%{customdata[1]})<br>" + score
+                           + " acc %{y:.4f} over %{customdata[2]} seeds: %{customdata[3]}<extra></extra>")))
+    level = verdict.get("level", 0.95)
+    fig.update_layout(title={"text": TITLE_VERDICT}, template="plotly_white", height=520, hovermode="closest",
+                      xaxis={"title": {"text": cost_label("mflops", r)}},
+                      yaxis={"title": {"text": f"accuracy after full training (mean, {level:.0%} interval)"}})
+    return fig
+
+
 def audit_caption(audit: dict[str, Any]) -> str:
     """Kendall tau (95% interval) of the proxy, MFLOPs and params against full test accuracy, and the verdict."""
 
@@ -566,6 +603,14 @@ def build_dashboard(study: optuna.Study, title: str | None = None) -> Dashboard:
         importances, caption = param_importances(study)
         sections.append(Section(TITLE_IMPORTANCE, importance_figure(importances), caption) if importances
                         else Section(TITLE_IMPORTANCE, None, caption))
+        verdict = study_verdict(study)
+        if verdict is not None:
+            sections.append(_figure_section(
+                TITLE_VERDICT, lambda: verdict_figure(verdict),
+                "The finals' last rung: each finalist and the best baseline trained with the full schedule at "
+                f"seeds {', '.join(map(str, verdict.get('seeds') or []))}; dots are validation means (which choose), "
+                "open diamonds test means (only reported), bars their 95% t intervals. " + " ".join(
+                    verdict.get("sentences") or [])))
         audit = study_audit(study)
         if audit is not None:
             sections.append(_figure_section(TITLE_AUDIT, lambda: audit_figure(audit), audit_caption(audit)))

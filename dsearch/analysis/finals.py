@@ -16,9 +16,9 @@ best validation accuracy) become its `trained.N` weights, which `dsearch export 
 """
 from __future__ import annotations
 
-import re
 import time
 import uuid
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -42,10 +42,9 @@ from ..training.proxy import DeviceData, ProxyConfig, TrainingDiverged, select_d
 from .baselines import Baseline, baseline_specs, study_deployment_budget, study_search_config
 from .pareto import arch_of, study_budget, trained, trials_frame
 from .promotion import promote, promoted_count
-from .verdict import VERDICT_ATTR, Finalist, make_verdict, study_verdict
+from .verdict import VERDICT_ATTR, Finalist, make_verdict, record_key, study_verdict
 
 PLAN_ATTR = "dsearch_finals"
-RECORD_PREFIX = "dsearch_rung"
 CLAIM_PREFIX = "dsearch_claim."
 Log = Callable[[str], None]
 
@@ -81,27 +80,13 @@ def check_finals(cfg: FinalsConfig) -> None:
         raise DsearchError(f"--final-epochs must be a whole number >= 1, got {cfg.epochs!r}")
 
 
-def record_key(rung: int, target: str, seed: int) -> str:
-    return f"{RECORD_PREFIX}{rung}.{target}.s{seed}"
-
-
-def rung_reached(study: optuna.Study) -> dict[int, int]:
-    """Trial number -> the highest rung of the finals it was trained in (trials the finals never took: absent)."""
-    found: dict[int, int] = {}
-    pattern = re.compile(rf"^{RECORD_PREFIX}(\d+)\.trial(\d+)\.s\d+$")
-    for key in study.user_attrs:
-        m = pattern.match(key)
-        if m:
-            rung, number = int(m.group(1)), int(m.group(2))
-            found[number] = max(found.get(number, 0), rung)
-    return found
-
-
 def wait_for_search(study: optuna.Study, log: Log) -> None:
     """Wait while other workers still train search trials: the finals rank every trial of the study."""
     said = False
     while True:
-        optuna.storages.fail_stale_trials(study)  # a dead worker's trial, after its missed heartbeats
+        with warnings.catch_warnings():  # Optuna calls it experimental; dsearch's search relies on it already
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # a dead worker's trial, after its missed heartbeats
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         if not running:
             return

@@ -18,8 +18,9 @@ from ..errors import DsearchError
 from ..model.archspec import ArchSpec, iter_conv_units
 from ..model.ops import CONV_TYPES
 from ..search.record import trial_arch
+from .verdict import rung_reached
 
-BASE_COLUMNS = ["trial", "state", "status", "pareto", "val_acc", "test_acc", "mflops", "mparams", "latency_ms",
+BASE_COLUMNS = ["trial", "state", "status", "pareto", "rung", "val_acc", "test_acc", "mflops", "mparams", "latency_ms",
                 "resolution", "mflops_train", "train_resolution", "train_time_s", "epochs", "device", "arch",
                 "dominant_conv", "reason", "datetime_start", "datetime_complete"]
 # cost column -> (label with unit, what the axis means)
@@ -68,6 +69,10 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             row.update(arch_columns(spec))
         rows.append(row)
     frame = _typed(pd.DataFrame(rows), rows)
+    if not frame.empty:  # the highest rung of the finals each trained trial reached (0: the search only)
+        reached = rung_reached(study)
+        frame["rung"] = pd.array([reached.get(int(n), 0) if s == "complete" else None
+                                  for n, s in zip(frame["trial"], frame["status"], strict=True)], dtype="Int64")
     frame["pareto"] = frame.index.isin(pareto_front(frame).index) if not frame.empty else pd.Series(dtype=bool)
     extra = sorted((c for c in frame.columns if c not in BASE_COLUMNS), key=_column_order)
     return frame.reindex(columns=BASE_COLUMNS + extra)

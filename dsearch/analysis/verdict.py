@@ -1,4 +1,5 @@
-"""The verdict of a search: its finalists' full-schedule accuracy over several seeds, with intervals and ties.
+"""The verdict of a search: its finalists' full-schedule accuracy over several seeds, with intervals and ties;
+and how the finals' results are read back from a study (the verdict, which rung each trial reached).
 
 Validation accuracy chooses, test accuracy is only reported. The pick is the finalist within the budget
 with the best validation mean, or, among the finalists statistically tied with that one, the cheapest. Two
@@ -9,15 +10,16 @@ difference of their test means, with its Welch interval. Statistics from scipy.s
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import optuna
-from scipy import stats
 
 VERDICT_ATTR = "dsearch_verdict"
+RECORD_PREFIX = "dsearch_rung"  # + "<rung>.<target>.s<seed>": one training of the finals
 LEVEL = 0.95
 ROLES = {"pick": "the pick", "tied": "tied with the best", "behind": "behind the best",
          "over budget": "over the budget", "baseline": "baseline"}
@@ -43,8 +45,27 @@ def study_verdict(study: optuna.Study) -> dict[str, Any] | None:
     return verdict if isinstance(verdict, dict) else None
 
 
+def record_key(rung: int, target: str, seed: int) -> str:
+    """The study user attr of one finals training; `target` is "trial<N>" or "baseline:<label>"."""
+    return f"{RECORD_PREFIX}{rung}.{target}.s{seed}"
+
+
+def rung_reached(study: optuna.Study) -> dict[int, int]:
+    """Trial number -> the highest rung of the finals it was trained in (trials the finals never took: absent)."""
+    found: dict[int, int] = {}
+    pattern = re.compile(rf"^{RECORD_PREFIX}(\d+)\.trial(\d+)\.s\d+$")
+    for key in study.user_attrs:
+        m = pattern.match(key)
+        if m:
+            rung, number = int(m.group(1)), int(m.group(2))
+            found[number] = max(found.get(number, 0), rung)
+    return found
+
+
 def mean_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, float | None, float | None]:
     """Mean and its t interval; no interval from one value."""
+    from scipy import stats  # here: reading a study's frame (pareto) does not load scipy
+
     x = np.asarray(values, dtype=float)
     mean = float(x.mean())
     if len(x) < 2:
@@ -58,6 +79,8 @@ def mean_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float,
 
 def difference(a: Sequence[float], b: Sequence[float], level: float = LEVEL) -> dict[str, float | None]:
     """Mean of `a` minus mean of `b`, with the Welch interval and p value (None where they are undefined)."""
+    from scipy import stats
+
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     diff = float(x.mean() - y.mean())
     if len(x) < 2 or len(y) < 2:

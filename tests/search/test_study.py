@@ -114,7 +114,8 @@ def dsearch_cli(*args, cwd, timeout=300):
                           timeout=timeout)
 
 
-TINY_ARGS = ("--n-trials", "2", "--epochs", "1", "--batch-size", "64", "--train-subset", "256", "--quiet")
+TINY_ARGS = ("--n-trials", "2", "--epochs", "1", "--batch-size", "64", "--train-subset", "256", "--quiet",
+             "--no-finals")
 
 
 def test_cli_run_end_to_end(tiny_space, tmp_path):
@@ -276,7 +277,7 @@ def test_a_budget_that_few_architectures_fit_trains_them_all_and_says_so(tiny_sp
     url = f"sqlite:///{tmp_path}/e.db"
     args = ["run", "--space", str(tiny_space), "--budget-mflops", repr(cheapest), "--n-trials", str(fits + 2),
             "--epochs", "1", "--train-subset", "128", "--batch-size", "64", "--study-name", "e", "--storage", url,
-            "--quiet"]
+            "--quiet", "--no-finals"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert f"all {fits} architectures of the space within the budget are trained" in out
@@ -297,7 +298,7 @@ def test_a_run_that_cannot_progress_stops_with_an_error(tiny_space, tmp_path, mo
     fits = _brute_force_feasible(tiny_space, cheapest)
     args = ["run", "--space", str(tiny_space), "--budget-mflops", repr(cheapest), "--n-trials", str(fits + 1),
             "--epochs", "1", "--train-subset", "128", "--batch-size", "64", "--study-name", "s", "--storage",
-            f"sqlite:///{tmp_path}/s.db", "--quiet"]
+            f"sqlite:///{tmp_path}/s.db", "--quiet", "--no-finals"]
     assert main(args) == 1
     err = capsys.readouterr().err
     assert f"stopped after training {fits} of {fits + 1} architectures" in err

@@ -19,6 +19,7 @@ from ..model.archspec import ArchSpecError
 from ..training import native
 from ..training.failures import check_finite_state
 from ..training.proxy import DeviceData, TrainingDiverged, train_proxy
+from ..version import __version__
 from .budget import repair
 from .config import SearchConfig
 from .record import arch_attrs, arch_key, set_constraints, trial_arch_key
@@ -83,6 +84,9 @@ class Objective:
             trial.set_user_attr("cpu_kernels", native.status())  # dsearch's own or PyTorch's: sums differ slightly
         if self.worker is not None:
             trial.set_user_attr("worker", self.worker)
+        # What the result depends on besides the study's settings: the same values give the same numbers.
+        trial.set_user_attr("train_seed", self.cfg.proxy.seed)
+        trial.set_user_attr("versions", {"dsearch": __version__, "torch": torch.__version__})
         if self.cfg.measure_latency:
             trial.set_user_attr("latency_ms", round(measure_latency(spec, self.device_data.device), 3))
             trial.set_user_attr("latency_device", str(self.device_data.device))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 from optuna.trial import TrialState
 
 from dsearch import ArchSpec, spec_cost
@@ -321,3 +322,20 @@ def test_early_stop_compares_with_cheaper_front_trials_at_the_same_epoch():
     assert outpaced_by(study, 5.0, 0, 0.10, 0.02) is None  # nothing on the front is as cheap
     assert outpaced_by(study, 25.0, 0, 0.62, 0.02) is None  # trial 2 is ahead by 0.06 but is not on the front
     assert outpaced_by(study, 40.0, 0, 0.65, 0.02).number == 1
+
+
+def test_the_same_command_seed_and_threads_give_the_same_numbers(tiny_space, tmp_path):
+    from dsearch.search.config import SearchConfig
+    from dsearch.search.driver import run_search
+    from dsearch.training.proxy import ProxyConfig
+
+    cfg = SearchConfig(space=str(tiny_space), budget_mflops=0.22, seed=3,
+                       proxy=ProxyConfig(epochs=1, batch_size=64, train_subset=256, seed=3))
+    runs = [run_search(cfg, "r", f"sqlite:///{tmp_path}/r{i}.db", n_trials=2, log=lambda _m: None).study
+            for i in range(2)]
+    first, second = ([(t.params, t.user_attrs.get("val_acc"), t.user_attrs.get("test_acc")) for t in s.trials]
+                     for s in runs)
+    assert first == second and any(v is not None for _, v, _ in first)
+    recorded = [t.user_attrs for t in runs[0].trials if t.user_attrs.get("status") == "complete"]
+    assert all(a["train_seed"] == 3 and a["versions"]["torch"] == torch.__version__ and "cpu_threads" in a
+               for a in recorded)

@@ -12,7 +12,7 @@ two baselines measured in the same run on the same input:
   masked:  a dense 1x1 conv whose N x M weight is scattered from the N x K real weights
            every step, in plain PyTorch autograd;
   grouped: a g-group 1x1 conv (F.conv2d groups=g), same MACs as SCC.
-Targets (docs/design.md, SCC's forms): SCC within 1.2x of the grouped conv, never slower than the masked one.
+Targets (docs/concepts.md, SCC's forms): SCC within 1.2x of the grouped conv, never slower than the masked one.
 
 All tensors are channels_last (fp32, or bf16 autocast with --bf16). MACs per call are the
 analytic forward MACs (`conv_macs` x batch) times 3 for forward + backward, a rough count.

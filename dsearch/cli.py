@@ -700,7 +700,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", metavar="STUDY|ARCH", help=f"a study name, an ArchSpec JSON file or a preset ({presets})")
     study_args(p)
     p.add_argument("--trial", default="best",
-                   help="'best' (most accurate trained trial within budget) or a trial number")
+                   help="'best' (the verdict's pick; without finals, the best proxy val accuracy within budget) "
+                        "or a trial number")
     p.add_argument("--out", metavar="DIR", help="default: exports/<study>-trial<N> (or exports/<json or preset name>)")
     p.add_argument("--weights", metavar="FILE", help="weights for an ArchSpec JSON or preset target "
                                                      "(default: weights.pt next to the JSON file, when present)")

@@ -16,7 +16,8 @@ def load_trial(study: str | optuna.Study, trial: int | str = "best", storage: st
     """A study's trial as a module in eval mode with its kept weights (fully trained ones if any, else the proxy's).
 
     `study` is a study name (storage: `storage`, default sqlite:///studies/<name>/study.db) or an optuna.Study;
-    `trial` is 'best' (the most accurate trained trial within the study's budget) or a trial number.
+    `trial` is 'best' or a trial number: 'best' is the pick of the study's verdict when its finals have run (with
+    its fully trained weights), else the trained trial within the budget with the best proxy validation accuracy.
     """
     # Here, not at the top: `import dsearch` stays free of Optuna and pandas until a study is read.
     import optuna

@@ -10,7 +10,7 @@ JSON so that any trial can be rebuilt exactly. Schema (version 1):
       conv:   ConvSpec(kind, knobs)                                      the block's spatial conv unit
       head:   HeadSpec(channels, activation, dropout)                    [1x1 conv] -> avg pool -> linear
 
-`resolution` is the deployment input size, where budgets are counted (docs/design.md, "Two
+`resolution` is the deployment input size, where budgets are counted (docs/concepts.md, "The two
 resolutions"); training may run at another size.
 """
 from __future__ import annotations

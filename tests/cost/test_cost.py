@@ -1,4 +1,4 @@
-"""fvcore counts against docs/design.md's formulas and torchvision's MobileNetV2; the analytic model against fvcore."""
+"""fvcore counts against docs/concepts.md's formulas and torchvision's MobileNetV2; the analytic model vs fvcore."""
 import math
 
 import pytest
@@ -16,7 +16,7 @@ def out(size, k, s):
 
 
 def formula(kind, m, n, k, s, h, w, **kn):
-    """docs/design.md's MAC and parameter formulas, written out independently of dsearch.model.ops."""
+    """docs/concepts.md's MAC and parameter formulas, written out independently of dsearch.model.ops."""
     hw, hw_out = h * w, out(h, k, s) * out(w, k, s)
     if kind == "regular":
         return hw_out * n * m * k * k, n * m * k * k

@@ -1,4 +1,4 @@
-"""Each conv type against an independent truth (docs/design.md's definitions)."""
+"""Each conv type against an independent truth (docs/concepts.md's definitions)."""
 import math
 from fractions import Fraction
 

@@ -1,4 +1,4 @@
-"""Regular, depthwise-separable and blueprint-separable convolutions: knobs, cost formulas (docs/design.md's table)
+"""Regular, depthwise-separable and blueprint-separable convolutions: knobs, cost formulas (docs/concepts.md's table)
 and the BSConv-S regulariser. The modules themselves live in dsearch.model.layers."""
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ class ConvType:
     """Everything dsearch knows about one conv kind.
 
     `build(M, N, k, stride, **knobs)` returns the linear operator; `params(M, N, k, knobs)`
-    and `macs(M, N, k, stride, (H, W), knobs)` are the analytic costs from docs/design.md (conv
+    and `macs(M, N, k, stride, (H, W), knobs)` are the analytic costs from docs/concepts.md (conv
     weights only: an optional inner batch-norm is not part of the formula);
     `check(M, N, k, stride, knobs)` returns an error text for channel-dependent rules.
     `inner_bn(M, N, knobs)` gives the channels of the optional batch-norm between the two parts
@@ -127,7 +127,7 @@ def out_size(size: int, kernel_size: int, stride: int) -> int:
 
 
 def conv_params(kind: str, in_channels: int, out_channels: int, kernel_size: int, **knobs: Any) -> int:
-    """Analytic parameter count of the conv weights (docs/design.md's table)."""
+    """Analytic parameter count of the conv weights (docs/concepts.md's table)."""
     resolved = resolve_knobs(kind, knobs)
     return CONV_TYPES[kind].params(in_channels, out_channels, kernel_size, resolved)
 
@@ -136,6 +136,6 @@ def conv_macs(
     kind: str, in_channels: int, out_channels: int, kernel_size: int, stride: int,
     hw: tuple[int, int], **knobs: Any,
 ) -> int:
-    """Analytic MACs of one forward pass at batch 1 on an H x W input (docs/design.md's table)."""
+    """Analytic MACs of one forward pass at batch 1 on an H x W input (docs/concepts.md's table)."""
     resolved = resolve_knobs(kind, knobs)
     return CONV_TYPES[kind].macs(in_channels, out_channels, kernel_size, stride, hw, resolved)

@@ -34,6 +34,7 @@ from .data import load_dataset
 from .errors import DsearchError
 from .failures import check_finite_state
 from .fulltrain import FullTrainConfig, study_full_config, train_full
+from .ops import CONV_TYPES
 from .presets import mobilenet_v2, with_conv
 from .record import made_by
 from .resume import CONFIG_ATTR, IDENTITY_ATTR, plain
@@ -44,9 +45,10 @@ from .validate import check_fits_memory, check_int
 ATTR_PREFIX = "baseline."
 WIDTH_STEP = 0.05
 WIDTHS = tuple(round(k * WIDTH_STEP, 2) for k in range(2, 41))  # 0.1, 0.15, ..., 2.0
-# The conv kinds swapped into MobileNetV2; `dsc` is the net as published. `regular` is left out: a dense k x k conv
-# on the expanded width is no mobile design (at the same budget it would shrink the net to a few channels).
-KINDS = ("dsc", "bsconv_u", "bsconv_s", "scc")
+# The conv kinds swapped into MobileNetV2, from the registry (ConvType.baseline); `dsc` is the net as published.
+# `regular` is left out: a dense k x k conv on the expanded width is no mobile design (at the same budget it would
+# shrink the net to a few channels).
+KINDS = tuple(name for name, ct in CONV_TYPES.items() if ct.baseline)
 
 
 @dataclass(frozen=True)

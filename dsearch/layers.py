@@ -32,17 +32,20 @@ def make_activation(name: str) -> nn.Module:
 ConvFactory = Callable[[int, int, int, int], nn.Module]  # (in_channels, out_channels, kernel_size, stride)
 
 
-def conv2d(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
-    """A bias-free conv with "same" padding k//2."""
-    return nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, groups=groups, bias=False)
+def conv2d(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1,
+           dilation: int = 1) -> nn.Conv2d:
+    """A bias-free conv with "same" padding dilation * (k//2)."""
+    return nn.Conv2d(in_channels, out_channels, kernel_size, stride, dilation * (kernel_size // 2), dilation,
+                     groups=groups, bias=False)
 
 
 def depthwise_pointwise_layers(
-    in_channels: int, kernel_size: int, stride: int, pointwise: nn.Module, with_bn: bool, activation: str | None
+    in_channels: int, kernel_size: int, stride: int, pointwise: nn.Module, with_bn: bool, activation: str | None,
+    dilation: int = 1,
 ) -> OrderedDict[str, nn.Module]:
-    """Depthwise k x k (carries the stride), optional BN/activation, then a pointwise map."""
+    """Depthwise k x k (carries the stride and the dilation), optional BN/activation, then a pointwise map."""
     layers: OrderedDict[str, nn.Module] = OrderedDict(
-        dw=conv2d(in_channels, in_channels, kernel_size, stride, groups=in_channels)
+        dw=conv2d(in_channels, in_channels, kernel_size, stride, groups=in_channels, dilation=dilation)
     )
     if with_bn:
         layers["bn"] = nn.BatchNorm2d(in_channels)
@@ -56,9 +59,9 @@ class DepthwiseSeparableConv(nn.Sequential):
     """DSC: depthwise k x k on M (carries the stride) -> pointwise M -> N."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 with_bn: bool = False, activation: str | None = None) -> None:
+                 with_bn: bool = False, activation: str | None = None, dilation: int = 1) -> None:
         super().__init__(depthwise_pointwise_layers(
-            in_channels, kernel_size, stride, conv2d(in_channels, out_channels, 1), with_bn, activation
+            in_channels, kernel_size, stride, conv2d(in_channels, out_channels, 1), with_bn, activation, dilation
         ))
 
 
@@ -66,11 +69,11 @@ class BSConvU(nn.Sequential):
     """Unconstrained blueprint-separable conv: pointwise M -> N, then depthwise k x k on N."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 with_bn: bool = False) -> None:
+                 with_bn: bool = False, dilation: int = 1) -> None:
         layers: OrderedDict[str, nn.Module] = OrderedDict(pw=conv2d(in_channels, out_channels, 1))
         if with_bn:
             layers["bn"] = nn.BatchNorm2d(out_channels)
-        layers["dw"] = conv2d(out_channels, out_channels, kernel_size, stride, groups=out_channels)
+        layers["dw"] = conv2d(out_channels, out_channels, kernel_size, stride, groups=out_channels, dilation=dilation)
         super().__init__(layers)
 
 
@@ -87,14 +90,14 @@ class BSConvS(nn.Sequential):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 p: float = 0.25, min_mid_channels: int = 4, with_bn: bool = False) -> None:
+                 p: float = 0.25, min_mid_channels: int = 4, with_bn: bool = False, dilation: int = 1) -> None:
         mid = bsconv_s_mid_channels(in_channels, p, min_mid_channels)
         layers: OrderedDict[str, nn.Module] = OrderedDict(
             pw1=conv2d(in_channels, mid, 1), pw2=conv2d(mid, out_channels, 1)
         )
         if with_bn:
             layers["bn"] = nn.BatchNorm2d(out_channels)
-        layers["dw"] = conv2d(out_channels, out_channels, kernel_size, stride, groups=out_channels)
+        layers["dw"] = conv2d(out_channels, out_channels, kernel_size, stride, groups=out_channels, dilation=dilation)
         super().__init__(layers)
 
 
@@ -176,9 +179,11 @@ class SCC(nn.Sequential):
     pointwise_type: type[nn.Module] = SlidingChannelConv
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 groups: int = 2, overlap: float = 0.5, with_bn: bool = False, activation: str | None = None) -> None:
+                 groups: int = 2, overlap: float = 0.5, with_bn: bool = False, activation: str | None = None,
+                 dilation: int = 1) -> None:
         pointwise = self.pointwise_type(in_channels, out_channels, groups, overlap)
-        super().__init__(depthwise_pointwise_layers(in_channels, kernel_size, stride, pointwise, with_bn, activation))
+        super().__init__(depthwise_pointwise_layers(in_channels, kernel_size, stride, pointwise, with_bn, activation,
+                                                    dilation))
 
 
 def conv_bn_act(in_channels: int, out_channels: int, kernel: int, stride: int, activation: str | None) -> nn.Sequential:

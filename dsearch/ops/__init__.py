@@ -1,6 +1,9 @@
 """The conv types of the separable-convolution design space, behind one registry."""
+# Import order is registration order, which legends, colours and baselines follow.
+# isort: off
 from . import convs as _convs  # noqa: F401  (registers regular, dsc, bsconv_u, bsconv_s)
 from . import scc as _scc  # noqa: F401  (registers scc)
+# isort: on
 from .activations import ACTIVATIONS, make_activation
 from .convs import BSConvS, BSConvU, DepthwiseSeparableConv, bsconv_reg_loss, bsconv_s_mid_channels
 from .registry import (

@@ -186,6 +186,141 @@ class SCC(nn.Sequential):
                                                     dilation))
 
 
+def channelwise_window(channel_stride: int, cw_kernel: int) -> int:
+    """d_c = s_c + cw_kernel - 1: the channels one output of a channel-wise conv reads (its s_c own + cw_kernel - 1)."""
+    return channel_stride + cw_kernel - 1
+
+
+class ChannelwiseConv(nn.Module):
+    """ChannelNets' channel-wise conv: `filters` 1-D convs sliding along the channel axis, sharing weights over pixels.
+
+    Kernel d_c = s_c + cw_kernel - 1 along the channels, channel stride s_c (dividing M), padding (d_c - 1) // 2:
+    each filter gives M / s_c channels, so M -> filters * M / s_c. Output channel f * (M / s_c) + l is filter f at
+    position l, reading input channels l s_c - (d_c - 1) // 2 + j, j < d_c (zeros outside 0 .. M - 1). It runs as
+    one Conv3d with a single input channel over (channels, H, W), which fvcore counts as N d_c MACs per pixel.
+    """
+
+    def __init__(self, in_channels: int, filters: int, channel_stride: int, cw_kernel: int) -> None:
+        super().__init__()
+        window = channelwise_window(channel_stride, cw_kernel)
+        self.in_channels, self.filters, self.channel_stride = in_channels, filters, channel_stride
+        self.padding = (window - 1) // 2
+        # filters x d_c (2-D, so that .to(memory_format=channels_last) passes it by); fan_in d_c as a Conv3d's init
+        self.weight = nn.Parameter(torch.empty(filters, window))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight = self.weight[:, None, :, None, None]
+        y = F.conv3d(x.unsqueeze(1), weight, None, [self.channel_stride, 1, 1], [self.padding, 0, 0])
+        return y.flatten(1, 2)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, filters={self.filters}, channel_stride={self.channel_stride}, "
+                f"window={self.weight.shape[1]}")
+
+
+def dscw_geometry(in_channels: int, out_channels: int) -> tuple[int, int]:
+    """(filters, channel stride) of dscw's channel-wise map M -> N: N / gcd(M, N) filters of stride M / gcd(M, N)."""
+    common = math.gcd(in_channels, out_channels)
+    return out_channels // common, in_channels // common
+
+
+class DepthwiseSeparableChannelwiseConv(nn.Sequential):
+    """ChannelNets' DWSCW: depthwise k x k on M (carries the stride) -> channel-wise conv M -> N (dscw_geometry)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, cw_kernel: int = 7,
+                 with_bn: bool = False, activation: str | None = None) -> None:
+        filters, channel_stride = dscw_geometry(in_channels, out_channels)
+        pointwise = ChannelwiseConv(in_channels, filters, channel_stride, cw_kernel)
+        super().__init__(depthwise_pointwise_layers(in_channels, kernel_size, stride, pointwise, with_bn, activation))
+
+
+class GroupChannelwiseConv(nn.Sequential):
+    """ChannelNets' group conv + group channel-wise fusion: depthwise k x k on M (stride) -> g-group 1x1 M -> N ->
+    channel-wise fusion N -> N (g filters of channel stride g: each output group reads every input group)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 2,
+                 cw_kernel: int = 3, with_bn: bool = False, activation: str | None = None) -> None:
+        layers = depthwise_pointwise_layers(in_channels, kernel_size, stride,
+                                            conv2d(in_channels, out_channels, 1, groups=groups), with_bn, activation)
+        layers["cw"] = ChannelwiseConv(out_channels, groups, groups, cw_kernel)
+        super().__init__(layers)
+
+
+class ChannelShuffle(nn.Module):
+    """ShuffleNet's channel shuffle: (g, C / g) channels -> (C / g, g), so each group of the next conv sees all."""
+
+    def __init__(self, groups: int) -> None:
+        super().__init__()
+        self.groups = groups
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, c, h, w = x.shape
+        return x.view(n, self.groups, c // self.groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+    def extra_repr(self) -> str:
+        return f"groups={self.groups}"
+
+
+def shuffle_mid_channels(in_channels: int, mid: float, groups: int) -> int:
+    """M' = g * max(1, ceil(mid * M / g)): the width inside a shuffle unit, a multiple of g."""
+    return groups * max(1, math.ceil(round(mid * in_channels / groups, 9)))
+
+
+class ShuffleConv(nn.Sequential):
+    """ShuffleNet unit: g-group 1x1 M -> M' [BN, act] -> channel shuffle -> depthwise k x k on M' (carries the
+    stride) -> g-group 1x1 M' -> N."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 4,
+                 mid: float = 1.0, with_bn: bool = False, activation: str | None = None) -> None:
+        mid_channels = shuffle_mid_channels(in_channels, mid, groups)
+        layers: OrderedDict[str, nn.Module] = OrderedDict(pw1=conv2d(in_channels, mid_channels, 1, groups=groups))
+        if with_bn:
+            layers["bn"] = nn.BatchNorm2d(mid_channels)
+        if activation is not None:
+            layers["act"] = make_activation(activation)
+        layers["shuffle"] = ChannelShuffle(groups)
+        layers["dw"] = conv2d(mid_channels, mid_channels, kernel_size, stride, groups=mid_channels)
+        layers["pw2"] = conv2d(mid_channels, out_channels, 1, groups=groups)
+        super().__init__(layers)
+
+
+def cp_rank(out_channels: int, rank: float) -> int:
+    """R = max(1, floor(rank * N + 1/2)) (round half up)."""
+    return max(1, math.floor(round(rank * out_channels, 9) + 0.5))
+
+
+class CPConv(nn.Sequential):
+    """CP-factorised k x k conv: 1x1 M -> R -> depthwise k x 1 (stride (s, 1)) -> depthwise 1 x k (stride (1, s))
+    -> 1x1 R -> N; the k x k kernel W[n, m] = sum_r D[n, r] V[r] H[r]^T U[r, m] (rank R)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+                 rank: float = 0.5) -> None:
+        r, pad = cp_rank(out_channels, rank), kernel_size // 2
+        super().__init__(OrderedDict(
+            pw1=conv2d(in_channels, r, 1),
+            dwh=nn.Conv2d(r, r, (kernel_size, 1), (stride, 1), (pad, 0), groups=r, bias=False),
+            dww=nn.Conv2d(r, r, (1, kernel_size), (1, stride), (0, pad), groups=r, bias=False),
+            pw2=conv2d(r, out_channels, 1),
+        ))
+
+
+def tucker_ranks(in_channels: int, out_channels: int, rank: float) -> tuple[int, int]:
+    """(R1, R2) = (max(1, ceil(rank * M)), max(1, ceil(rank * N)))."""
+    return (max(1, math.ceil(round(rank * in_channels, 9))), max(1, math.ceil(round(rank * out_channels, 9))))
+
+
+class TuckerConv(nn.Sequential):
+    """Tucker-2-factorised k x k conv: 1x1 M -> R1 -> k x k R1 -> R2 (carries the stride) -> 1x1 R2 -> N."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+                 rank: float = 0.25) -> None:
+        r1, r2 = tucker_ranks(in_channels, out_channels, rank)
+        super().__init__(OrderedDict(
+            pw1=conv2d(in_channels, r1, 1), core=conv2d(r1, r2, kernel_size, stride), pw2=conv2d(r2, out_channels, 1),
+        ))
+
+
 def conv_bn_act(in_channels: int, out_channels: int, kernel: int, stride: int, activation: str | None) -> nn.Sequential:
     """A regular conv + batch-norm (+ activation), for stems, heads, expansions and shortcuts."""
     layers: list[nn.Module] = [conv2d(in_channels, out_channels, kernel, stride), nn.BatchNorm2d(out_channels)]

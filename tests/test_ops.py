@@ -176,7 +176,7 @@ def test_scc_channels_last_and_float32():
 
 
 @pytest.mark.parametrize("kind,args,knobs,needle", [
-    ("sep", (4, 4, 3), {}, "valid kinds: bsconv_s, bsconv_u, dsc, regular, scc"),
+    ("sep", (4, 4, 3), {}, "valid kinds: bsconv_s, bsconv_u, cp, dsc, dscw, gcwconv, regular, scc, shuffle, tucker"),
     ("scc", (6, 4, 3), {"groups": 4}, "groups=4 must divide in_channels=6"),
     ("scc", (8, 4, 3), {"overlap": 1.0}, "must be a number in [0, 1)"),
     ("scc", (8, 4, 3), {"groups": 4, "overlap": 0.75}, "slides by"),

@@ -477,3 +477,55 @@ def test_model_py_of_mobilenet_v2_with_each_new_kind_matches(kind, tmp_path):
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         torch.testing.assert_close(standalone(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+# ---- the proxy's fast path -------------------------------------------------------------------------------------
+
+FAST_CASES = [("dscw", {"cw_kernel": 3, "with_bn": True, "activation": "relu6"}), ("dscw", {}),
+              ("gcwconv", {"groups": 4}), ("dsc", {"dilation": 2}), ("dsc", {"dilation": 3, "with_bn": True}),
+              ("scc", {"dilation": 2}), ("bsconv_u", {"dilation": 3}), ("bsconv_s", {"dilation": 2})]
+
+
+@pytest.mark.parametrize("kind,knobs", FAST_CASES)
+@pytest.mark.parametrize("m,n,kernel,stride,size", [(24, 16, 3, 2, 14), (48, 16, 5, 1, 7), (32, 32, 3, 1, 2),
+                                                    (16, 48, 7, 2, 4)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_proxy_fast_path_is_exact(kind, knobs, m, n, kernel, stride, size, dtype):
+    from copy import deepcopy
+
+    from torch import nn
+
+    from dsearch.fastpath import specialise
+
+    plain = randomise(make_conv(kind, m, n, kernel, stride, **knobs).to(dtype))
+    net = nn.Sequential(deepcopy(plain))
+    forms = specialise(net, m, size)
+    if "dilation" in knobs:
+        assert any(f.startswith("dilated") for f in forms), forms
+    layout = torch.channels_last if dtype == torch.float32 else torch.contiguous_format  # float32: native kernels
+    net, plain = net.to(memory_format=layout), plain.to(memory_format=layout)
+    x = torch.randn(3, m, size, size, dtype=dtype, generator=GEN).to(memory_format=layout)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = net(xa), plain(xb)
+    tol = {} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-4}
+    torch.testing.assert_close(ya, yb, **tol)
+    grad = torch.randn(ya.shape, dtype=dtype, generator=GEN)
+    ya.backward(grad)
+    yb.backward(grad)
+    torch.testing.assert_close(xa.grad, xb.grad, **tol)
+    grads = {name.removeprefix("0."): p.grad for name, p in net.named_parameters()}
+    for name, p in plain.named_parameters():
+        torch.testing.assert_close(grads[name], p.grad, **tol)
+    if dtype == torch.float32:  # counters see the architecture (count_cost feeds a float32 input)
+        assert count_cost(net, (m, size, size)) == count_cost(plain, (m, size, size))
+
+
+@pytest.mark.parametrize("kind,knobs", [("dscw", {}), ("dscw", {"cw_kernel": 1}), ("gcwconv", {"groups": 4})])
+def test_channelwise_conv_runs_the_map_it_is_counted_as(kind, knobs):
+    conv = randomise(make_conv(kind, 24, 40, 3, 1, **knobs).double())
+    x = rand64(2, 24, 6, 7)
+    with torch.no_grad():
+        traced = torch.jit.trace(conv, x, check_trace=False)  # the Conv3d form, as fvcore sees it
+        assert any(n.kind() == "aten::_convolution" and len(list(n.inputs())[1].type().sizes() or []) == 5
+                   for n in traced.inlined_graph.nodes())
+        torch.testing.assert_close(traced(x), conv(x))

@@ -8,6 +8,7 @@ import json
 import math
 import subprocess
 import sys
+import textwrap
 
 import optuna
 import pytest
@@ -22,6 +23,43 @@ from dsearch.ops import CONV_TYPES, ConvConfigError, make_conv
 from dsearch.spaces import available_spaces, load_space, sample
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+# Run in a fresh interpreter where `import dsearch` fails, from the export folder (as tests/test_export.py does).
+STANDALONE = textwrap.dedent("""
+    import importlib.util, json, sys, warnings
+    sys.modules["dsearch"] = None  # any import of dsearch now raises ImportError
+    import torch
+    spec = importlib.util.spec_from_file_location("model", "model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    net = module.build_model()
+    net.load_state_dict(torch.load("weights.pt", weights_only=True))
+    net.eval()
+    x = torch.load("x.pt", weights_only=True)
+    with torch.no_grad():
+        torch.save(net(x), "y.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fvcore.nn import FlopCountAnalysis
+        flops = FlopCountAnalysis(net, x[:1]).unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        macs = flops.total()
+    print(json.dumps({"macs": macs, "params": sum(p.numel() for p in net.parameters()),
+                      "dsearch_loaded": any(m.startswith("dsearch") for m in sys.modules if sys.modules[m])}))
+""")
+
+
+def randomized_state(model: torch.nn.Module) -> dict:
+    """Random weights and batch-norm statistics, so that every parameter and buffer shows in the output."""
+    g = torch.Generator().manual_seed(1)
+    state = {}
+    for key, value in model.state_dict().items():
+        if not value.is_floating_point():
+            state[key] = value
+        elif key.endswith("running_var"):
+            state[key] = torch.rand(value.shape, generator=g) + 0.5
+        else:
+            state[key] = torch.randn(value.shape, generator=g) * 0.3 + (1.0 if key.endswith("bn.weight") else 0.0)
+    return state
 
 NEW_KINDS = ("dscw", "gcwconv", "shuffle", "cp", "tucker")
 DILATED_KINDS = ("dsc", "scc", "bsconv_u", "bsconv_s")
@@ -429,8 +467,6 @@ def survey_spec() -> ArchSpec:
 
 
 def test_export_round_trip_of_every_new_kind_without_dsearch(tmp_path):
-    from test_export import STANDALONE, randomized_state
-
     spec = survey_spec()
     model = build_model(spec).eval()
     state = randomized_state(model)
@@ -465,8 +501,6 @@ def test_export_round_trip_of_every_new_kind_without_dsearch(tmp_path):
 
 @pytest.mark.parametrize("kind", NEW_KINDS)
 def test_model_py_of_mobilenet_v2_with_each_new_kind_matches(kind, tmp_path):
-    from test_export import randomized_state
-
     spec = with_conv(preset("mobilenet_v2", width=0.35, num_classes=10), kind).replace(resolution=32)
     model = build_model(spec).eval()
     state = randomized_state(model)

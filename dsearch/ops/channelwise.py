@@ -37,7 +37,8 @@ register_conv(ConvType(
     macs=lambda m, n, k, s, hw, kn: _hw_out(hw, k, s) * (m * k * k + n * _dscw_window(m, n, kn)[1]),
     knobs=(CW_KERNEL, WITH_BN, MID_ACTIVATION),
     inner_bn=lambda m, n, kn: (m if kn["with_bn"] else 0, True),
-    doc="depthwise k x k on M (stride) -> channel-wise conv M -> N (N/gcd filters, channel stride M/gcd)",
+    doc="depthwise k x k on M (stride) [-> BN(M) if with_bn] [-> activation] -> channel-wise conv M -> N "
+        "(N/gcd(M,N) filters, channel stride M/gcd(M,N), kernel s_c + cw_kernel - 1)",
     label="DWSCW",
 ))
 
@@ -69,6 +70,7 @@ register_conv(ConvType(
            CW_KERNEL, WITH_BN, MID_ACTIVATION),
     check=_groups_check,
     inner_bn=lambda m, n, kn: (m if kn["with_bn"] else 0, True),
-    doc="depthwise k x k on M (stride) -> g-group pointwise M -> N -> group channel-wise fusion N -> N",
+    doc="depthwise k x k on M (stride) [-> BN(M) if with_bn] [-> activation] -> g-group pointwise M -> N "
+        "-> group channel-wise fusion N -> N (g filters, channel stride g, kernel g + cw_kernel - 1)",
     label="GCWConv",
 ))

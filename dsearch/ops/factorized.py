@@ -18,7 +18,8 @@ register_conv(ConvType(
     params=lambda m, n, k, kn: cp_rank(n, kn["rank"]) * (m + 2 * k + n),
     macs=lambda m, n, k, s, hw, kn: _cp_macs(m, n, k, s, hw, cp_rank(n, kn["rank"])),
     knobs=(Knob("rank", 0.5, _fraction, "R = max(1, floor(rank * N + 1/2))", short="r"),),
-    doc="pointwise M -> R -> depthwise k x 1 (stride (s,1)) -> depthwise 1 x k (stride (1,s)) -> pointwise R -> N",
+    doc="pointwise M -> R -> depthwise k x 1 (stride (s,1)) -> depthwise 1 x k (stride (1,s)) -> pointwise R -> N; "
+        "linear (no BN or activation inside)",
     label="CP",
 ))
 
@@ -40,6 +41,6 @@ register_conv(ConvType(
     params=lambda m, n, k, kn: _tucker_params(m, n, k, kn["rank"]),
     macs=lambda m, n, k, s, hw, kn: _tucker_macs(m, n, k, s, hw, kn["rank"]),
     knobs=(Knob("rank", 0.25, _fraction, "R1 = max(1, ceil(rank * M)), R2 = max(1, ceil(rank * N))", short="r"),),
-    doc="pointwise M -> R1 -> k x k R1 -> R2 (stride) -> pointwise R2 -> N",
+    doc="pointwise M -> R1 -> k x k R1 -> R2 (stride) -> pointwise R2 -> N; linear (no BN or activation inside)",
     label="Tucker",
 ))

@@ -30,6 +30,7 @@ register_conv(ConvType(
     ),
     check=_groups_check,
     inner_bn=lambda m, n, kn: (_mid(m, kn) if kn["with_bn"] else 0, False),
-    doc="g-group pointwise M -> M' -> shuffle -> depthwise k x k on M' (stride) -> g-group pointwise M' -> N",
+    doc="g-group pointwise M -> M' [-> BN(M') if with_bn] [-> activation] -> channel shuffle -> depthwise k x k "
+        "on M' (stride) -> g-group pointwise M' -> N",
     label="ShuffleNet",
 ))

@@ -49,6 +49,11 @@ CONV_KINDS: tuple[tuple[str, dict], ...] = (
     ("bsconv_u", {}),
     ("bsconv_s", {}),  # p = 0.25
     ("scc", {"groups": 2, "overlap": 0.5}),
+    ("dscw", {}),
+    ("gcwconv", {}),
+    ("shuffle", {}),
+    ("cp", {}),
+    ("tucker", {}),
 )
 SCC_GROUPS = (2, 4, 8)
 SCC_OVERLAPS = (0.25, 1 / 3, 0.5, 0.75)

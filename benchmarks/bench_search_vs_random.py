@@ -115,7 +115,8 @@ def report(results: dict[str, Any], seeds: list[int]) -> list[str]:
             r = runs.get(f"{method}-{seed}")
             if r:
                 lines.append(f"{method:<10} {seed:>4} {r['pick']:>5} {r['pick_test_mean']:>30.4f} "
-                             f"{r['pick_mflops']:>10.1f} {r['trained']:>7} {r['wall_s']:>7.0f} {r['hypervolume']:>11.1f}")
+                             f"{r['pick_mflops']:>10.1f} {r['trained']:>7} {r['wall_s']:>7.0f} "
+                             f"{r['hypervolume']:>11.1f}")
     lines += ["", "over search seeds (mean [95% t interval]):",
               f"{'method':<10} {'n':>2} {'pick test acc':>26} {'hypervolume':>26} {'wall s':>8}"]
     done = {m: [runs[f"{m}-{s}"] for s in seeds if f"{m}-{s}" in runs] for m in METHODS}

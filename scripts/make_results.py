@@ -9,7 +9,10 @@ subset at its own 28x28 size, several seeds each:
   multipliers, against the same net with BSConv-U and BSConv-S swapped in, each at the largest
   width whose MFLOPs@224x224 do not exceed the DSC net's;
 - SCC: the same net at one width with sliding-channel convs over groups x overlap, against DSC
-  at that width (SCC at g=1, o=0 is DSC's dense pointwise).
+  at that width (SCC at g=1, o=0 is DSC's dense pointwise);
+- survey: the conv kinds of issue 26 (ChannelNets' dscw and gcwconv, ShuffleNet's shuffle, the CP
+  and Tucker factorisations) swapped into MobileNetV2 with their default knobs, each at the largest
+  width whose MFLOPs@224x224 do not exceed the DSC net's, as BSConv is (`--survey-kinds` picks them).
 
 Resumable: each finished run is written to the results JSON at once, and a rerun skips the runs
 already there for the same schedule. The markdown is rewritten after every run and says which
@@ -47,6 +50,7 @@ import dsearch  # noqa: E402
 from dsearch.cost import spec_cost  # noqa: E402
 from dsearch.errors import DsearchError  # noqa: E402
 from dsearch.model.archspec import ArchSpec  # noqa: E402
+from dsearch.model.ops import CONV_TYPES  # noqa: E402
 from dsearch.model.presets import mobilenet_v2, with_conv  # noqa: E402
 
 DATASET = "fashion-mnist-embedded"
@@ -59,11 +63,12 @@ DEFAULT_WIDTHS = (0.55, 1.0)
 SCC_WIDTH = 0.55  # a cost point's width, so that SCC shares its DSC runs
 SCC_GRID = ((2, 0.0), (2, 0.5), (4, 0.0), (4, 0.5))  # (groups, overlap)
 BSCONV_KINDS = ("bsconv_u", "bsconv_s")
+SURVEY_KINDS = ("dscw", "gcwconv", "shuffle", "cp", "tucker")  # against DSC at equal MFLOPs, default knobs
 WIDTH_STEP = 0.01  # the width grid searched for the equal-cost nets
 WIDTH_GRID = tuple(round(0.1 + WIDTH_STEP * i, 2) for i in range(391))  # 0.10 .. 4.00
 DEFAULT_JSON, DEFAULT_MD = REPO / "docs" / "results.json", REPO / "docs" / "results.md"
 QUICK_JSON, QUICK_MD = REPO / "build" / "results-quick.json", REPO / "build" / "results-quick.md"
-CONV_NAMES = {"dsc": "DSC", "bsconv_u": "BSConv-U", "bsconv_s": "BSConv-S", "scc": "SCC"}
+CONV_NAMES = {name: ct.display for name, ct in CONV_TYPES.items()}  # DSC, BSConv-U, ..., as the papers write them
 
 # Two-sided 95% quantiles of Student's t by degrees of freedom (a standard table); a fractional df uses the
 # next lower entry, which is the conservative side.
@@ -79,7 +84,7 @@ ROW_VERDICTS = {HOLDS: "more accurate than DSC", FAILS: "less accurate than DSC"
 class Config:
     """One network of the grid: MobileNetV2 at `width` with every conv unit of kind `conv`."""
 
-    experiment: str  # "equal-cost" or "scc"
+    experiment: str  # "equal-cost", "scc" or "survey"
     point: float  # the width of the DSC net this one is compared with
     conv: str
     width: float
@@ -119,13 +124,15 @@ def match_width(conv: str, target_macs: int, grid: Sequence[float] = WIDTH_GRID)
     return max(fitting)
 
 
-def plan_configs(widths: Sequence[float], scc_width: float | None) -> list[Config]:
-    """Equal-cost nets for each DSC width, then SCC over SCC_GRID at `scc_width` (None: no SCC experiment)."""
+def plan_configs(widths: Sequence[float], scc_width: float | None, survey: Sequence[str] = ()) -> list[Config]:
+    """Equal-cost nets for each DSC width (BSConv, then the `survey` kinds), then SCC over SCC_GRID at `scc_width`
+    (None: no SCC experiment)."""
     configs = []
     for point in widths:
         configs.append(Config("equal-cost", point, "dsc", point))
         target = cost_of("dsc", point)
         configs += [Config("equal-cost", point, kind, match_width(kind, target)) for kind in BSCONV_KINDS]
+        configs += [Config("survey", point, kind, match_width(kind, target)) for kind in survey]
     if scc_width is not None:
         if scc_width not in widths:  # SCC's reference: DSC at its width, without BSConv partners
             configs.append(Config("equal-cost", scc_width, "dsc", scc_width))
@@ -157,7 +164,7 @@ def plan_runs(configs: Sequence[Config], seeds: int, only: Sequence[str] = ()) -
     points = sorted({c.point for c in wanted})
     runs: list[Run] = []
     for point in points:
-        for experiment in ("equal-cost", "scc"):
+        for experiment in ("equal-cost", "scc", "survey"):
             block = sorted((c for c in wanted if c.point == point and c.experiment == experiment), key=configs.index)
             runs += [Run(c, s) for s in range(seeds) for c in block]
     return runs
@@ -352,6 +359,17 @@ def scc_summary(configs: Sequence[Config], records: dict[str, dict[str, Any]], s
     return f"Of the {len(configs)} SCC configurations at this width: {', '.join(parts)}."
 
 
+def survey_summary(configs: Sequence[Config], records: dict[str, dict[str, Any]], seeds: int) -> str:
+    """One sentence counting the survey rows more, less and not separably accurate than DSC."""
+    comps = [compare(accuracies(records, c, seeds, "test_acc"), accuracies(records, reference(c), seeds, "test_acc"))
+             for c in configs]
+    verdicts = [c.verdict for c in comps if c is not None]
+    parts = [f"{verdicts.count(v)} {ROW_VERDICTS[v]}" for v in (HOLDS, FAILS, UNSEPARATED) if v in verdicts]
+    if len(verdicts) < len(configs):
+        parts.append(f"{len(configs) - len(verdicts)} without finished runs on both sides")
+    return f"Of the {len(configs)} conv kinds at this cost point: {', '.join(parts)}."
+
+
 def bsconv_verdicts(configs: Sequence[Config], records: dict[str, dict[str, Any]], seeds: int) -> list[str]:
     out = []
     for c in configs:
@@ -379,6 +397,7 @@ def render(configs: Sequence[Config], runs: Sequence[Run], records: dict[str, di
     equal = [c for c in configs if c.experiment == "equal-cost" and c.point in bsconv_points and c in planned]
     scc_ref = {reference(c) for c in configs if c.conv == "scc" and c in planned}
     scc = [c for c in configs if (c.conv == "scc" and c in planned) or c in scc_ref]
+    survey = [c for c in configs if c.experiment == "survey" and c in planned]
     dates = sorted(r["date"] for r in done)
     verdicts = bsconv_verdicts(equal, records, seeds)
     planned_comparisons = sum(c.conv in BSCONV_KINDS for c in equal)
@@ -435,6 +454,19 @@ def render(configs: Sequence[Config], runs: Sequence[Run], records: dict[str, di
             rows = sorted((c for c in scc if c.point == point), key=lambda c: c.conv != "dsc")
             out += ["", f"### Width {point:g}", "", *table(rows, records, seeds, scc=True), "",
                     scc_summary([c for c in rows if c.conv == "scc"], records, seeds)]
+    if survey:
+        out += ["", "## Other separable convs against DSC at equal MFLOPs", "",
+                "MobileNetV2 with each conv kind swapped in at its default knobs (docs/design.md): ChannelNets' "
+                "depthwise separable channel-wise conv (DWSCW) and group channel-wise fusion (GCWConv), ShuffleNet's "
+                "grouped pointwise convs with a channel shuffle, and CP and Tucker factorisations of the k x k conv. "
+                "Each takes the largest width multiplier (in steps of "
+                f"{WIDTH_STEP:g}) whose MFLOPs@{COST_RESOLUTION}x{COST_RESOLUTION} do not exceed the DSC net's. "
+                "Accuracies in %."]
+        for point in sorted({c.point for c in survey}):
+            rows = [reference(c) for c in survey if c.point == point][:1] + [c for c in survey if c.point == point]
+            out += ["", f"### Cost point: DSC MobileNetV2 at width {point:g}", "",
+                    *table(rows, records, seeds, scc=False), "",
+                    survey_summary([c for c in rows if c.conv != "dsc"], records, seeds)]
     out += ["", "## Missing runs", ""]
     if missing:
         out += [f"{len(missing)} planned run(s) have not finished; rerun the command above to train them:", ""]
@@ -522,6 +554,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="DSC width multipliers that set the equal-cost points (default %(default)s)")
     p.add_argument("--scc-width", type=float, default=SCC_WIDTH,
                    help="width of the SCC experiment (default %(default)s; 0 leaves it out)")
+    p.add_argument("--survey-kinds", nargs="*", default=list(SURVEY_KINDS), metavar="KIND",
+                   choices=[k for k in CONV_TYPES if k not in ("regular", "dsc", *BSCONV_KINDS, "scc")],
+                   help="conv kinds compared with DSC at equal MFLOPs at each cost point, default knobs "
+                        "(default: %(default)s; none: `--survey-kinds` alone)")
     p.add_argument("--only", default="", help="comma-separated label globs, e.g. '*w0.5_dsc,*scc*'")
     p.add_argument("--quick", action="store_true",
                    help="check the script: 1 seed, 1 epoch (on the whole training split: train_full takes no "
@@ -557,7 +593,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     md_path = args.md or (QUICK_MD if args.quick else DEFAULT_MD)
     only = [p.strip() for p in args.only.split(",") if p.strip()]
     try:
-        configs = plan_configs(widths, args.scc_width or None)
+        configs = plan_configs(widths, args.scc_width or None, args.survey_kinds)
         runs = plan_runs(configs, seeds, only)
         if not runs:
             raise DsearchError(f"--only {args.only!r} matches no configuration; labels look like "

@@ -182,8 +182,8 @@ def test_render_only_from_a_results_file(mr, tmp_path):
             results["runs"][mr.stored_key(mr.Run(c, s).key, schedule)] = rec
     (tmp_path / "r.json").write_text(json.dumps(results))
     md = tmp_path / "r.md"
-    assert mr.main(["--widths", "0.75", "--scc-width", "0", "--json", str(tmp_path / "r.json"), "--md", str(md),
-                    "--render-only"]) == 0
+    assert mr.main(["--widths", "0.75", "--scc-width", "0", "--survey-kinds", "--json", str(tmp_path / "r.json"),
+                    "--md", str(md), "--render-only"]) == 0
     text = md.read_text()
     assert "Runs finished: **9 of 9 planned**." in text and "None: every planned run finished." in text
     assert "**holds** here" in claim_sentence(text)
@@ -192,8 +192,8 @@ def test_render_only_from_a_results_file(mr, tmp_path):
     key, rec = record(mr, configs[0], 0, 0.5, epochs=3)
     results["runs"][key] = rec
     (tmp_path / "r.json").write_text(json.dumps(results))
-    assert mr.main(["--widths", "0.75", "--scc-width", "0", "--json", str(tmp_path / "r.json"), "--md", str(md),
-                    "--render-only"]) == 0
+    assert mr.main(["--widths", "0.75", "--scc-width", "0", "--survey-kinds", "--json", str(tmp_path / "r.json"),
+                    "--md", str(md), "--render-only"]) == 0
     text = md.read_text()
     assert "Runs finished: **9 of 9 planned**." in text
     assert "also holds runs of other schedules (1 run of 3 epochs)" in text
@@ -207,3 +207,23 @@ def test_bad_arguments_exit_2(mr, tmp_path, capsys):
     (tmp_path / "bad.json").write_text("{not json")
     assert mr.main(["--json", str(tmp_path / "bad.json"), "--render-only"]) == 2
     assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_survey_kinds_are_compared_with_dsc_at_equal_cost(mr, tmp_path):
+    configs = mr.plan_configs([0.75], None, mr.SURVEY_KINDS)
+    survey = [c for c in configs if c.experiment == "survey"]
+    assert [c.conv for c in survey] == list(mr.SURVEY_KINDS)
+    target = mr.cost_of("dsc", 0.75)
+    for c in survey:
+        assert mr.cost_of(c.conv, c.width) <= target < mr.cost_of(c.conv, round(c.width + mr.WIDTH_STEP, 2))
+    md = rendered(mr, configs, {"dsc": [0.80, 0.81, 0.80], "cp": [0.86, 0.87, 0.86], "tucker": [0.70, 0.71, 0.70]})
+    section = md.split("## Other separable convs against DSC at equal MFLOPs", 1)[1].split("## Missing runs")[0]
+    rows = {line.split(" | ")[0]: line for line in section.splitlines() if line.startswith("| ")}
+    assert {"| DSC", "| DWSCW", "| GCWConv", "| ShuffleNet", "| CP", "| Tucker"} <= set(rows)
+    assert rows["| CP"].endswith("| more accurate than DSC |")
+    assert rows["| Tucker"].endswith("| less accurate than DSC |")
+    assert ("Of the 5 conv kinds at this cost point: 1 more accurate than DSC, 1 less accurate than DSC, "
+            "3 without finished runs on both sides.") in section
+    assert "**holds** here" not in claim_sentence(md)  # the BSConv verdict counts BSConv rows only
+    runs = mr.plan_runs(configs, 1)
+    assert [r.config.experiment for r in runs] == ["equal-cost"] * 3 + ["survey"] * 5

@@ -33,6 +33,7 @@ from ..cost.memory import check_fits_memory
 from ..data import load_dataset
 from ..errors import DsearchError
 from ..model.archspec import ArchSpec, ArchSpecError
+from ..model.ops import CONV_TYPES
 from ..model.presets import mobilenet_v2, with_conv
 from ..search.budget import Budget
 from ..search.config import SearchConfig
@@ -45,9 +46,10 @@ from ..training.proxy import DeviceData, ProxyConfig, TrainingDiverged, check_pr
 ATTR_PREFIX = "baseline."
 WIDTH_STEP = 0.05
 WIDTHS = tuple(round(k * WIDTH_STEP, 2) for k in range(2, 41))  # 0.1, 0.15, ..., 2.0
-# The conv kinds swapped into MobileNetV2; `dsc` is the net as published. `regular` is left out: a dense k x k conv
-# on the expanded width is no mobile design (at the same budget it would shrink the net to a few channels).
-KINDS = ("dsc", "bsconv_u", "bsconv_s", "scc")
+# The conv kinds swapped into MobileNetV2, from the registry (ConvType.baseline); `dsc` is the net as published.
+# `regular` is left out: a dense k x k conv on the expanded width is no mobile design (at the same budget it would
+# shrink the net to a few channels).
+KINDS = tuple(name for name, ct in CONV_TYPES.items() if ct.baseline)
 
 
 @dataclass(frozen=True)

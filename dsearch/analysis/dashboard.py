@@ -43,8 +43,8 @@ from .verdict import study_verdict
 # A fixed colour per conv kind (Okabe-Ito, colour-blind safe), so one kind looks the same in every figure.
 KIND_COLOURS = {"regular": "#0072B2", "dsc": "#E69F00", "bsconv_u": "#009E73", "bsconv_s": "#CC79A7",
                 "scc": "#D55E00"}
-SPARE_COLOURS = ("#56B4E9", "#882255", "#44AA99", "#999933")  # kinds registered later
-KIND_LABELS = {"regular": "regular", "dsc": "DSC", "bsconv_u": "BSConv-U", "bsconv_s": "BSConv-S", "scc": "SCC"}
+# Kinds registered later take these in registry order (Tol's muted palette, clear of the five above).
+SPARE_COLOURS = ("#56B4E9", "#882255", "#44AA99", "#999933", "#332288", "#AA4499", "#117733", "#88CCEE")
 FRONT_COLOUR = "#222222"
 BUDGET_COLOUR = "#B00020"
 REJECTED_COLOUR = "#9E9E9E"
@@ -127,7 +127,9 @@ def kind_colour(kind: str | None) -> str:
 
 def kind_label(kind: str | None) -> str:
     """The conv kind as the papers write it."""
-    return KIND_LABELS.get(kind, kind) if kind else "no conv unit"
+    if not kind:
+        return "no conv unit"
+    return CONV_TYPES[kind].display if kind in CONV_TYPES else kind
 
 
 def kind_order(kinds: pd.Series) -> list[Any]:

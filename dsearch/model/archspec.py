@@ -26,6 +26,7 @@ from ..errors import DsearchError
 from .blocks import BLOCKS, conv_units
 from .ops import ConvConfigError, check_conv, resolve_knobs
 from .ops.activations import check_activation
+from .ops.registry import conv_type, stored_knobs
 
 SCHEMA = "dsearch.archspec/1"
 
@@ -45,7 +46,7 @@ class ConvSpec:
     knobs: tuple[tuple[str, KnobValue], ...] = ()
 
     def __post_init__(self) -> None:
-        resolved = resolve_knobs(self.kind, dict(self.knobs))
+        resolved = stored_knobs(self.kind, resolve_knobs(self.kind, dict(self.knobs)))
         object.__setattr__(self, "knobs", tuple(sorted(resolved.items())))
 
     @classmethod
@@ -149,18 +150,21 @@ class ArchSpec:
         parts = [f"s{self.stem.out_channels}"]
         for st in self.stages:
             kind = st.conv.kind
-            extra = ""
-            if kind == "scc":
-                kn = st.conv.knob_dict
-                extra = f"(g{kn['groups']},o{kn['overlap']:.2g})"
-            elif kind == "bsconv_s":
-                extra = f"(p{st.conv.knob_dict['p']:.2g})"
+            extra = _knob_summary(st.conv)
             exp = f" e{st.expansion:g}" if st.block == "inverted_residual" else ""
             block = f"{BLOCKS[st.block].short}{st.out_channels}x{st.repeats}/{st.stride}"
             parts.append(f"{block} {kind}{extra} k{st.kernel}{exp}")
         if self.head.channels:
             parts.append(f"h{self.head.channels}")
         return " | ".join(parts)
+
+
+def _knob_summary(conv: ConvSpec) -> str:
+    """The kind's knobs that have a summary abbreviation, e.g. `(g2,o0.5)` (implicit ones only away from default)."""
+    kn = conv.knob_dict
+    shown = [(k.short, kn[k.name]) for k in conv_type(conv.kind).knobs if k.short and k.name in kn]
+    parts = [f"{short}{value:.2g}" if isinstance(value, float) else f"{short}{value}" for short, value in shown]
+    return f"({','.join(parts)})" if parts else ""
 
 
 def _to_plain(obj: Any) -> Any:

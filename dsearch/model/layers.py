@@ -32,17 +32,20 @@ def make_activation(name: str) -> nn.Module:
 ConvFactory = Callable[[int, int, int, int], nn.Module]  # (in_channels, out_channels, kernel_size, stride)
 
 
-def conv2d(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
-    """A bias-free conv with "same" padding k//2."""
-    return nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, groups=groups, bias=False)
+def conv2d(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1,
+           dilation: int = 1) -> nn.Conv2d:
+    """A bias-free conv with "same" padding dilation * (k//2)."""
+    return nn.Conv2d(in_channels, out_channels, kernel_size, stride, dilation * (kernel_size // 2), dilation,
+                     groups=groups, bias=False)
 
 
 def depthwise_pointwise_layers(
-    in_channels: int, kernel_size: int, stride: int, pointwise: nn.Module, with_bn: bool, activation: str | None
+    in_channels: int, kernel_size: int, stride: int, pointwise: nn.Module, with_bn: bool, activation: str | None,
+    dilation: int = 1,
 ) -> OrderedDict[str, nn.Module]:
-    """Depthwise k x k (carries the stride), optional BN/activation, then a pointwise map."""
+    """Depthwise k x k (carries the stride and the dilation), optional BN/activation, then a pointwise map."""
     layers: OrderedDict[str, nn.Module] = OrderedDict(
-        dw=conv2d(in_channels, in_channels, kernel_size, stride, groups=in_channels)
+        dw=conv2d(in_channels, in_channels, kernel_size, stride, groups=in_channels, dilation=dilation)
     )
     if with_bn:
         layers["bn"] = nn.BatchNorm2d(in_channels)
@@ -56,9 +59,9 @@ class DepthwiseSeparableConv(nn.Sequential):
     """DSC: depthwise k x k on M (carries the stride) -> pointwise M -> N."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 with_bn: bool = False, activation: str | None = None) -> None:
+                 with_bn: bool = False, activation: str | None = None, dilation: int = 1) -> None:
         super().__init__(depthwise_pointwise_layers(
-            in_channels, kernel_size, stride, conv2d(in_channels, out_channels, 1), with_bn, activation
+            in_channels, kernel_size, stride, conv2d(in_channels, out_channels, 1), with_bn, activation, dilation
         ))
 
 
@@ -66,11 +69,11 @@ class BSConvU(nn.Sequential):
     """Unconstrained blueprint-separable conv: pointwise M -> N, then depthwise k x k on N."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 with_bn: bool = False) -> None:
+                 with_bn: bool = False, dilation: int = 1) -> None:
         layers: OrderedDict[str, nn.Module] = OrderedDict(pw=conv2d(in_channels, out_channels, 1))
         if with_bn:
             layers["bn"] = nn.BatchNorm2d(out_channels)
-        layers["dw"] = conv2d(out_channels, out_channels, kernel_size, stride, groups=out_channels)
+        layers["dw"] = conv2d(out_channels, out_channels, kernel_size, stride, groups=out_channels, dilation=dilation)
         super().__init__(layers)
 
 
@@ -87,14 +90,14 @@ class BSConvS(nn.Sequential):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 p: float = 0.25, min_mid_channels: int = 4, with_bn: bool = False) -> None:
+                 p: float = 0.25, min_mid_channels: int = 4, with_bn: bool = False, dilation: int = 1) -> None:
         mid = bsconv_s_mid_channels(in_channels, p, min_mid_channels)
         layers: OrderedDict[str, nn.Module] = OrderedDict(
             pw1=conv2d(in_channels, mid, 1), pw2=conv2d(mid, out_channels, 1)
         )
         if with_bn:
             layers["bn"] = nn.BatchNorm2d(out_channels)
-        layers["dw"] = conv2d(out_channels, out_channels, kernel_size, stride, groups=out_channels)
+        layers["dw"] = conv2d(out_channels, out_channels, kernel_size, stride, groups=out_channels, dilation=dilation)
         super().__init__(layers)
 
 
@@ -176,9 +179,172 @@ class SCC(nn.Sequential):
     pointwise_type: type[nn.Module] = SlidingChannelConv
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 groups: int = 2, overlap: float = 0.5, with_bn: bool = False, activation: str | None = None) -> None:
+                 groups: int = 2, overlap: float = 0.5, with_bn: bool = False, activation: str | None = None,
+                 dilation: int = 1) -> None:
         pointwise = self.pointwise_type(in_channels, out_channels, groups, overlap)
+        super().__init__(depthwise_pointwise_layers(in_channels, kernel_size, stride, pointwise, with_bn, activation,
+                                                    dilation))
+
+
+def channelwise_window(channel_stride: int, cw_kernel: int) -> int:
+    """d_c = s_c + cw_kernel - 1: the channels one output of a channel-wise conv reads (its s_c own + cw_kernel - 1)."""
+    return channel_stride + cw_kernel - 1
+
+
+def channelwise_dense_index(in_channels: int, filters: int, channel_stride: int, window: int) -> Tensor:
+    """N x M long tensor: entry [n, m] indexes the weight (filters x d_c, flattened) that output n reads input m
+    through, or filters * d_c (a zero appended to the weights) where output n does not read input m."""
+    positions, pad = in_channels // channel_stride, (window - 1) // 2
+    index = torch.full((filters * positions, in_channels), filters * window, dtype=torch.long)
+    for f in range(filters):
+        for pos in range(positions):
+            for j in range(window):
+                c = pos * channel_stride - pad + j
+                if 0 <= c < in_channels:
+                    index[f * positions + pos, c] = f * window + j
+    return index
+
+
+class ChannelwiseConv(nn.Module):
+    """ChannelNets' channel-wise conv: `filters` 1-D convs sliding along the channel axis, sharing weights over pixels.
+
+    Kernel d_c = s_c + cw_kernel - 1 along the channels, channel stride s_c (dividing M), padding (d_c - 1) // 2:
+    each filter gives M / s_c channels, so M -> filters * M / s_c. Output channel f * (M / s_c) + l is filter f at
+    position l, reading input channels l s_c - (d_c - 1) // 2 + j, j < d_c (zeros outside 0 .. M - 1).
+    Traced (cost counters such as fvcore) it runs as one Conv3d with a single input channel over (channels, H, W),
+    N d_c MACs per pixel; otherwise as the same map's 1x1 conv with its banded N x M weight gathered from the
+    filters x d_c real weights (Conv3d over one channel is 5-20x slower on CPU; gathering exports without scatter).
+    """
+
+    def __init__(self, in_channels: int, filters: int, channel_stride: int, cw_kernel: int) -> None:
+        super().__init__()
+        window = channelwise_window(channel_stride, cw_kernel)
+        self.in_channels, self.filters, self.channel_stride = in_channels, filters, channel_stride
+        self.out_channels = filters * (in_channels // channel_stride)
+        self.padding = (window - 1) // 2
+        # filters x d_c (2-D, so that .to(memory_format=channels_last) passes it by); fan_in d_c as a Conv3d's init
+        self.weight = nn.Parameter(torch.empty(filters, window))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        index = channelwise_dense_index(in_channels, filters, channel_stride, window)
+        self.register_buffer("dense_index", index.flatten(), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.jit.is_tracing():
+            weight = self.weight[:, None, :, None, None]
+            y = F.conv3d(x.unsqueeze(1), weight, None, [self.channel_stride, 1, 1], [self.padding, 0, 0])
+            return y.flatten(1, 2)
+        return F.conv2d(x, self.dense_weight())
+
+    def dense_weight(self) -> Tensor:
+        """The N x M x 1 x 1 weight of the same map (zeros where an output does not read an input)."""
+        padded = torch.cat([self.weight.flatten(), self.weight.new_zeros(1)])
+        return padded.index_select(0, self.dense_index).view(self.out_channels, self.in_channels, 1, 1)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, filters={self.filters}, "
+                f"channel_stride={self.channel_stride}, window={self.weight.shape[1]}")
+
+
+def dscw_geometry(in_channels: int, out_channels: int) -> tuple[int, int]:
+    """(filters, channel stride) of dscw's channel-wise map M -> N: N / gcd(M, N) filters of stride M / gcd(M, N)."""
+    common = math.gcd(in_channels, out_channels)
+    return out_channels // common, in_channels // common
+
+
+class DepthwiseSeparableChannelwiseConv(nn.Sequential):
+    """ChannelNets' DWSCW: depthwise k x k on M (carries the stride) -> channel-wise conv M -> N (dscw_geometry)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, cw_kernel: int = 7,
+                 with_bn: bool = False, activation: str | None = None) -> None:
+        filters, channel_stride = dscw_geometry(in_channels, out_channels)
+        pointwise = ChannelwiseConv(in_channels, filters, channel_stride, cw_kernel)
         super().__init__(depthwise_pointwise_layers(in_channels, kernel_size, stride, pointwise, with_bn, activation))
+
+
+class GroupChannelwiseConv(nn.Sequential):
+    """ChannelNets' group conv + group channel-wise fusion: depthwise k x k on M (stride) -> g-group 1x1 M -> N ->
+    channel-wise fusion N -> N (g filters of channel stride g: each output group reads every input group)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 2,
+                 cw_kernel: int = 3, with_bn: bool = False, activation: str | None = None) -> None:
+        layers = depthwise_pointwise_layers(in_channels, kernel_size, stride,
+                                            conv2d(in_channels, out_channels, 1, groups=groups), with_bn, activation)
+        layers["cw"] = ChannelwiseConv(out_channels, groups, groups, cw_kernel)
+        super().__init__(layers)
+
+
+class ChannelShuffle(nn.Module):
+    """ShuffleNet's channel shuffle: (g, C / g) channels -> (C / g, g), so each group of the next conv sees all."""
+
+    def __init__(self, groups: int) -> None:
+        super().__init__()
+        self.groups = groups
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, c, h, w = x.shape
+        return x.view(n, self.groups, c // self.groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+    def extra_repr(self) -> str:
+        return f"groups={self.groups}"
+
+
+def shuffle_mid_channels(in_channels: int, mid: float, groups: int) -> int:
+    """M' = g * max(1, ceil(mid * M / g)): the width inside a shuffle unit, a multiple of g."""
+    return groups * max(1, math.ceil(round(mid * in_channels / groups, 9)))
+
+
+class ShuffleConv(nn.Sequential):
+    """ShuffleNet unit: g-group 1x1 M -> M' [BN, act] -> channel shuffle -> depthwise k x k on M' (carries the
+    stride) -> g-group 1x1 M' -> N."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 4,
+                 mid: float = 1.0, with_bn: bool = False, activation: str | None = None) -> None:
+        mid_channels = shuffle_mid_channels(in_channels, mid, groups)
+        layers: OrderedDict[str, nn.Module] = OrderedDict(pw1=conv2d(in_channels, mid_channels, 1, groups=groups))
+        if with_bn:
+            layers["bn"] = nn.BatchNorm2d(mid_channels)
+        if activation is not None:
+            layers["act"] = make_activation(activation)
+        layers["shuffle"] = ChannelShuffle(groups)
+        layers["dw"] = conv2d(mid_channels, mid_channels, kernel_size, stride, groups=mid_channels)
+        layers["pw2"] = conv2d(mid_channels, out_channels, 1, groups=groups)
+        super().__init__(layers)
+
+
+def cp_rank(out_channels: int, rank: float) -> int:
+    """R = max(1, floor(rank * N + 1/2)) (round half up)."""
+    return max(1, math.floor(round(rank * out_channels, 9) + 0.5))
+
+
+class CPConv(nn.Sequential):
+    """CP-factorised k x k conv: 1x1 M -> R -> depthwise k x 1 (stride (s, 1)) -> depthwise 1 x k (stride (1, s))
+    -> 1x1 R -> N; the k x k kernel W[n, m] = sum_r D[n, r] V[r] H[r]^T U[r, m] (rank R)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+                 rank: float = 0.5) -> None:
+        r, pad = cp_rank(out_channels, rank), kernel_size // 2
+        super().__init__(OrderedDict(
+            pw1=conv2d(in_channels, r, 1),
+            dwh=nn.Conv2d(r, r, (kernel_size, 1), (stride, 1), (pad, 0), groups=r, bias=False),
+            dww=nn.Conv2d(r, r, (1, kernel_size), (1, stride), (0, pad), groups=r, bias=False),
+            pw2=conv2d(r, out_channels, 1),
+        ))
+
+
+def tucker_ranks(in_channels: int, out_channels: int, rank: float) -> tuple[int, int]:
+    """(R1, R2) = (max(1, ceil(rank * M)), max(1, ceil(rank * N)))."""
+    return (max(1, math.ceil(round(rank * in_channels, 9))), max(1, math.ceil(round(rank * out_channels, 9))))
+
+
+class TuckerConv(nn.Sequential):
+    """Tucker-2-factorised k x k conv: 1x1 M -> R1 -> k x k R1 -> R2 (carries the stride) -> 1x1 R2 -> N."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+                 rank: float = 0.25) -> None:
+        r1, r2 = tucker_ranks(in_channels, out_channels, rank)
+        super().__init__(OrderedDict(
+            pw1=conv2d(in_channels, r1, 1), core=conv2d(r1, r2, kernel_size, stride), pw2=conv2d(r2, out_channels, 1),
+        ))
 
 
 def conv_bn_act(in_channels: int, out_channels: int, kernel: int, stride: int, activation: str | None) -> nn.Sequential:

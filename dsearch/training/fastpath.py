@@ -15,6 +15,9 @@ gradients for the same parameters, in a cheaper form chosen from the layer's geo
 - dwgrad: a depthwise conv over 3x3 on a small map computes its weight gradient as one grouped conv;
 - SCC's sliding-channel map runs as dsearch's kernel doing only its N x K MACs when dsearch's kernels
   are built, else as one matrix product with its masked dense weight;
+- dilated (CPU): a dilated depthwise conv runs as the undilated one of its zero-inserted kernel, (k - 1) d + 1
+  taps wide, in the forms above (cropped, native): PyTorch's dilated depthwise conv on CPU is 1.5-8x slower
+  forward + backward at batch 128 (docs/design.md, the proxy's fast path);
 - native: with dsearch's own CPU kernels built (dsearch.training.native), a depthwise conv whose stride,
   kernel or map size makes oneDNN slow runs as a direct channels_last kernel, and every training
   batch norm runs fused with the ReLU6 that follows it (one module; the ReLU6 becomes Identity).
@@ -204,6 +207,34 @@ class ProxyConv2d(nn.Module):
         return f"{self.form}, {taps}, stride={w.stride}, groups={self.groups}, out {w.out_size}x{w.out_size}"
 
 
+class ProxyDilatedDepthwise(ProxyConv2d):
+    """A dilated depthwise conv as the undilated conv of its zero-inserted kernel, in ProxyConv2d's forms; holds the
+    conv's own k x k Parameter (whose gradient is the big kernel's, gathered at the dilated taps)."""
+
+    def __init__(self, conv: nn.Conv2d, device_type: str, size: int) -> None:
+        assert isinstance(conv.padding, tuple)  # _dilated_square_depthwise checked it
+        self.dilation, kernel = conv.dilation[0], conv.kernel_size[0]
+        self.spread = (kernel - 1) * self.dilation + 1  # "same" padding d (k // 2) = spread // 2
+        window = live_taps(size, self.spread, conv.stride[0], conv.padding[0])
+        super().__init__(conv, window, device_type, size)
+
+    def spread_weight(self) -> Tensor:
+        """The spread x spread kernel holding the k x k taps `dilation` apart, zeros between."""
+        d = self.dilation
+        weight = self.weight.new_zeros(self.weight.shape[0], 1, self.spread, self.spread)
+        weight[:, :, ::d, ::d] = self.weight
+        return weight
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.jit.is_tracing():  # cost counters see the architecture's own dilated conv
+            w = self.window
+            return F.conv2d(x, self.weight, self.bias, w.stride, w.padding, self.dilation, self.groups)
+        return self._run(x, self.spread_weight())
+
+    def extra_repr(self) -> str:
+        return f"dilation={self.dilation} as {self.spread}x{self.spread}, " + super().extra_repr()
+
+
 class ProxySlidingChannelConv(nn.Module):
     """SCC's sliding-channel map in its fastest exact form; holds the layer's Parameter.
 
@@ -345,6 +376,12 @@ def _plain_square_conv(conv: nn.Conv2d) -> bool:
             and conv.dilation == (1, 1) and conv.padding_mode == "zeros")
 
 
+def _dilated_square_depthwise(conv: nn.Conv2d) -> bool:
+    k, s, p, d = conv.kernel_size, conv.stride, conv.padding, conv.dilation
+    return (type(conv) is nn.Conv2d and is_depthwise(conv) and k[0] == k[1] and s[0] == s[1] and d[0] == d[1] > 1
+            and isinstance(p, tuple) and p[0] == p[1] == d[0] * (k[0] // 2) and conv.padding_mode == "zeros")
+
+
 def specialise(model: nn.Module, in_channels: int, size: int) -> dict[str, int]:
     """Swap, in place, every plain conv and SCC map of `model` for its fast exact form at size x size inputs
     (and, on CPU, every dropout for ProxyDropout and every batch norm for ProxyBatchNorm).
@@ -368,6 +405,9 @@ def specialise(model: nn.Module, in_channels: int, size: int) -> dict[str, int]:
                 window = live_taps(sizes[child], child.kernel_size[0], child.stride[0], child.padding[0])
                 replacement = ProxyConv2d(child, window, device_type, sizes[child])
                 form = replacement.form + ("+crop" if window.cropped else "")
+            elif isinstance(child, nn.Conv2d) and _dilated_square_depthwise(child) and device_type == "cpu":
+                replacement = ProxyDilatedDepthwise(child, device_type, sizes[child])
+                form = "dilated+" + replacement.form + ("+crop" if replacement.window.cropped else "")
             elif isinstance(child, SlidingChannelConv):
                 replacement = ProxySlidingChannelConv(child, device_type)
                 form = replacement.form

@@ -176,11 +176,11 @@ def test_scc_channels_last_and_float32():
 
 
 @pytest.mark.parametrize("kind,args,knobs,needle", [
-    ("sep", (4, 4, 3), {}, "valid kinds: bsconv_s, bsconv_u, dsc, regular, scc"),
+    ("sep", (4, 4, 3), {}, "valid kinds: bsconv_s, bsconv_u, cp, dsc, dscw, gcwconv, regular, scc, shuffle, tucker"),
     ("scc", (6, 4, 3), {"groups": 4}, "groups=4 must divide in_channels=6"),
     ("scc", (8, 4, 3), {"overlap": 1.0}, "must be a number in [0, 1)"),
     ("scc", (8, 4, 3), {"groups": 4, "overlap": 0.75}, "slides by"),
-    ("dsc", (8, 4, 3), {"groups": 2}, "unknown knob(s) groups; valid knobs: activation, with_bn"),
+    ("dsc", (8, 4, 3), {"groups": 2}, "unknown knob(s) groups; valid knobs: activation, dilation, with_bn"),
     ("bsconv_s", (8, 4, 3), {"p": 0}, "must be a number in (0, 1]"),
     ("regular", (8, 4, 4), {}, "kernel_size must be an odd"),
     ("dsc", (8, 4, 3), {"activation": "gelu"}, "valid: hardswish, relu, relu6, silu, null"),

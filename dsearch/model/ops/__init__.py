@@ -1,6 +1,12 @@
 """The conv types of the separable-convolution design space, behind one registry."""
+# Import order is registration order, which legends, colours and baselines follow.
+# isort: off
 from . import convs as _convs  # noqa: F401  (registers regular, dsc, bsconv_u, bsconv_s)
 from . import scc as _scc  # noqa: F401  (registers scc)
+from . import channelwise as _channelwise  # noqa: F401  (registers dscw, gcwconv)
+from . import shuffle as _shuffle  # noqa: F401  (registers shuffle)
+from . import factorized as _factorized  # noqa: F401  (registers cp, tucker)
+# isort: on
 from .activations import ACTIVATIONS, make_activation
 from .convs import BSConvS, BSConvU, DepthwiseSeparableConv, bsconv_reg_loss, bsconv_s_mid_channels
 from .registry import (

@@ -32,6 +32,13 @@ def _fraction(value: Any) -> str | None:
 
 
 WITH_BN = Knob("with_bn", False, _is_bool, "batch-norm between the two parts")
+def _dilation(value: Any) -> str | None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value in (1, 2, 3)
+    return None if ok else "must be 1, 2 or 3"
+
+
+# The depthwise part's dilation; "same" padding dilation * (k // 2) keeps the output size and k^2 taps keep the MACs.
+DILATION = Knob("dilation", 1, _dilation, "dilation of the depthwise k x k part (1: none)", short="d", implicit=True)
 MID_ACTIVATION = Knob(
     "activation", None, _is_activation_or_none,
     "activation between the depthwise and the pointwise part (null: none, a linear operator)",
@@ -67,6 +74,8 @@ register_conv(ConvType(
     params=lambda m, n, k, kn: n * m * k * k,
     macs=lambda m, n, k, s, hw, kn: _hw_out(hw, k, s) * n * m * k * k,
     doc="k x k conv M -> N",
+    label="regular",
+    baseline=False,  # a dense k x k conv on the expanded width is no mobile design
 ))
 
 register_conv(ConvType(
@@ -75,9 +84,10 @@ register_conv(ConvType(
     standalone="DepthwiseSeparableConv",
     params=lambda m, n, k, kn: m * k * k + m * n,
     macs=lambda m, n, k, s, hw, kn: _hw_out(hw, k, s) * (m * k * k + m * n),
-    knobs=(WITH_BN, MID_ACTIVATION),
+    knobs=(WITH_BN, MID_ACTIVATION, DILATION),
     inner_bn=lambda m, n, kn: (m if kn["with_bn"] else 0, True),
     doc="depthwise k x k on M (stride) -> pointwise M -> N",
+    label="DSC",
 ))
 
 register_conv(ConvType(
@@ -86,9 +96,10 @@ register_conv(ConvType(
     standalone="BSConvU",
     params=lambda m, n, k, kn: m * n + n * k * k,
     macs=lambda m, n, k, s, hw, kn: hw[0] * hw[1] * m * n + _hw_out(hw, k, s) * n * k * k,
-    knobs=(WITH_BN,),
+    knobs=(WITH_BN, DILATION),
     inner_bn=lambda m, n, kn: (n if kn["with_bn"] else 0, False),
     doc="pointwise M -> N -> depthwise k x k on N (stride)",
+    label="BSConv-U",
 ))
 
 
@@ -105,10 +116,12 @@ register_conv(ConvType(
         hw[0] * hw[1] * (m * _bsconv_s_mid(m, kn) + _bsconv_s_mid(m, kn) * n) + _hw_out(hw, k, s) * n * k * k
     ),
     knobs=(
-        Knob("p", 0.25, _fraction, "share of input channels kept by the first pointwise conv"),
+        Knob("p", 0.25, _fraction, "share of input channels kept by the first pointwise conv", short="p"),
         Knob("min_mid_channels", 4, _positive_int, "lower bound on M'"),
         WITH_BN,
+        DILATION,
     ),
     inner_bn=lambda m, n, kn: (n if kn["with_bn"] else 0, False),
     doc="pointwise M -> M' -> pointwise M' -> N -> depthwise k x k on N (stride)",
+    label="BSConv-S",
 ))

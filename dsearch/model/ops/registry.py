@@ -25,6 +25,10 @@ class Knob:
     default: Any
     check: KnobCheck
     doc: str
+    short: str = ""  # abbreviation in ArchSpec.summary (empty: not shown there)
+    # Left out of a ConvSpec while at its default, so that specs written before the knob existed keep their JSON
+    # and fingerprint (e.g. `dilation`, added to existing kinds later).
+    implicit: bool = False
 
 
 @dataclass(frozen=True)
@@ -39,7 +43,8 @@ class ConvType:
     (0: none) and whether it sits after the strided part (so at the output size) or before it.
     `standalone` names the torch-only builder in dsearch.model.layers that `dsearch export` writes
     into model.py: same arguments, same parameters and state_dict keys as `build` (empty: the
-    kind cannot be exported).
+    kind cannot be exported). `label` is the name figures and tables show (the papers' spelling);
+    `baseline`: MobileNetV2 with this kind swapped in is one of `dsearch baselines`' reference nets.
     """
 
     name: str
@@ -51,10 +56,17 @@ class ConvType:
     doc: str = ""
     standalone: str = ""
     inner_bn: Callable[[int, int, Mapping[str, Any]], tuple[int, bool]] = lambda m, n, kn: (0, False)
+    label: str = ""
+    baseline: bool = True
     knob_names: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "knob_names", frozenset(k.name for k in self.knobs))
+
+    @property
+    def display(self) -> str:
+        """The kind as figures and tables write it."""
+        return self.label or self.name
 
 
 CONV_TYPES: dict[str, ConvType] = {}
@@ -139,3 +151,10 @@ def conv_macs(
     """Analytic MACs of one forward pass at batch 1 on an H x W input (docs/concepts.md's table)."""
     resolved = resolve_knobs(kind, knobs)
     return CONV_TYPES[kind].macs(in_channels, out_channels, kernel_size, stride, hw, resolved)
+
+
+def stored_knobs(kind: str, resolved: Mapping[str, Any]) -> dict[str, Any]:
+    """The knobs a ConvSpec keeps: all resolved ones except implicit knobs at their default."""
+    implicit = {k.name: k.default for k in conv_type(kind).knobs if k.implicit}
+    return {k: v for k, v in resolved.items()
+            if not (k in implicit and type(v) is type(implicit[k]) and v == implicit[k])}

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .. import layers
 from ..layers import SCC_FLOAT_SLACK, scc_dense_weight, scc_index, scc_window_starts
-from .convs import MID_ACTIVATION, WITH_BN, _hw_out, _positive_int
+from .convs import DILATION, MID_ACTIVATION, WITH_BN, _hw_out, _positive_int
 from .registry import ConvType, Knob, register_conv
 
 __all__ = ["SCC", "SlidingChannelConvOp", "scc_dense_weight", "scc_index", "scc_pointwise", "scc_pointwise_macs",
@@ -108,13 +108,15 @@ register_conv(ConvType(
     params=lambda m, n, k, kn: m * k * k + n * (m // kn["groups"]),
     macs=lambda m, n, k, s, hw, kn: _hw_out(hw, k, s) * (m * k * k + n * (m // kn["groups"])),
     knobs=(
-        Knob("groups", 2, _positive_int, "g: each output channel reads K = M / g input channels"),
-        Knob("overlap", 0.5, _overlap, "o: share of K that neighbouring windows share"),
+        Knob("groups", 2, _positive_int, "g: each output channel reads K = M / g input channels", short="g"),
+        Knob("overlap", 0.5, _overlap, "o: share of K that neighbouring windows share", short="o"),
         WITH_BN,
         MID_ACTIVATION,
+        DILATION,
     ),
     check=_scc_check,
     inner_bn=lambda m, n, kn: (m if kn["with_bn"] else 0, True),
     doc="depthwise k x k on M (stride) -> sliding-channel conv M -> N (g groups, overlap o)",
     standalone="SCC",
+    label="SCC",
 ))

@@ -174,7 +174,7 @@ def _pending_finals(name: str, storage: str | None, cfg) -> tuple[optuna.Study, 
 
 
 def print_summary(summary, study_name: str, cfg) -> None:
-    from .analysis.pareto import pareto_front, trials_frame
+    from .analysis.pareto import chance_line, pareto_front, trials_frame
 
     res = summary.resolution
     c = summary.counts
@@ -188,7 +188,11 @@ def print_summary(summary, study_name: str, cfg) -> None:
           f"(rejected, invalid, duplicate) took {summary.untrained_s:.1f} s ({share:.1%})")
     if summary.exhausted:
         print(f"done: {summary.exhausted}")
-    front = pareto_front(trials_frame(summary.study))
+    frame = trials_frame(summary.study)
+    chance = chance_line(frame)
+    if chance:
+        print(f"dsearch run: warning: {chance}", file=sys.stderr)
+    front = pareto_front(frame)
     if front.empty:
         print("no trained trial yet")
     else:
@@ -214,7 +218,15 @@ def _open(name: str, storage: str | None):
 
 @command
 def cmd_show(args: argparse.Namespace) -> int:
-    from .analysis.pareto import COSTS, hypervolume, pareto_front, reference_point, study_budget, trials_frame
+    from .analysis.pareto import (
+        COSTS,
+        chance_line,
+        hypervolume,
+        pareto_front,
+        reference_point,
+        study_budget,
+        trials_frame,
+    )
     from .analysis.pick import budget_text
     from .search.trials import trial_counts
 
@@ -255,6 +267,9 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     for line in comparison_lines(study, frame):
         print(line)
+    chance = chance_line(frame)
+    if chance:
+        print(f"warning: {chance}")
     from .analysis.verdict import study_verdict, verdict_lines
 
     verdict = study_verdict(study)
@@ -338,6 +353,9 @@ def _trial_note(study, number: int, doing: str) -> str | None:
         return None  # arch_of says which numbers exist
     status = trial_status(trials[number])
     if status == "complete":
+        chance = trials[number].user_attrs.get("at_chance")
+        if chance and f"trained.{number}" not in study.user_attrs:  # fully trained weights would say otherwise
+            return f"warning: trial {number}'s validation {chance}; {doing} anyway"
         return None
     reason = failure_reason(trials[number]) if status == "failed" else trials[number].user_attrs.get("reason")
     reason = None if status == "running" else reason

@@ -417,3 +417,34 @@ def test_a_worker_killed_mid_trial_loses_nothing_on_resume(tiny_space, tmp_path,
         assert after[number].user_attrs["val_acc"] == acc
     assert after[killed[0]].state == TrialState.FAIL
     assert summary.counts["complete"] == len(finished) + 1 and summary.counts["failed"] == 1
+
+
+def test_chance_note_is_the_one_sided_binomial_test():
+    import math
+
+    from dsearch.training.proxy import CHANCE_P, chance_note
+
+    def p_value(k, n, p):  # P(X >= k) for X ~ Binomial(n, p), summed by hand
+        return sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k, n + 1))
+
+    for k in range(5, 16):
+        at_chance = p_value(k, 50, 0.1) > CHANCE_P
+        assert (chance_note(k / 50, 50, 10) is not None) == at_chance, k
+    assert chance_note(0.1, 1000, 10) is not None and chance_note(0.3, 1000, 10) is None
+
+
+def test_a_run_at_chance_is_said_so_by_run_show_and_export(tiny_space, tmp_path, monkeypatch, capfd):
+    import dataclasses
+
+    import dsearch.search.objective as objective
+
+    real = objective.train_proxy
+    monkeypatch.setattr(objective, "train_proxy",  # what 4 steps of training gave: guessing
+                        lambda *a, **k: dataclasses.replace(real(*a, **k), val_acc=0.1))
+    monkeypatch.chdir(tmp_path)
+    code, _, err = dsearch(capfd, "run", "--space", tiny_space, "--study-name", "c", *RUN)
+    assert code == 0 and "warning: every trained trial scored chance accuracy" in err
+    code, out, _ = dsearch(capfd, "show", "c")
+    assert code == 0 and "chance accuracy" in out
+    code, out, _ = dsearch(capfd, "export", "c", "--trial", "best")
+    assert code == 0 and "indistinguishable from guessing" in out

@@ -31,6 +31,7 @@ from .audit import PREDICTORS, study_audit
 from .baselines import study_baselines, trained_ok
 from .pareto import (
     best_within_budget,
+    chance_line,
     pareto_front,
     progress_frame,
     reference_point,
@@ -577,6 +578,9 @@ def build_dashboard(study: optuna.Study, title: str | None = None) -> Dashboard:
     stars = (" Stars are hand-designed reference nets (MobileNetV2 at the largest width within the budget, with each "
              "conv kind; `dsearch baselines`), trained with the same proxy: their validation accuracy is comparable; "
              "hover for their full-schedule test accuracy." if references else "")
+    chance = chance_line(frame)
+    if chance:
+        notes.insert(0, f"Warning: {chance}.")
     if done.empty:
         notes.insert(0, f"No trained trial yet: run `dsearch run --study-name {study.study_name}` (with this "
                         "study's --storage and settings) to train some, then regenerate the dashboard.")

@@ -21,7 +21,8 @@ from ..search.record import trial_arch
 from .verdict import rung_reached
 
 BASE_COLUMNS = ["trial", "state", "status", "pareto", "rung", "val_acc", "test_acc", "mflops", "mparams", "latency_ms",
-                "resolution", "mflops_train", "train_resolution", "train_time_s", "epochs", "device", "arch",
+                "resolution", "mflops_train", "train_resolution", "train_time_s", "epochs", "device", "at_chance",
+                "arch",
                 "dominant_conv", "reason", "datetime_start", "datetime_complete"]
 # cost column -> (label with unit, what the axis means)
 COSTS = {
@@ -60,7 +61,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             "mparams": a.get("mparams"), "latency_ms": a.get("latency_ms"), "resolution": a.get("resolution"),
             "mflops_train": a.get("mflops_train"), "train_resolution": a.get("train_resolution"),
             "train_time_s": a.get("train_time_s"), "epochs": a.get("epochs"), "device": a.get("device"),
-            "arch": a.get("arch_summary"), "dominant_conv": None,
+            "arch": a.get("arch_summary"), "dominant_conv": None, "at_chance": a.get("at_chance") is not None,
             "reason": a.get("reason") or t.system_attrs.get("fail_reason"),
             "datetime_start": t.datetime_start, "datetime_complete": t.datetime_complete,
         }
@@ -95,6 +96,18 @@ def _column_order(name: str) -> tuple:
     group = {"stem": 0, "head": 2, "share": 3}.get(head, 1)
     stage = int(head.removeprefix("stage")) if head.startswith("stage") and head[5:].isdigit() else 0
     return group, stage, tail
+
+
+def chance_line(frame: pd.DataFrame) -> str | None:
+    """A warning when trained trials scored chance accuracy (their results say nothing), else None."""
+    done = trained(frame)
+    if done.empty or not done["at_chance"].any():
+        return None
+    count = int(done["at_chance"].sum())
+    numbers = ", ".join(str(int(n)) for n in done.loc[done["at_chance"].astype(bool), "trial"][:10])
+    every = "every trained trial" if count == len(done) else f"{count} of {len(done)} trained trials"
+    return (f"{every} scored chance accuracy (trial(s) {numbers}{', ...' if count > 10 else ''}): such a result says "
+            "nothing about the architecture; train longer (--epochs, more data than --train-subset) or check the data")
 
 
 def trained(frame: pd.DataFrame, score: str = "val_acc") -> pd.DataFrame:

@@ -18,7 +18,7 @@ from ..data import Dataset
 from ..model.archspec import ArchSpecError
 from ..training import native
 from ..training.failures import check_finite_state
-from ..training.proxy import DeviceData, TrainingDiverged, train_proxy
+from ..training.proxy import DeviceData, TrainingDiverged, chance_note, train_proxy
 from ..version import __version__
 from .budget import repair
 from .config import SearchConfig
@@ -125,6 +125,10 @@ class Objective:
                            ("images_per_s", round(result.images_per_s, 1)), ("epochs", result.epochs)):
             trial.set_user_attr(key, value)
         trial.set_user_attr("trained", True)
+        chance = chance_note(result.val_acc, len(self.device_data.val_y), self.data.num_classes)
+        if chance is not None:  # a result that says nothing: kept, but marked and said so wherever it is shown
+            trial.set_user_attr("at_chance", chance)
+            self.log(f"trial {trial.number}: warning: validation {chance}")
         if self.weights_dir is not None and result.state is not None:
             try:
                 save_trial_weights(trial, result.state, self.weights_dir)

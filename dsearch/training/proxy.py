@@ -171,6 +171,26 @@ def warmup_cosine(total_steps: int, warmup_share: float = 0.15) -> Callable[[int
     return factor
 
 
+CHANCE_P = 0.01  # an accuracy whose one-sided binomial p value against guessing is above this is "at chance"
+
+
+def chance_note(acc: float, n: int, num_classes: int) -> str | None:
+    """Why `acc` on `n` images says nothing (indistinguishable from guessing among `num_classes`), else None.
+
+    One-sided exact binomial test (scipy.stats.binomtest) of the correct count against the rate 1 / num_classes.
+    """
+    from scipy import stats  # here: importing the trainer does not load scipy
+
+    if n < 1 or num_classes < 2:
+        return None
+    chance = 1 / num_classes
+    p = stats.binomtest(round(acc * n), n, chance, alternative="greater").pvalue
+    if p <= CHANCE_P:
+        return None
+    return (f"accuracy {acc:.4f} on {n} images is indistinguishable from guessing among {num_classes} classes "
+            f"({chance:.4f}; binomial p = {p:.2g}): the network learned nothing measurable")
+
+
 @torch.no_grad()
 def recompute_bn_stats(model: nn.Module, data: DeviceData, batches: int, batch_size: int, seed: int = 0) -> None:
     """Replace every batch norm's running statistics by their plain average over `batches` unaugmented training batches.

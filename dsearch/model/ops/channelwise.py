@@ -1,4 +1,4 @@
-"""ChannelNets' channel-wise convolutions (Gao, Wang and Ji, NeurIPS 2018): `dscw` and `gcwconv` (docs/design.md).
+"""ChannelNets' channel-wise convolutions (Gao, Wang and Ji, NeurIPS 2018): `dscw` and `gcwconv` (docs/concepts.md).
 
 A channel-wise conv is a 1-D conv sliding along the channel axis with weights shared over positions
 (dsearch.model.layers.ChannelwiseConv, one Conv3d with a single input channel, which fvcore counts exactly):

@@ -1,4 +1,4 @@
-"""Higher-order factorisations of a k x k conv (Kossaifi et al.): CP and Tucker-2 (docs/design.md)."""
+"""Higher-order factorisations of a k x k conv (Kossaifi et al.): CP and Tucker-2 (docs/concepts.md)."""
 from __future__ import annotations
 
 from ..layers import CPConv, TuckerConv, cp_rank, tucker_ranks

@@ -74,7 +74,8 @@ def run_method(method: str, seed: int, args: argparse.Namespace, folder: Path,
                wall_budget: float | None) -> dict[str, Any]:
     cfg = SearchConfig(budget_mflops=args.budget_mflops, seed=seed, device=args.device,
                        sampler="random" if method == "random" else "tpe")
-    finals = FinalsConfig(seeds=args.final_seeds, epochs=args.final_epochs, device=args.device)
+    # No baselines in the finals: they never change the pick, and the comparison is between the methods' picks.
+    finals = FinalsConfig(seeds=args.final_seeds, epochs=args.final_epochs, device=args.device, baselines=False)
     url = f"sqlite:///{folder}/{method}-{seed}.db"
     start = time.perf_counter()
     if method == "single":
@@ -146,14 +147,18 @@ def main() -> None:
     parser.add_argument("--final-epochs", type=int, default=None, help="default: dsearch train's")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--results", type=Path, default=Path("bench_search_vs_random.json"))
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     results = load(args.results)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if not args.report_only:
         results["made"] = {"dsearch": dsearch.__version__, "torch": torch.__version__,
                            "python": platform.python_version(), "cpu": _cpu_name(), "threads": torch.get_num_threads(),
                            "budget_mflops@224": args.budget_mflops, "n_trials": args.n_trials,
-                           "finals": asdict(FinalsConfig(seeds=args.final_seeds, epochs=args.final_epochs)),
+                           "finals": asdict(FinalsConfig(seeds=args.final_seeds, epochs=args.final_epochs,
+                                                         baselines=False)),
                            "date": time.strftime("%Y-%m-%d")}
         with tempfile.TemporaryDirectory(prefix="bench-search-") as tmp:
             for seed in args.seeds:

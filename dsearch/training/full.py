@@ -22,11 +22,20 @@ from ..data import data_facts, load_dataset
 from ..errors import DsearchError
 from ..model.archspec import ArchSpec
 from .failures import check_finite_state
-from .proxy import DeviceData, ProxyConfig, TrainingDiverged, TrainResult, check_proxy, select_device, train_proxy
+from .proxy import (
+    DEFAULT_LR,
+    DeviceData,
+    ProxyConfig,
+    TrainingDiverged,
+    TrainResult,
+    check_proxy,
+    select_device,
+    train_proxy,
+)
 
-# Peak SGD learning rate at batch 128 for full training. The proxy's 0.1 is fine for 2 epochs, but over 10 epochs
-# it collapsed the default study's best trial to chance in epoch 2 (test 0.765), where 0.04 reached 0.853.
-FULL_TRAIN_SGD_LR = 0.04
+# Peak SGD learning rate at batch 128 for full training, the proxy's own: 0.1 over 10 epochs collapsed the default
+# study's best trial to chance in epoch 2 (test 0.765), where 0.04 reached 0.853.
+FULL_TRAIN_SGD_LR = DEFAULT_LR["sgd"]
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ import torch
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).parent))
+from bench_proxy import load_results, save_results  # noqa: E402
 from bench_train import _cpu_name, sampled_candidates  # noqa: E402
 
 import dsearch  # noqa: E402
@@ -112,16 +113,6 @@ def collapses(scores: np.ndarray) -> int:
             others = np.delete(row, j)
             count += int(value < float(np.median(others)) - COLLAPSE)
     return count
-
-
-def load_results(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.is_file() else {"archs": {}}
-
-
-def save_results(path: Path, results: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=1) + "\n")
-    tmp.replace(path)
 
 
 def run_entry(spec: ArchSpec, data, device: torch.device, cfg: ProxyConfig) -> dict[str, Any]:

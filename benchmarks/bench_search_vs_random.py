@@ -25,7 +25,6 @@ Each finished (method, seed) is written to the results file at once, so an inter
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import tempfile
@@ -39,6 +38,7 @@ import torch
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).parent))
+from bench_proxy import load_results, save_results  # noqa: E402
 from bench_train import _cpu_name  # noqa: E402
 
 import dsearch  # noqa: E402
@@ -49,16 +49,6 @@ from dsearch.search.driver import run_search  # noqa: E402
 
 METHODS = ("promotion", "random", "single")
 QUIET = lambda _msg: None  # noqa: E731
-
-
-def load(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.is_file() else {"runs": {}}
-
-
-def save(path: Path, results: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=1) + "\n")
-    tmp.replace(path)
 
 
 def front_hypervolume(study, budget: float) -> float:
@@ -150,7 +140,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
-    results = load(args.results)
+    results = load_results(args.results)
+    results.setdefault("runs", {})
     if args.threads:
         torch.set_num_threads(args.threads)
     if not args.report_only:
@@ -168,7 +159,7 @@ def main() -> None:
                         continue
                     budget = results["runs"][f"promotion-{seed}"]["wall_s"] if method == "single" else None
                     results["runs"][key] = run_method(method, seed, args, Path(tmp), budget)
-                    save(args.results, results)
+                    save_results(args.results, results)
                     r = results["runs"][key]
                     print(f"{key}: pick trial {r['pick']}, test {r['pick_test_mean']:.4f}, {r['trained']} trained, "
                           f"{r['wall_s']:.0f} s", flush=True)

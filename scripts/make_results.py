@@ -348,26 +348,16 @@ def table(configs: Sequence[Config], records: dict[str, dict[str, Any]], seeds: 
     return lines
 
 
-def scc_summary(configs: Sequence[Config], records: dict[str, dict[str, Any]], seeds: int) -> str:
-    """One sentence counting the SCC rows more, less and not separably accurate than DSC."""
+def rows_summary(configs: Sequence[Config], records: dict[str, dict[str, Any]], seeds: int, what: str) -> str:
+    """One sentence counting the rows (`what`: e.g. "SCC configurations at this width") more, less and not
+    separably accurate than DSC."""
     comps = [compare(accuracies(records, c, seeds, "test_acc"), accuracies(records, reference(c), seeds, "test_acc"))
              for c in configs]
     verdicts = [c.verdict for c in comps if c is not None]
     parts = [f"{verdicts.count(v)} {ROW_VERDICTS[v]}" for v in (HOLDS, FAILS, UNSEPARATED) if v in verdicts]
     if len(verdicts) < len(configs):
         parts.append(f"{len(configs) - len(verdicts)} without finished runs on both sides")
-    return f"Of the {len(configs)} SCC configurations at this width: {', '.join(parts)}."
-
-
-def survey_summary(configs: Sequence[Config], records: dict[str, dict[str, Any]], seeds: int) -> str:
-    """One sentence counting the survey rows more, less and not separably accurate than DSC."""
-    comps = [compare(accuracies(records, c, seeds, "test_acc"), accuracies(records, reference(c), seeds, "test_acc"))
-             for c in configs]
-    verdicts = [c.verdict for c in comps if c is not None]
-    parts = [f"{verdicts.count(v)} {ROW_VERDICTS[v]}" for v in (HOLDS, FAILS, UNSEPARATED) if v in verdicts]
-    if len(verdicts) < len(configs):
-        parts.append(f"{len(configs) - len(verdicts)} without finished runs on both sides")
-    return f"Of the {len(configs)} conv kinds at this cost point: {', '.join(parts)}."
+    return f"Of the {len(configs)} {what}: {', '.join(parts)}."
 
 
 def bsconv_verdicts(configs: Sequence[Config], records: dict[str, dict[str, Any]], seeds: int) -> list[str]:
@@ -453,7 +443,8 @@ def render(configs: Sequence[Config], runs: Sequence[Run], records: dict[str, di
         for point in sorted({c.point for c in scc}):
             rows = sorted((c for c in scc if c.point == point), key=lambda c: c.conv != "dsc")
             out += ["", f"### Width {point:g}", "", *table(rows, records, seeds, scc=True), "",
-                    scc_summary([c for c in rows if c.conv == "scc"], records, seeds)]
+                    rows_summary([c for c in rows if c.conv == "scc"], records, seeds,
+                                 "SCC configurations at this width")]
     if survey:
         out += ["", "## Other separable convs against DSC at equal MFLOPs", "",
                 "MobileNetV2 with each conv kind swapped in at its default knobs (docs/design.md): ChannelNets' "
@@ -466,7 +457,7 @@ def render(configs: Sequence[Config], runs: Sequence[Run], records: dict[str, di
             rows = [reference(c) for c in survey if c.point == point][:1] + [c for c in survey if c.point == point]
             out += ["", f"### Cost point: DSC MobileNetV2 at width {point:g}", "",
                     *table(rows, records, seeds, scc=False), "",
-                    survey_summary([c for c in rows if c.conv != "dsc"], records, seeds)]
+                    rows_summary([c for c in rows if c.conv != "dsc"], records, seeds, "conv kinds at this cost point")]
     out += ["", "## Missing runs", ""]
     if missing:
         out += [f"{len(missing)} planned run(s) have not finished; rerun the command above to train them:", ""]

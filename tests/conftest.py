@@ -40,3 +40,28 @@ def searched_study(tmp_path_factory) -> dict:
                        proxy=ProxyConfig(epochs=1, batch_size=64, train_subset=512, augment=False))
     summary = run_search(cfg, "searched", url, n_trials=3, log=lambda _msg: None)
     return {"name": "searched", "storage": url, "root": root, "study": summary.study, "budget": 0.22}
+
+
+# An exported model.py run in a fresh interpreter where `import dsearch` fails, from the export folder: its outputs
+# for x.pt, its MACs (fvcore) and params, as JSON.
+STANDALONE = textwrap.dedent("""
+    import importlib.util, json, sys, warnings
+    sys.modules["dsearch"] = None  # any import of dsearch now raises ImportError
+    import torch
+    spec = importlib.util.spec_from_file_location("model", "model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    net = module.build_model()
+    net.load_state_dict(torch.load("weights.pt", weights_only=True))
+    net.eval()
+    x = torch.load("x.pt", weights_only=True)
+    with torch.no_grad():
+        torch.save(net(x), "y.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fvcore.nn import FlopCountAnalysis
+        flops = FlopCountAnalysis(net, x[:1]).unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        macs = flops.total()
+    print(json.dumps({"macs": macs, "params": sum(p.numel() for p in net.parameters()),
+                      "dsearch_loaded": any(m.startswith("dsearch") for m in sys.modules if sys.modules[m])}))
+""")

@@ -8,12 +8,12 @@ import json
 import math
 import subprocess
 import sys
-import textwrap
 
 import optuna
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import STANDALONE
 
 from dsearch import ArchSpec, ConvSpec, StageSpec, StemSpec, build_model, preset, spec_cost, with_conv
 from dsearch.cost import count_cost, flop_analysis
@@ -24,28 +24,6 @@ from dsearch.search.spaces import available_spaces, load_space, sample
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-# Run in a fresh interpreter where `import dsearch` fails, from the export folder (as tests/test_export.py does).
-STANDALONE = textwrap.dedent("""
-    import importlib.util, json, sys, warnings
-    sys.modules["dsearch"] = None  # any import of dsearch now raises ImportError
-    import torch
-    spec = importlib.util.spec_from_file_location("model", "model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    net = module.build_model()
-    net.load_state_dict(torch.load("weights.pt", weights_only=True))
-    net.eval()
-    x = torch.load("x.pt", weights_only=True)
-    with torch.no_grad():
-        torch.save(net(x), "y.pt")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from fvcore.nn import FlopCountAnalysis
-        flops = FlopCountAnalysis(net, x[:1]).unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-        macs = flops.total()
-    print(json.dumps({"macs": macs, "params": sum(p.numel() for p in net.parameters()),
-                      "dsearch_loaded": any(m.startswith("dsearch") for m in sys.modules if sys.modules[m])}))
-""")
 
 
 def randomized_state(model: torch.nn.Module) -> dict:

@@ -16,6 +16,8 @@ best validation accuracy) become its `trained.N` weights, which `dsearch export 
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 import uuid
 import warnings
@@ -146,7 +148,10 @@ def plan_finals(study: optuna.Study, cfg: FinalsConfig, seed: int) -> dict[str, 
     numbers = sorted(int(n) for n in frame["trial"])
     if not numbers:
         raise DsearchError("the finals need trained trials within the budget; the search trained none")
-    plan = plain({"id": uuid.uuid4().hex, "trials": numbers, "seed": seed, "config": asdict(cfg), "made": made_by()})
+    config = {k: v for k, v in asdict(cfg).items() if k != "device"}  # where it trains changes no result
+    # The id is the plan's content: workers that plan the same finals at once write the same plan.
+    ident = hashlib.sha256(json.dumps([numbers, seed, config], sort_keys=True).encode()).hexdigest()[:16]
+    plan = plain({"id": ident, "trials": numbers, "seed": seed, "config": config, "made": made_by()})
     study.set_user_attr(PLAN_ATTR, plan)
     return plan
 
@@ -237,7 +242,8 @@ def run_finals(study: optuna.Study, url: str, cfg: FinalsConfig = FinalsConfig()
     seed = search.seed if seed is None else seed
     wait_for_search(study, log)
     plan = plan_finals(study, cfg, seed)
-    cfg = FinalsConfig(**{**asdict(cfg), **(plan.get("config") or {})})  # a resumed plan keeps its own settings
+    stored = {k: v for k, v in (plan.get("config") or {}).items() if k != "device"}
+    cfg = FinalsConfig(**{**asdict(cfg), **stored})  # a resumed plan keeps its own settings
     seed = int(plan["seed"])
     data = load_dataset(search.dataset, search.data_dir, seed=study_split_seed(study, search.seed))
     try:

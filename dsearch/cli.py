@@ -6,12 +6,13 @@ import json
 import logging
 import os
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import DsearchError
+from .errors import DsearchError, Terminated, on_sigterm_raise, terminated
 from .model.archspec import ArchSpec
 from .model.presets import PRESETS
 from .paths import file_part, write_atomic
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
     from tqdm import tqdm  # for the annotation only: _StepBar imports it where a bar is made
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+INTERRUPTED_CODE = 130  # 128 + SIGINT
+TERMINATED_CODE = 143  # 128 + SIGTERM
 
 
 def command(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -797,19 +800,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     --debug; any other exception is a bug in dsearch and keeps its traceback."""
     args = build_parser().parse_args(argv)
     debug = getattr(args, "debug", False)
+    if threading.current_thread() is threading.main_thread():
+        on_sigterm_raise()  # a scheduler's or `timeout`'s SIGTERM ends the work like Ctrl-C, keeping what finished
     logging.getLogger("dsearch").setLevel(logging.DEBUG if debug else logging.NOTSET)
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        if code == INTERRUPTED_CODE and terminated():  # the command caught the interrupt and kept what finished
+            print(f"dsearch {args.command}: terminated (SIGTERM)", file=sys.stderr)
+            return TERMINATED_CODE
+        return code
     except DsearchError as err:
         if debug:
             traceback.print_exc()
         print(f"dsearch {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         if debug:
             traceback.print_exc()
-        print(f"dsearch {args.command}: interrupted", file=sys.stderr)
-        return 130
+        what = str(err) if isinstance(err, Terminated) else "interrupted"
+        print(f"dsearch {args.command}: {what}", file=sys.stderr)
+        return TERMINATED_CODE if isinstance(err, Terminated) else INTERRUPTED_CODE
     except BrokenPipeError:  # e.g. `dsearch show X | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141

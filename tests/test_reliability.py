@@ -448,3 +448,45 @@ def test_a_run_at_chance_is_said_so_by_run_show_and_export(tiny_space, tmp_path,
     assert code == 0 and "chance accuracy" in out
     code, out, _ = dsearch(capfd, "export", "c", "--trial", "best")
     assert code == 0 and "indistinguishable from guessing" in out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_sigterm_ends_a_run_like_ctrl_c_and_leaves_nothing_running(tiny_space, tmp_path, jobs):
+    def children_of(pid: int) -> list[int]:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+
+    def alive(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().split(")")[-1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    db = tmp_path / "term.db"
+    args = [sys.executable, "-m", "dsearch", "run", "--space", str(tiny_space), "--budget-mflops", str(BUDGET),
+            "--sampler", "random", "--epochs", "50", "--batch-size", "64", "--train-subset", "512", "--n-trials",
+            "20", "--quiet", "--no-finals", "--jobs", str(jobs), "--study-name", "term", "--storage", f"sqlite:///{db}"]
+    env = {**os.environ, "PYTHONPATH": str(Path(cli.__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # until every worker is training
+        time.sleep(0.5)
+        try:
+            study = optuna.load_study(study_name="term", storage=f"sqlite:///{db}")
+        except KeyError:  # not created yet
+            continue
+        if len(study.get_trials(states=(optuna.trial.TrialState.RUNNING,))) >= jobs:
+            break
+    children = children_of(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "terminated (SIGTERM)" in err and "Traceback" not in err
+    assert not [c for c in children if alive(c)]  # no worker left behind
+    study = optuna.load_study(study_name="term", storage=f"sqlite:///{db}")
+    assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    failed = study.get_trials(states=(optuna.trial.TrialState.FAIL,))
+    assert failed and all(t.user_attrs.get("reason") == "terminated (SIGTERM)" for t in failed), \
+        [(t.state, t.user_attrs.get("status"), t.user_attrs.get("reason")) for t in study.trials]

@@ -21,7 +21,7 @@ import optuna
 import torch
 
 from ..checks import check_int
-from ..errors import DsearchError
+from ..errors import DsearchError, on_sigterm_raise
 from .config import SearchConfig
 from .driver import SearchSummary, run_search
 from .storage import storage_url_of
@@ -56,6 +56,7 @@ def _prefixed(worker: int, quiet: bool) -> Callable[[str], None]:
 def _worker_main(cfg: SearchConfig, study_name: str, storage_url: str, n_trials: int, shared_from: int,
                  timeout: float | None, threads: int, worker: int, quiet: bool, conn: Connection) -> None:
     """A spawned worker: the same search loop as the first, with its own seed offset, reporting back on `conn`."""
+    on_sigterm_raise()  # the main process stops its workers with SIGTERM: each marks its running trial failed
     torch.set_num_threads(threads)
     try:
         summary = run_search(cfg, study_name, storage_url, n_trials=n_trials, timeout=timeout,
@@ -66,8 +67,11 @@ def _worker_main(cfg: SearchConfig, study_name: str, storage_url: str, n_trials:
         result = WorkerResult(worker, error=str(err))
     except KeyboardInterrupt:  # interrupted before its loop started: nothing of its own to keep
         result = WorkerResult(worker, interrupted=True)
-    conn.send(asdict(result))
-    conn.close()
+    try:
+        conn.send(asdict(result))
+        conn.close()
+    except OSError:  # the main process is gone (it stopped this worker): nobody to report to
+        pass
 
 
 def run_parallel(cfg: SearchConfig, study_name: str, storage_url: str | None = None, n_trials: int = 10,
@@ -115,9 +119,14 @@ def run_parallel(cfg: SearchConfig, study_name: str, storage_url: str | None = N
                           shared_from=-1)
         results = [_collect(worker, process, conn) for worker, process, conn in children]
     except BaseException:
-        for _worker, process, _conn in children:  # e.g. a second Ctrl-C while waiting: stop them too
+        for _worker, process, _conn in children:  # Ctrl-C, SIGTERM or an error here: stop the workers too
             if process.is_alive():
-                process.terminate()
+                process.terminate()  # SIGTERM: each marks its running trial failed and exits
+        for _worker, process, _conn in children:  # and leave none behind
+            process.join(timeout=30)
+            if process.is_alive():
+                process.kill()
+                process.join()
         raise
     finally:
         torch.set_num_threads(previous_threads)

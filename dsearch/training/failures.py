@@ -15,6 +15,7 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial
 
+from ..errors import Terminated
 from .proxy import TrainingDiverged
 
 LOGGER = "dsearch"  # `dsearch --debug` sets it to DEBUG: Optuna's own tracebacks of failed trials show again
@@ -38,7 +39,8 @@ def recording_failures(objective: Callable[[optuna.Trial], Any]) -> Callable[[op
             raise
         except (Exception, KeyboardInterrupt) as err:
             if trial.user_attrs.get("status") != "failed":  # the objective may have said it already
-                reason = "interrupted (Ctrl-C)" if isinstance(err, KeyboardInterrupt) else one_line(err)
+                reason = (str(err) if isinstance(err, Terminated) else "interrupted (Ctrl-C)"
+                          if isinstance(err, KeyboardInterrupt) else one_line(err))
                 trial.set_user_attr("status", "failed")
                 trial.set_user_attr("reason", reason)
             raise

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checks import check_int, check_number, check_resolution, check_seed
-from ..errors import DsearchError
+from ..errors import DsearchError, Terminated, terminated
 from ..model.archspec import ArchSpec
 from ..model.builder import build_model
 from ..model.ops import bsconv_reg_loss
@@ -346,6 +346,8 @@ def train_proxy(
             step += 1
             if step % 25 == 0 or i == steps_per_epoch - 1:
                 _check_finite(loss_sum, epoch, i)
+            if terminated():  # a SIGTERM whose first Terminated a library swallowed (e.g. in a gc callback)
+                raise Terminated()
             if progress is not None:
                 progress(step, total)
         if cfg.bn_recompute:

@@ -444,6 +444,7 @@ def survey_spec() -> ArchSpec:
     )
 
 
+@pytest.mark.slow
 def test_export_round_trip_of_every_new_kind_without_dsearch(tmp_path):
     spec = survey_spec()
     model = build_model(spec).eval()

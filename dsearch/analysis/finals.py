@@ -29,6 +29,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
+from ..checks import is_int
 from ..data import load_dataset
 from ..errors import DsearchError
 from ..model.archspec import ArchSpec
@@ -76,7 +77,7 @@ class Candidate:
 def check_finals(cfg: FinalsConfig) -> None:
     for name, value, low in (("--eta", cfg.eta, 2), ("--proxy-seeds", cfg.proxy_seeds, 1),
                              ("--final-seeds", cfg.seeds, 2)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        if not is_int(value, low):
             raise DsearchError(f"{name} must be a whole number >= {low}, got {value!r}")
     if cfg.epochs is not None and (not isinstance(cfg.epochs, int) or cfg.epochs < 1):
         raise DsearchError(f"--final-epochs must be a whole number >= 1, got {cfg.epochs!r}")

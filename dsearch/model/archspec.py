@@ -22,6 +22,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..checks import is_int, is_positive_int
 from ..errors import DsearchError
 from .blocks import BLOCKS, conv_units
 from .ops import ConvConfigError, check_conv, resolve_knobs
@@ -224,15 +225,11 @@ def _require(ok: bool, path: str, rule: str) -> None:
         raise ArchSpecError(f"{path}: {rule}")
 
 
-def _positive(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
 def _validate(spec: ArchSpec) -> None:
-    _require(_positive(spec.in_channels), "in_channels", "must be a positive integer")
-    _require(_positive(spec.num_classes) and spec.num_classes >= 2, "num_classes", "must be an integer >= 2")
-    _require(_positive(spec.resolution), "resolution", "must be a positive integer (the deployment input size)")
-    _require(_positive(spec.stem.out_channels), "stem.out_channels", "must be a positive integer")
+    _require(is_positive_int(spec.in_channels), "in_channels", "must be a positive integer")
+    _require(is_int(spec.num_classes, 2), "num_classes", "must be an integer >= 2")
+    _require(is_positive_int(spec.resolution), "resolution", "must be a positive integer (the deployment input size)")
+    _require(is_positive_int(spec.stem.out_channels), "stem.out_channels", "must be a positive integer")
     _require(spec.stem.kernel in (1, 3, 5, 7), "stem.kernel", "must be 1, 3, 5 or 7")
     _require(spec.stem.stride in (1, 2), "stem.stride", "must be 1 or 2")
     _check_activation(spec.stem.activation, "stem.activation")
@@ -240,8 +237,8 @@ def _validate(spec: ArchSpec) -> None:
     for i, st in enumerate(spec.stages):
         p = f"stages[{i}]"
         _require(st.block in BLOCKS, f"{p}.block", f"unknown block {st.block!r}; valid: {', '.join(sorted(BLOCKS))}")
-        _require(_positive(st.out_channels), f"{p}.out_channels", "must be a positive integer")
-        _require(_positive(st.repeats), f"{p}.repeats", "must be a positive integer")
+        _require(is_positive_int(st.out_channels), f"{p}.out_channels", "must be a positive integer")
+        _require(is_positive_int(st.repeats), f"{p}.repeats", "must be a positive integer")
         _require(st.stride in (1, 2), f"{p}.stride", "must be 1 or 2")
         _require(st.kernel in (1, 3, 5, 7), f"{p}.kernel", "must be 1, 3, 5 or 7")
         _require(isinstance(st.expansion, (int, float)) and st.expansion > 0, f"{p}.expansion", "must be > 0")

@@ -7,6 +7,7 @@ from typing import Any
 
 from torch import nn
 
+from ...checks import is_positive_int
 from ...errors import DsearchError
 
 
@@ -110,7 +111,7 @@ def check_conv(
 ) -> dict[str, Any]:
     """Validate a full conv configuration; returns the resolved knobs or raises ConvConfigError."""
     for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        if not is_positive_int(value):
             raise ConvConfigError(f"{kind}: {name} must be a positive integer, got {value!r}")
     if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
         raise ConvConfigError(f"{kind}: kernel_size must be an odd positive integer (1, 3, 5, 7), got {kernel_size!r}")

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import yaml
 
+from ...checks import is_int
 from ...errors import DsearchError
 from ...model.archspec import ArchSpec, ConvSpec, HeadSpec, StageSpec, StemSpec
 from ...model.blocks import BLOCKS, conv_units
@@ -167,12 +168,12 @@ class _Reader:
             self.fail(key, "lists a choice twice")
         if kind is int:
             for v in values:
-                if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
+                if not is_int(v, minimum):
                     self.fail(key, f"choices must be integers >= {minimum}, got {v!r}")
         return values
 
     def int_(self, value: Any, key: str, minimum: int = 1) -> int:
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        if not is_int(value, minimum):
             self.fail(key, f"must be an integer >= {minimum}, got {value!r}")
         return value
 

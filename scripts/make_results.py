@@ -38,7 +38,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -175,7 +175,9 @@ def plan_runs(configs: Sequence[Config], seeds: int, only: Sequence[str] = ()) -
 
 def schedule_of(proxy: Any) -> dict[str, Any]:
     """The training schedule (everything but the seed) that a stored run must match to count as done."""
-    return {k: v for k, v in asdict(proxy).items() if k != "seed"}
+    from dsearch.training.schedule import settings_key
+
+    return settings_key(proxy, without=("seed",))
 
 
 def load_results(path: Path) -> dict[str, Any]:

@@ -42,6 +42,7 @@ from ..search.weights import artifact_dir, keep_full_weights, upload_weights
 from ..training.failures import check_finite_state
 from ..training.full import FullTrainConfig, full_proxy
 from ..training.proxy import DeviceData, ProxyConfig, TrainingDiverged, select_device, train_proxy
+from ..training.schedule import settings_key
 from .baselines import Baseline, baseline_specs, study_deployment_budget, study_search_config
 from .pareto import arch_of, study_budget, trained, trials_frame
 from .promotion import promote, promoted_count
@@ -212,7 +213,7 @@ class _Trainer:
                 self.progress(step, total)
 
         record: dict[str, Any] = {"rung": rung, "target": candidate.target, "seed": seed, "epochs": cfg.epochs,
-                                  "config": plain(asdict(cfg)), "train_resolution": data.size,
+                                  "config": settings_key(cfg), "train_resolution": data.size,
                                   "cpu_threads": torch.get_num_threads(), "made": made_by()}
         start = time.perf_counter()
         try:

@@ -48,12 +48,13 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 import dsearch  # noqa: E402
 from dsearch.cost import spec_cost  # noqa: E402
+from dsearch.data import EMBEDDED_NAME  # noqa: E402
 from dsearch.errors import DsearchError  # noqa: E402
 from dsearch.model.archspec import ArchSpec  # noqa: E402
 from dsearch.model.ops import CONV_TYPES  # noqa: E402
 from dsearch.model.presets import mobilenet_v2, with_conv  # noqa: E402
 
-DATASET = "fashion-mnist-embedded"
+DATASET = EMBEDDED_NAME
 IN_CHANNELS, NUM_CLASSES = 1, 10  # the embedded data's
 COST_RESOLUTION = 224  # where MFLOPs and params are counted (MobileNetV2's design size)
 # The DSC nets that set the cost points. make_divisible's rounding to 8 channels makes cost a step function of the

@@ -26,6 +26,7 @@ import optuna
 import pandas as pd
 
 from ..checks import check_device
+from ..data import EMBEDDED_NAME
 from ..errors import DsearchError
 from ..search.claims import Claim, claim_is_live
 from ..search.record import made_by
@@ -126,7 +127,7 @@ def schedule_of(study: optuna.Study, cfg: FullTrainConfig) -> dict[str, Any]:
     """The facts a kept full training must have to count for this audit, in the form `trained.N` records them."""
     identity = study.user_attrs.get(IDENTITY_ATTR) or {}
     # train_full records the learning rate it filled in
-    return schedule_key(full_proxy(cfg.proxy), "config", dataset=cfg.dataset or "fashion-mnist-embedded",
+    return schedule_key(full_proxy(cfg.proxy), "config", dataset=cfg.dataset or EMBEDDED_NAME,
                         train_resolution=cfg.train_resolution or identity.get("train_resolution"))
 
 

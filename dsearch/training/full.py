@@ -18,7 +18,7 @@ import torch
 from ..checks import check_device, check_resolution
 from ..cost.count import spec_cost
 from ..cost.memory import TRAINING_ACTIVATION_FACTOR, activation_bytes, free_memory
-from ..data import data_facts, load_dataset
+from ..data import EMBEDDED_NAME, data_facts, load_dataset
 from ..errors import DsearchError
 from ..model.archspec import ArchSpec
 from .failures import check_finite_state
@@ -73,7 +73,7 @@ def check_fits_training(spec: ArchSpec, size: int, batch: int, device: torch.dev
 def train_full(spec: ArchSpec, cfg: FullTrainConfig, progress: Callable[[int, int], None] | None = None,
                log: Callable[[str], None] = print) -> tuple[TrainResult, dict[str, Any]]:
     """Train `spec` on the whole training split; returns the result and the facts to keep with the weights."""
-    dataset = cfg.dataset or "fashion-mnist-embedded"
+    dataset = cfg.dataset or EMBEDDED_NAME
     check_proxy(cfg.proxy)
     check_resolution(cfg.train_resolution, "--train-resolution")
     check_device(cfg.device)

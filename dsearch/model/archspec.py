@@ -27,7 +27,7 @@ from ..errors import DsearchError
 from .blocks import BLOCKS, conv_units
 from .ops import ConvConfigError, check_conv, resolve_knobs
 from .ops.activations import check_activation
-from .ops.registry import conv_type, stored_knobs
+from .ops.registry import conv_type, out_size, stored_knobs
 
 SCHEMA = "dsearch.archspec/1"
 
@@ -262,12 +262,26 @@ def _check_activation(name: Any, path: str) -> None:
         raise ArchSpecError(f"{path}: {problem}")
 
 
+def stage_blocks(in_channels: int, out_channels: int, repeats: int, stride: int,
+                 size: int = 1) -> Iterator[tuple[int, int, int, int]]:
+    """(in_channels, stride, input size, output size) of each of a stage's `repeats` blocks.
+
+    The one walk over a stage's blocks: the first takes the stage's input (`in_channels`, `size` x `size`) and
+    carries its `stride`, the others take its width (`out_channels`) at stride 1. Every block keeps "same"
+    padding with odd kernels, so its output size depends on the stride alone.
+    """
+    for r in range(repeats):
+        s = stride if r == 0 else 1
+        out = out_size(size, 1, s)
+        yield in_channels, s, size, out
+        in_channels, size = out_channels, out
+
+
 def iter_conv_units(spec: ArchSpec) -> Iterator[tuple[str, ConvSpec, int, int, int, int]]:
     """(path, conv, in_channels, out_channels, kernel, stride) of every searchable conv unit."""
     channels = spec.stem.out_channels
     for i, st in enumerate(spec.stages):
-        for r in range(st.repeats):
-            stride = st.stride if r == 0 else 1
-            for unit, m, n, s in conv_units(st.block, channels, st.out_channels, st.expansion, stride):
+        for r, (m_in, stride, _, _) in enumerate(stage_blocks(channels, st.out_channels, st.repeats, st.stride)):
+            for unit, m, n, s in conv_units(st.block, m_in, st.out_channels, st.expansion, stride):
                 yield f"stages[{i}].blocks[{r}].{unit}", st.conv, m, n, st.kernel, s
-            channels = st.out_channels
+        channels = st.out_channels

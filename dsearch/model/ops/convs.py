@@ -11,7 +11,7 @@ from torch import nn
 from ...checks import is_int, is_positive_int
 from ..layers import BSConvS, BSConvU, DepthwiseSeparableConv, bsconv_s_mid_channels, conv2d
 from .activations import check_activation
-from .registry import ConvType, Knob, out_size, register_conv
+from .registry import ConvType, Knob, Regularizer, out_size, register_conv
 
 
 def _is_bool(value: Any) -> str | None:
@@ -123,4 +123,5 @@ register_conv(ConvType(
     inner_bn=lambda m, n, kn: (n if kn["with_bn"] else 0, False),
     doc="pointwise M -> M' -> pointwise M' -> N -> depthwise k x k on N (stride)",
     label="BSConv-S",
+    regularizer=Regularizer(BSConvS, bsconv_reg_loss, "bsconv_alpha"),
 ))

@@ -5,7 +5,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 from ...checks import is_positive_int
 from ...errors import DsearchError
@@ -33,6 +33,19 @@ class Knob:
 
 
 @dataclass(frozen=True)
+class Regularizer:
+    """A conv kind's term in the training loss: `loss(modules, weight)` over the model's `module` instances.
+
+    `weight` names the training setting that weighs it (a field of dsearch.training.proxy.ProxyConfig, e.g.
+    `bsconv_alpha`). The trainer finds the modules once per training, for every registered kind that has one.
+    """
+
+    module: type[nn.Module]
+    loss: Callable[[list[Any], float], Tensor]
+    weight: str
+
+
+@dataclass(frozen=True)
 class ConvType:
     """Everything dsearch knows about one conv kind.
 
@@ -46,6 +59,7 @@ class ConvType:
     into model.py: same arguments, same parameters and state_dict keys as `build` (empty: the
     kind cannot be exported). `label` is the name figures and tables show (the papers' spelling);
     `baseline`: MobileNetV2 with this kind swapped in is one of `dsearch baselines`' reference nets.
+    `regularizer`: the kind's term in the training loss, if it has one.
     """
 
     name: str
@@ -59,6 +73,7 @@ class ConvType:
     inner_bn: Callable[[int, int, Mapping[str, Any]], tuple[int, bool]] = lambda m, n, kn: (0, False)
     label: str = ""
     baseline: bool = True
+    regularizer: Regularizer | None = None
     knob_names: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:

@@ -64,7 +64,9 @@ DEFAULT_WIDTHS = (0.55, 1.0)
 SCC_WIDTH = 0.55  # a cost point's width, so that SCC shares its DSC runs
 SCC_GRID = ((2, 0.0), (2, 0.5), (4, 0.0), (4, 0.5))  # (groups, overlap)
 BSCONV_KINDS = ("bsconv_u", "bsconv_s")
-SURVEY_KINDS = ("dscw", "gcwconv", "shuffle", "cp", "tucker")  # against DSC at equal MFLOPs, default knobs
+# Every other registered kind (registry order: dscw, gcwconv, shuffle, cp, tucker), against DSC at equal MFLOPs,
+# default knobs.
+SURVEY_KINDS = tuple(k for k in CONV_TYPES if k not in ("regular", "dsc", *BSCONV_KINDS, "scc"))
 WIDTH_STEP = 0.01  # the width grid searched for the equal-cost nets
 WIDTH_GRID = tuple(round(0.1 + WIDTH_STEP * i, 2) for i in range(391))  # 0.10 .. 4.00
 DEFAULT_JSON, DEFAULT_MD = REPO / "docs" / "results.json", REPO / "docs" / "results.md"
@@ -549,7 +551,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--scc-width", type=float, default=SCC_WIDTH,
                    help="width of the SCC experiment (default %(default)s; 0 leaves it out)")
     p.add_argument("--survey-kinds", nargs="*", default=list(SURVEY_KINDS), metavar="KIND",
-                   choices=[k for k in CONV_TYPES if k not in ("regular", "dsc", *BSCONV_KINDS, "scc")],
+                   choices=list(SURVEY_KINDS),
                    help="conv kinds compared with DSC at equal MFLOPs at each cost point, default knobs "
                         "(default: %(default)s; none: `--survey-kinds` alone)")
     p.add_argument("--only", default="", help="comma-separated label globs, e.g. '*w0.5_dsc,*scc*'")

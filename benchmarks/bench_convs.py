@@ -38,23 +38,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dsearch.model.ops import ConvConfigError, SlidingChannelConvOp, check_conv, conv_macs, make_conv
+from dsearch.model.ops import CONV_TYPES, ConvConfigError, SlidingChannelConvOp, check_conv, conv_macs, make_conv
 from dsearch.training.fastpath import ProxySlidingChannelConv
 from dsearch.training.proxy import keep_freed_memory
 
 KERNEL, STRIDE = 3, 1
-CONV_KINDS: tuple[tuple[str, dict], ...] = (
-    ("regular", {}),
-    ("dsc", {}),
-    ("bsconv_u", {}),
-    ("bsconv_s", {}),  # p = 0.25
-    ("scc", {"groups": 2, "overlap": 0.5}),
-    ("dscw", {}),
-    ("gcwconv", {}),
-    ("shuffle", {}),
-    ("cp", {}),
-    ("tucker", {}),
-)
+BENCH_KNOBS: dict[str, dict] = {"scc": {"groups": 2, "overlap": 0.5}}  # the others at their defaults (bsconv_s: p 0.25)
+CONV_KINDS: tuple[tuple[str, dict], ...] = tuple((kind, BENCH_KNOBS.get(kind, {})) for kind in CONV_TYPES)
 SCC_GROUPS = (2, 4, 8)
 SCC_OVERLAPS = (0.25, 1 / 3, 0.5, 0.75)
 TARGET_VS_GROUPED = 1.2  # SCC time / grouped 1x1 conv time, at most

@@ -6,6 +6,7 @@ dsearch.cost.memory.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -30,9 +31,20 @@ def check_number(value: float, flag: str, *, low: float = -math.inf, high: float
         raise DsearchError(f"{flag} must be a finite number{rule}, got {value!r}")
 
 
+def is_int(value: Any, low: int | None = None, high: int | None = None) -> bool:
+    """Whether `value` is an integer (a bool is not one) within [low, high] (None: no bound)."""
+    return (isinstance(value, int) and not isinstance(value, bool)
+            and (low is None or value >= low) and (high is None or value <= high))
+
+
+def is_positive_int(value: Any) -> bool:
+    """Whether `value` is an integer >= 1 (a bool is not one)."""
+    return is_int(value, 1)
+
+
 def check_int(value: int, flag: str, low: int, high: int | None = None) -> None:
     """An integer within [low, high]; the error states the range."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
+    if not is_int(value, low, high):
         rule = f">= {low}" if high is None else f"from {low} to {high}"
         raise DsearchError(f"{flag} must be an integer {rule}, got {value!r}")
 

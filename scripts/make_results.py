@@ -38,7 +38,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -48,12 +48,13 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 import dsearch  # noqa: E402
 from dsearch.cost import spec_cost  # noqa: E402
+from dsearch.data import EMBEDDED_NAME  # noqa: E402
 from dsearch.errors import DsearchError  # noqa: E402
 from dsearch.model.archspec import ArchSpec  # noqa: E402
 from dsearch.model.ops import CONV_TYPES  # noqa: E402
 from dsearch.model.presets import mobilenet_v2, with_conv  # noqa: E402
 
-DATASET = "fashion-mnist-embedded"
+DATASET = EMBEDDED_NAME
 IN_CHANNELS, NUM_CLASSES = 1, 10  # the embedded data's
 COST_RESOLUTION = 224  # where MFLOPs and params are counted (MobileNetV2's design size)
 # The DSC nets that set the cost points. make_divisible's rounding to 8 channels makes cost a step function of the
@@ -63,7 +64,9 @@ DEFAULT_WIDTHS = (0.55, 1.0)
 SCC_WIDTH = 0.55  # a cost point's width, so that SCC shares its DSC runs
 SCC_GRID = ((2, 0.0), (2, 0.5), (4, 0.0), (4, 0.5))  # (groups, overlap)
 BSCONV_KINDS = ("bsconv_u", "bsconv_s")
-SURVEY_KINDS = ("dscw", "gcwconv", "shuffle", "cp", "tucker")  # against DSC at equal MFLOPs, default knobs
+# Every other registered kind (registry order: dscw, gcwconv, shuffle, cp, tucker), against DSC at equal MFLOPs,
+# default knobs.
+SURVEY_KINDS = tuple(k for k in CONV_TYPES if k not in ("regular", "dsc", *BSCONV_KINDS, "scc"))
 WIDTH_STEP = 0.01  # the width grid searched for the equal-cost nets
 WIDTH_GRID = tuple(round(0.1 + WIDTH_STEP * i, 2) for i in range(391))  # 0.10 .. 4.00
 DEFAULT_JSON, DEFAULT_MD = REPO / "docs" / "results.json", REPO / "docs" / "results.md"
@@ -175,7 +178,9 @@ def plan_runs(configs: Sequence[Config], seeds: int, only: Sequence[str] = ()) -
 
 def schedule_of(proxy: Any) -> dict[str, Any]:
     """The training schedule (everything but the seed) that a stored run must match to count as done."""
-    return {k: v for k, v in asdict(proxy).items() if k != "seed"}
+    from dsearch.training.schedule import settings_key
+
+    return settings_key(proxy, without=("seed",))
 
 
 def load_results(path: Path) -> dict[str, Any]:
@@ -546,7 +551,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--scc-width", type=float, default=SCC_WIDTH,
                    help="width of the SCC experiment (default %(default)s; 0 leaves it out)")
     p.add_argument("--survey-kinds", nargs="*", default=list(SURVEY_KINDS), metavar="KIND",
-                   choices=[k for k in CONV_TYPES if k not in ("regular", "dsc", *BSCONV_KINDS, "scc")],
+                   choices=list(SURVEY_KINDS),
                    help="conv kinds compared with DSC at equal MFLOPs at each cost point, default knobs "
                         "(default: %(default)s; none: `--survey-kinds` alone)")
     p.add_argument("--only", default="", help="comma-separated label globs, e.g. '*w0.5_dsc,*scc*'")

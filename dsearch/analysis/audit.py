@@ -14,12 +14,11 @@ The result is stored on the study as user attr `dsearch_audit`.
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,6 +26,7 @@ import optuna
 import pandas as pd
 
 from ..checks import check_device
+from ..data import EMBEDDED_NAME
 from ..errors import DsearchError
 from ..search.claims import Claim, claim_is_live
 from ..search.record import made_by
@@ -35,6 +35,7 @@ from ..search.storage import heartbeat_seconds
 from ..search.trials import trained_trials
 from ..search.weights import artifact_dir, save_full_weights
 from ..training.full import FullTrainConfig, full_proxy, kept_state, study_full_config, train_full
+from ..training.schedule import schedule_key
 from .baselines import run_baselines, trained_ok
 from .pareto import arch_of, pareto_front, trained, trials_frame
 from .rank import LEVEL, RESAMPLES, SEED, agreement, average_ranks, paired_difference
@@ -124,11 +125,10 @@ def audit_config(study: optuna.Study, epochs: int | None = None, device: str = "
 
 def schedule_of(study: optuna.Study, cfg: FullTrainConfig) -> dict[str, Any]:
     """The facts a kept full training must have to count for this audit, in the form `trained.N` records them."""
-    proxy = full_proxy(cfg.proxy)  # train_full records the learning rate it filled in
     identity = study.user_attrs.get(IDENTITY_ATTR) or {}
-    return {"dataset": cfg.dataset or "fashion-mnist-embedded",
-            "train_resolution": cfg.train_resolution or identity.get("train_resolution"),
-            "config": json.loads(json.dumps(asdict(proxy)))}
+    # train_full records the learning rate it filled in
+    return schedule_key(full_proxy(cfg.proxy), "config", dataset=cfg.dataset or EMBEDDED_NAME,
+                        train_resolution=cfg.train_resolution or identity.get("train_resolution"))
 
 
 def matches(facts: Any, schedule: dict[str, Any]) -> bool:

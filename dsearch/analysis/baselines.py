@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import optuna
@@ -42,6 +42,7 @@ from ..search.resume import CONFIG_ATTR, IDENTITY_ATTR, plain
 from ..training.failures import check_finite_state
 from ..training.full import FullTrainConfig, study_full_config, train_full
 from ..training.proxy import DeviceData, ProxyConfig, TrainingDiverged, check_proxy, select_device, train_proxy
+from ..training.schedule import schedule_key
 
 ATTR_PREFIX = "baseline."
 WIDTH_STEP = 0.05
@@ -133,16 +134,6 @@ def study_deployment_budget(study: optuna.Study) -> tuple[Budget, int]:
     return Budget(identity.get("budget_mflops"), identity.get("budget_mparams"), int(resolution)), int(resolution)
 
 
-def proxy_schedule(cfg: SearchConfig) -> dict[str, Any]:
-    """What makes a proxy result comparable with the study's trials: data, split seed and every proxy setting."""
-    return plain({"dataset": cfg.dataset, "split_seed": cfg.seed, "proxy": asdict(cfg.proxy)})
-
-
-def full_schedule_key(cfg: FullTrainConfig) -> dict[str, Any]:
-    """What makes two full trainings the same schedule (where the data lives and the device do not)."""
-    return plain({"dataset": cfg.dataset, "train_resolution": cfg.train_resolution, "proxy": asdict(cfg.proxy)})
-
-
 def study_baselines(study: optuna.Study) -> list[dict[str, Any]]:
     """Every baseline kept on the study, by label."""
     attrs = study.user_attrs
@@ -205,7 +196,11 @@ def run_baselines(study: optuna.Study, storage_url: str, *, epochs: int | None =
     dearest = max(baselines, key=lambda b: spec_cost(b.spec, train_resolution).macs)
     check_fits_memory(dearest.spec, train_resolution, max(cfg.proxy.batch_size, full_cfg.proxy.batch_size), device,
                       "--train-resolution", training=True)
-    proxy_key, full_key = proxy_schedule(cfg), full_schedule_key(full_cfg)
+    # A proxy result is comparable with the study's trials with the same data, split seed and proxy settings; two
+    # full trainings are the same schedule with the same data, training size and settings (not where the data
+    # lives, nor the device).
+    proxy_key = schedule_key(cfg.proxy, dataset=cfg.dataset, split_seed=cfg.seed)
+    full_key = schedule_key(full_cfg.proxy, dataset=full_cfg.dataset, train_resolution=full_cfg.train_resolution)
     log(f"{len(baselines)} baselines within {budget.describe()} at {resolution}x{resolution} "
         f"(study '{study.study_name}' in {storage_url}): " + ", ".join(b.label for b in baselines))
     device_data: DeviceData | None = None

@@ -29,6 +29,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
+from ..checks import is_int
 from ..data import load_dataset
 from ..errors import DsearchError
 from ..model.archspec import ArchSpec
@@ -41,6 +42,7 @@ from ..search.weights import artifact_dir, keep_full_weights, upload_weights
 from ..training.failures import check_finite_state
 from ..training.full import FullTrainConfig, full_proxy
 from ..training.proxy import DeviceData, ProxyConfig, TrainingDiverged, select_device, train_proxy
+from ..training.schedule import settings_key
 from .baselines import Baseline, baseline_specs, study_deployment_budget, study_search_config
 from .pareto import arch_of, study_budget, trained, trials_frame
 from .promotion import promote, promoted_count
@@ -76,7 +78,7 @@ class Candidate:
 def check_finals(cfg: FinalsConfig) -> None:
     for name, value, low in (("--eta", cfg.eta, 2), ("--proxy-seeds", cfg.proxy_seeds, 1),
                              ("--final-seeds", cfg.seeds, 2)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        if not is_int(value, low):
             raise DsearchError(f"{name} must be a whole number >= {low}, got {value!r}")
     if cfg.epochs is not None and (not isinstance(cfg.epochs, int) or cfg.epochs < 1):
         raise DsearchError(f"--final-epochs must be a whole number >= 1, got {cfg.epochs!r}")
@@ -211,7 +213,7 @@ class _Trainer:
                 self.progress(step, total)
 
         record: dict[str, Any] = {"rung": rung, "target": candidate.target, "seed": seed, "epochs": cfg.epochs,
-                                  "config": plain(asdict(cfg)), "train_resolution": data.size,
+                                  "config": settings_key(cfg), "train_resolution": data.size,
                                   "cpu_threads": torch.get_num_threads(), "made": made_by()}
         start = time.perf_counter()
         try:

@@ -30,7 +30,7 @@ with warnings.catch_warnings():  # fvcore's import touches the deprecated torch.
     from fvcore.nn import FlopCountAnalysis, flop_count_table
 
 from ..errors import DsearchError
-from ..model.archspec import ArchSpec, ConvSpec, StageSpec, StemSpec
+from ..model.archspec import ArchSpec, ConvSpec, StageSpec, StemSpec, stage_blocks
 from ..model.blocks import BLOCKS, Counts, conv_bn_cost
 from ..model.builder import build_model
 from ..model.ops import CONV_TYPES, FVCORE_HANDLES
@@ -156,12 +156,9 @@ def stage_counts(st: StageSpec, in_channels: int, size: int) -> tuple[int, int, 
     fields = {name: getattr(st, name) for name in block.fields}
     unit = functools.partial(unit_cost, st.conv, st.kernel)
     macs = params = 0
-    channels = in_channels
-    for r in range(st.repeats):
-        stride = st.stride if r == 0 else 1
-        m, p = block.cost(channels, st.out_channels, stride, size, unit, **fields)
-        macs, params = macs + m, params + p
-        size, channels = out_size(size, 1, stride), st.out_channels
+    for channels, stride, at, out in stage_blocks(in_channels, st.out_channels, st.repeats, st.stride, size):
+        m, p = block.cost(channels, st.out_channels, stride, at, unit, **fields)
+        macs, params, size = macs + m, params + p, out
     return macs, params, size
 
 

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checks import is_positive_int
 from ..cost.count import spec_cost
 from ..errors import DsearchError
 from ..model import layers
@@ -207,7 +208,7 @@ def weights_size(info: dict[str, Any] | None) -> int | None:
     value = (info or {}).get("train_resolution")
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_positive_int(value):
         raise DsearchError(f"train_resolution must be a positive number of pixels, got {value!r}; fix metrics.json "
                            "or retrain with `dsearch train`")
     return value

@@ -22,11 +22,12 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..checks import is_int, is_positive_int
 from ..errors import DsearchError
 from .blocks import BLOCKS, conv_units
 from .ops import ConvConfigError, check_conv, resolve_knobs
 from .ops.activations import check_activation
-from .ops.registry import conv_type, stored_knobs
+from .ops.registry import conv_type, out_size, stored_knobs
 
 SCHEMA = "dsearch.archspec/1"
 
@@ -224,15 +225,11 @@ def _require(ok: bool, path: str, rule: str) -> None:
         raise ArchSpecError(f"{path}: {rule}")
 
 
-def _positive(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
 def _validate(spec: ArchSpec) -> None:
-    _require(_positive(spec.in_channels), "in_channels", "must be a positive integer")
-    _require(_positive(spec.num_classes) and spec.num_classes >= 2, "num_classes", "must be an integer >= 2")
-    _require(_positive(spec.resolution), "resolution", "must be a positive integer (the deployment input size)")
-    _require(_positive(spec.stem.out_channels), "stem.out_channels", "must be a positive integer")
+    _require(is_positive_int(spec.in_channels), "in_channels", "must be a positive integer")
+    _require(is_int(spec.num_classes, 2), "num_classes", "must be an integer >= 2")
+    _require(is_positive_int(spec.resolution), "resolution", "must be a positive integer (the deployment input size)")
+    _require(is_positive_int(spec.stem.out_channels), "stem.out_channels", "must be a positive integer")
     _require(spec.stem.kernel in (1, 3, 5, 7), "stem.kernel", "must be 1, 3, 5 or 7")
     _require(spec.stem.stride in (1, 2), "stem.stride", "must be 1 or 2")
     _check_activation(spec.stem.activation, "stem.activation")
@@ -240,8 +237,8 @@ def _validate(spec: ArchSpec) -> None:
     for i, st in enumerate(spec.stages):
         p = f"stages[{i}]"
         _require(st.block in BLOCKS, f"{p}.block", f"unknown block {st.block!r}; valid: {', '.join(sorted(BLOCKS))}")
-        _require(_positive(st.out_channels), f"{p}.out_channels", "must be a positive integer")
-        _require(_positive(st.repeats), f"{p}.repeats", "must be a positive integer")
+        _require(is_positive_int(st.out_channels), f"{p}.out_channels", "must be a positive integer")
+        _require(is_positive_int(st.repeats), f"{p}.repeats", "must be a positive integer")
         _require(st.stride in (1, 2), f"{p}.stride", "must be 1 or 2")
         _require(st.kernel in (1, 3, 5, 7), f"{p}.kernel", "must be 1, 3, 5 or 7")
         _require(isinstance(st.expansion, (int, float)) and st.expansion > 0, f"{p}.expansion", "must be > 0")
@@ -265,12 +262,26 @@ def _check_activation(name: Any, path: str) -> None:
         raise ArchSpecError(f"{path}: {problem}")
 
 
+def stage_blocks(in_channels: int, out_channels: int, repeats: int, stride: int,
+                 size: int = 1) -> Iterator[tuple[int, int, int, int]]:
+    """(in_channels, stride, input size, output size) of each of a stage's `repeats` blocks.
+
+    The one walk over a stage's blocks: the first takes the stage's input (`in_channels`, `size` x `size`) and
+    carries its `stride`, the others take its width (`out_channels`) at stride 1. Every block keeps "same"
+    padding with odd kernels, so its output size depends on the stride alone.
+    """
+    for r in range(repeats):
+        s = stride if r == 0 else 1
+        out = out_size(size, 1, s)
+        yield in_channels, s, size, out
+        in_channels, size = out_channels, out
+
+
 def iter_conv_units(spec: ArchSpec) -> Iterator[tuple[str, ConvSpec, int, int, int, int]]:
     """(path, conv, in_channels, out_channels, kernel, stride) of every searchable conv unit."""
     channels = spec.stem.out_channels
     for i, st in enumerate(spec.stages):
-        for r in range(st.repeats):
-            stride = st.stride if r == 0 else 1
-            for unit, m, n, s in conv_units(st.block, channels, st.out_channels, st.expansion, stride):
+        for r, (m_in, stride, _, _) in enumerate(stage_blocks(channels, st.out_channels, st.repeats, st.stride)):
+            for unit, m, n, s in conv_units(st.block, m_in, st.out_channels, st.expansion, stride):
                 yield f"stages[{i}].blocks[{r}].{unit}", st.conv, m, n, st.kernel, s
-            channels = st.out_channels
+        channels = st.out_channels

@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import nn
 
+from ..checks import is_positive_int
 from ..errors import DsearchError
 from .archspec import ArchSpec
 from .builder import build_model
@@ -22,7 +23,7 @@ from .presets import PRESETS, preset, with_conv
 def _positive_int(value: Any, name: str) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_positive_int(value):
         raise DsearchError(f"{name} must be a positive integer, got {value!r}")
     return value
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..cost.count import net_counts, spec_cost, stage_counts
-from ..model.archspec import ArchSpec, ArchSpecError, ConvSpec, StageSpec, StemSpec
+from ..model.archspec import ArchSpec, ArchSpecError, ConvSpec, StageSpec, StemSpec, stage_blocks
 from ..model.blocks import conv_units
 from ..model.ops import ConvConfigError, check_conv
 from .spaces import Choices, Space, extreme_params, sample
@@ -92,15 +92,12 @@ def _value(params: Mapping[str, Any], name: str, choices: Choices) -> Any:
 @functools.lru_cache(maxsize=200_000)
 def _valid_stage_counts(st: StageSpec, in_channels: int, size: int) -> tuple[int, int, int] | None:
     """`stage_counts`, or None where the stage's conv units break a rule (e.g. SCC groups that do not divide)."""
-    channels = in_channels
-    for r in range(st.repeats):
-        try:
-            for _, m, n, s in conv_units(st.block, channels, st.out_channels, st.expansion,
-                                         st.stride if r == 0 else 1):
+    try:
+        for channels, stride, _, _ in stage_blocks(in_channels, st.out_channels, st.repeats, st.stride):
+            for _, m, n, s in conv_units(st.block, channels, st.out_channels, st.expansion, stride):
                 check_conv(st.conv.kind, m, n, st.kernel, s, st.conv.knob_dict)
-        except ConvConfigError:
-            return None
-        channels = st.out_channels
+    except ConvConfigError:
+        return None
     return stage_counts(st, in_channels, size)
 
 

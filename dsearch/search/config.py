@@ -13,7 +13,7 @@ import torch
 from ..checks import check_device, check_number, check_resolution, check_seed
 from ..cost.count import Cost, spec_cost
 from ..cost.memory import check_fits_memory
-from ..data import Dataset
+from ..data import EMBEDDED_NAME, Dataset
 from ..errors import DsearchError
 from ..training.proxy import ProxyConfig, check_proxy
 from .budget import Budget
@@ -26,7 +26,7 @@ OBJECTIVES = ("multi", "accuracy")
 @dataclass(frozen=True)
 class SearchConfig:
     space: str = "mobile"
-    dataset: str = "fashion-mnist-embedded"
+    dataset: str = EMBEDDED_NAME
     data_dir: str | None = None
     budget_mflops: float | None = None
     budget_mparams: float | None = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import torch
 from ..checks import check_device, check_resolution
 from ..cost.count import spec_cost
 from ..cost.memory import TRAINING_ACTIVATION_FACTOR, activation_bytes, free_memory
-from ..data import data_facts, load_dataset
+from ..data import EMBEDDED_NAME, data_facts, load_dataset
 from ..errors import DsearchError
 from ..model.archspec import ArchSpec
 from .failures import check_finite_state
@@ -32,6 +32,7 @@ from .proxy import (
     select_device,
     train_proxy,
 )
+from .schedule import settings_key
 
 # Peak SGD learning rate at batch 128 for full training, the proxy's own: 0.1 over 10 epochs collapsed the default
 # study's best trial to chance in epoch 2 (test 0.765), where 0.04 reached 0.853.
@@ -72,7 +73,7 @@ def check_fits_training(spec: ArchSpec, size: int, batch: int, device: torch.dev
 def train_full(spec: ArchSpec, cfg: FullTrainConfig, progress: Callable[[int, int], None] | None = None,
                log: Callable[[str], None] = print) -> tuple[TrainResult, dict[str, Any]]:
     """Train `spec` on the whole training split; returns the result and the facts to keep with the weights."""
-    dataset = cfg.dataset or "fashion-mnist-embedded"
+    dataset = cfg.dataset or EMBEDDED_NAME
     check_proxy(cfg.proxy)
     check_resolution(cfg.train_resolution, "--train-resolution")
     check_device(cfg.device)
@@ -101,7 +102,7 @@ def train_full(spec: ArchSpec, cfg: FullTrainConfig, progress: Callable[[int, in
              "train_resolution": device_data.size, "resolution": spec.resolution,
              "mflops": spec_cost(spec).mflops, "train_time_s": round(result.train_time_s, 1),
              "device": result.device, "history": result.history, **data_facts(data),
-             "config": json.loads(json.dumps(asdict(proxy)))}
+             "config": settings_key(proxy)}
     return result, facts
 
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,8 +23,7 @@ from ..checks import check_int, check_number, check_resolution, check_seed
 from ..errors import DsearchError, Terminated, terminated
 from ..model.archspec import ArchSpec
 from ..model.builder import build_model
-from ..model.ops import bsconv_reg_loss
-from ..model.ops.convs import BSConvS
+from ..model.ops import CONV_TYPES
 from .fastpath import specialise
 
 
@@ -292,6 +292,24 @@ def graph_training_step(model: nn.Module, sample: Tensor) -> nn.Module:
     return graphed
 
 
+RegularizerTerm = tuple[Callable[[list[Any], float], Tensor], list[Any], float]  # (loss, modules, weight)
+
+
+def regularizers(model: nn.Module, cfg: ProxyConfig) -> list[RegularizerTerm]:
+    """(loss, modules, weight) of each registered conv kind's regulariser (ConvType.regularizer) found in `model`.
+
+    Found once per training, not at every step; the weight is the ProxyConfig setting the regulariser names.
+    """
+    terms = []
+    for ct in CONV_TYPES.values():
+        reg = ct.regularizer
+        if reg is not None:
+            modules = [m for m in model.modules() if isinstance(m, reg.module)]
+            if modules:
+                terms.append((reg.loss, modules, getattr(cfg, reg.weight)))
+    return terms
+
+
 def train_proxy(
     spec: ArchSpec,
     data: DeviceData,
@@ -311,7 +329,7 @@ def train_proxy(
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     model = build_model(spec).to(device).to(memory_format=data.memory_format)
     specialise(model, spec.in_channels, data.size)  # same function and parameters, cheaper forms at this size
-    bsconv_s_layers = [m for m in model.modules() if isinstance(m, BSConvS)]  # their regulariser joins the loss
+    terms = regularizers(model, cfg)  # the conv kinds' regularisers join the loss
     if device.type == "cuda" and CUDA_GRAPHS:
         model.train()
         model = graph_training_step(model, data.prepare(data.train_x[:cfg.batch_size]))
@@ -336,8 +354,8 @@ def train_proxy(
             x = data.prepare(x)
             with _autocast(device):
                 loss = F.cross_entropy(model(x), data.train_y[idx], label_smoothing=cfg.label_smoothing)
-            if bsconv_s_layers:
-                loss = loss + bsconv_reg_loss(bsconv_s_layers, cfg.bsconv_alpha)
+            for term, modules, weight in terms:
+                loss = loss + term(modules, weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -14,6 +14,7 @@ from .registry import (
     ConvConfigError,
     ConvType,
     Knob,
+    Regularizer,
     check_conv,
     conv_macs,
     conv_params,
@@ -29,7 +30,7 @@ FVCORE_HANDLES = {"dsearch::scc_pointwise": scc_pointwise_macs}
 
 __all__ = [
     "ACTIVATIONS", "BSConvS", "BSConvU", "CONV_TYPES", "ConvConfigError", "ConvType", "DepthwiseSeparableConv",
-    "FVCORE_HANDLES", "Knob", "SCC", "SlidingChannelConvOp", "bsconv_reg_loss", "bsconv_s_mid_channels",
+    "FVCORE_HANDLES", "Knob", "Regularizer", "SCC", "SlidingChannelConvOp", "bsconv_reg_loss", "bsconv_s_mid_channels",
     "check_conv", "conv_macs", "conv_params", "conv_type", "make_activation", "make_conv", "register_conv",
     "resolve_knobs", "scc_index", "scc_pointwise", "scc_window_starts",
 ]

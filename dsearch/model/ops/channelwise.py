@@ -10,13 +10,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ...checks import is_positive_int
 from ..layers import DepthwiseSeparableChannelwiseConv, GroupChannelwiseConv, channelwise_window, dscw_geometry
 from .convs import MID_ACTIVATION, WITH_BN, _hw_out, _positive_int
 from .registry import ConvType, Knob, register_conv
 
 
 def _odd_positive(value: Any) -> str | None:
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1 and value % 2 == 1
+    ok = is_positive_int(value) and value % 2 == 1
     return None if ok else "must be an odd positive integer (1, 3, 5, 7, ...)"
 
 

@@ -8,9 +8,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...checks import is_int, is_positive_int
 from ..layers import BSConvS, BSConvU, DepthwiseSeparableConv, bsconv_s_mid_channels, conv2d
 from .activations import check_activation
-from .registry import ConvType, Knob, out_size, register_conv
+from .registry import ConvType, Knob, Regularizer, out_size, register_conv
 
 
 def _is_bool(value: Any) -> str | None:
@@ -22,8 +23,7 @@ def _is_activation_or_none(value: Any) -> str | None:
 
 
 def _positive_int(value: Any) -> str | None:
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
-    return None if ok else "must be a positive integer"
+    return None if is_positive_int(value) else "must be a positive integer"
 
 
 def _fraction(value: Any) -> str | None:
@@ -33,8 +33,7 @@ def _fraction(value: Any) -> str | None:
 
 WITH_BN = Knob("with_bn", False, _is_bool, "batch-norm between the two parts")
 def _dilation(value: Any) -> str | None:
-    ok = isinstance(value, int) and not isinstance(value, bool) and value in (1, 2, 3)
-    return None if ok else "must be 1, 2 or 3"
+    return None if is_int(value, 1, 3) else "must be 1, 2 or 3"
 
 
 # The depthwise part's dilation; "same" padding dilation * (k // 2) keeps the output size and k^2 taps keep the MACs.
@@ -124,4 +123,5 @@ register_conv(ConvType(
     inner_bn=lambda m, n, kn: (n if kn["with_bn"] else 0, False),
     doc="pointwise M -> M' -> pointwise M' -> N -> depthwise k x k on N (stride)",
     label="BSConv-S",
+    regularizer=Regularizer(BSConvS, bsconv_reg_loss, "bsconv_alpha"),
 ))

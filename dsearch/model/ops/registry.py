@@ -5,8 +5,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
+from ...checks import is_positive_int
 from ...errors import DsearchError
 
 
@@ -32,6 +33,19 @@ class Knob:
 
 
 @dataclass(frozen=True)
+class Regularizer:
+    """A conv kind's term in the training loss: `loss(modules, weight)` over the model's `module` instances.
+
+    `weight` names the training setting that weighs it (a field of dsearch.training.proxy.ProxyConfig, e.g.
+    `bsconv_alpha`). The trainer finds the modules once per training, for every registered kind that has one.
+    """
+
+    module: type[nn.Module]
+    loss: Callable[[list[Any], float], Tensor]
+    weight: str
+
+
+@dataclass(frozen=True)
 class ConvType:
     """Everything dsearch knows about one conv kind.
 
@@ -45,6 +59,7 @@ class ConvType:
     into model.py: same arguments, same parameters and state_dict keys as `build` (empty: the
     kind cannot be exported). `label` is the name figures and tables show (the papers' spelling);
     `baseline`: MobileNetV2 with this kind swapped in is one of `dsearch baselines`' reference nets.
+    `regularizer`: the kind's term in the training loss, if it has one.
     """
 
     name: str
@@ -58,6 +73,7 @@ class ConvType:
     inner_bn: Callable[[int, int, Mapping[str, Any]], tuple[int, bool]] = lambda m, n, kn: (0, False)
     label: str = ""
     baseline: bool = True
+    regularizer: Regularizer | None = None
     knob_names: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -110,7 +126,7 @@ def check_conv(
 ) -> dict[str, Any]:
     """Validate a full conv configuration; returns the resolved knobs or raises ConvConfigError."""
     for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        if not is_positive_int(value):
             raise ConvConfigError(f"{kind}: {name} must be a positive integer, got {value!r}")
     if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
         raise ConvConfigError(f"{kind}: kernel_size must be an odd positive integer (1, 3, 5, 7), got {kernel_size!r}")

@@ -16,8 +16,9 @@ from typing import Any, Protocol
 
 import yaml
 
+from ...checks import is_int
 from ...errors import DsearchError
-from ...model.archspec import ArchSpec, ConvSpec, HeadSpec, StageSpec, StemSpec
+from ...model.archspec import ArchSpec, ConvSpec, HeadSpec, StageSpec, StemSpec, stage_blocks
 from ...model.blocks import BLOCKS, conv_units
 from ...model.ops import CONV_TYPES, ConvConfigError, conv_macs, resolve_knobs
 from ...model.ops.activations import check_activation
@@ -167,12 +168,12 @@ class _Reader:
             self.fail(key, "lists a choice twice")
         if kind is int:
             for v in values:
-                if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
+                if not is_int(v, minimum):
                     self.fail(key, f"choices must be integers >= {minimum}, got {v!r}")
         return values
 
     def int_(self, value: Any, key: str, minimum: int = 1) -> int:
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        if not is_int(value, minimum):
             self.fail(key, f"must be an integer >= {minimum}, got {value!r}")
         return value
 
@@ -278,15 +279,14 @@ class _Fixed:
 def _stage_macs(block: str, kind: str, knobs: dict[str, Any], channels: int, size: int, width: int, depth: int,
                 kernel: int, expansion: float, stride: int) -> int | None:
     """Analytic MACs of one stage's conv units; None where the knobs don't fit the widths."""
-    total, m, h = 0, channels, size
-    for r in range(depth):
-        for _, cin, cout, s in conv_units(block, m, width, expansion, stride if r == 0 else 1):
+    total = 0
+    for m, block_stride, h, _ in stage_blocks(channels, width, depth, stride, size):
+        for _, cin, cout, s in conv_units(block, m, width, expansion, block_stride):
             try:
                 total += conv_macs(kind, cin, cout, kernel, s, (h, h), **knobs)
             except ConvConfigError:
                 return None
             h = out_size(h, kernel, s)
-        m = width
     return total
 
 

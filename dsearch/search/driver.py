@@ -15,6 +15,7 @@ The pieces live beside this loop: `config` (the settings and their checks), `sto
 """
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 from collections.abc import Callable
@@ -44,7 +45,6 @@ from .weights import artifact_dir
 MAX_FAILURES_IN_A_ROW = 5  # a broken setup should not burn through every sample
 STALE_AFTER = 6  # trials in a row that trained nothing new before a random untried candidate is enqueued
 FRESH_ATTEMPTS = 300  # random samples (repaired) tried when looking for an untried candidate
-WORKER_SEED_STRIDE = 1_000_003  # sampler seeds of parallel workers lie this far apart
 
 
 @dataclass
@@ -71,6 +71,19 @@ class SearchSummary:
                 f"(last: {self.last_failure})")
 
 
+def sampler_seed(seed: int, trials_before: int, worker: int) -> int:
+    """The sampler seed of a run that starts with `trials_before` trials in the study, as worker `worker`.
+
+    A distinct seed per start, so that a resumed run or another worker does not replay the same samples; the
+    three values are hashed together, so that different --seed values never give one stream (a sum would: seed 1
+    joining at trial 2 replayed seed 3 at trial 0). A fresh study's first worker samples with --seed itself.
+    """
+    if trials_before == 0 and worker == 0:
+        return seed
+    digest = hashlib.sha256(f"{seed}/{trials_before}/{worker}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
 def prepare_study(cfg: SearchConfig, study_name: str, storage_url: str, identity: dict[str, Any],
                   allow_changed_settings: bool = False, worker: int = 0) -> optuna.Study:
     """Create the study, or load it and check that it was made with the same settings (see dsearch.search.resume).
@@ -87,9 +100,7 @@ def prepare_study(cfg: SearchConfig, study_name: str, storage_url: str, identity
     except KeyError:
         existing = None
     changes = check_resume(study_name, existing, identity, allow_changed_settings)
-    # A distinct sampler seed per start, so that a resumed or second worker does not replay the same samples.
-    seed = cfg.seed + (len(existing.get_trials(deepcopy=False)) if existing is not None else 0)
-    seed = (seed + WORKER_SEED_STRIDE * worker) % 2 ** 32
+    seed = sampler_seed(cfg.seed, len(existing.get_trials(deepcopy=False)) if existing is not None else 0, worker)
     study = optuna.create_study(study_name=study_name, storage=storage, directions=directions, load_if_exists=True,
                                 sampler=SAMPLER_FACTORIES[cfg.sampler](seed), pruner=PRUNER_FACTORIES[cfg.pruner]())
     bind(study, identity, asdict(cfg), existing is None, changes)

@@ -339,3 +339,13 @@ def test_the_same_command_seed_and_threads_give_the_same_numbers(tiny_space, tmp
     recorded = [t.user_attrs for t in runs[0].trials if t.user_attrs.get("status") == "complete"]
     assert all(a["train_seed"] == 3 and a["versions"]["torch"] == torch.__version__ and "cpu_threads" in a
                for a in recorded)
+
+
+def test_sampler_seeds_of_different_starts_never_coincide():
+    from dsearch.search.driver import sampler_seed
+
+    starts = [(seed, before, worker) for seed in range(12) for before in range(12) for worker in range(4)]
+    seeds = [sampler_seed(*start) for start in starts]
+    assert len(set(seeds)) == len(starts)  # seed 1 joining at trial 2 no longer replays seed 3 at trial 0
+    assert sampler_seed(7, 0, 0) == 7  # a fresh study's first worker samples with --seed itself
+    assert all(0 <= s < 2**32 for s in seeds)

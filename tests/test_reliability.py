@@ -256,6 +256,10 @@ def test_a_diverging_run_exits_non_zero_with_why(tiny_space, tmp_path, monkeypat
     (b"name: x\nresolution: 32\nstem: {width: 8}\nhead: {dropout: abc}\nstages: [{width: 8, stride: 1}]\n",
      "head.dropout: must be a number >= 0 and < 1, got 'abc'"),
     (b"name: t\xff\xfe\n", "not UTF-8 text"),
+    (b"name: n\nresolution: 32\nstem: {width: 8}\nstages: [{width: [[16, 24], 32], stride: 2}]\n",
+     "stages[0].width: each choice must be a single value (a number or a name), got [16, 24]"),
+    (b"name: n\nresolution: 32\nstem: {width: 8}\nstages: [{width: 16, stride: 2, conv: [dsc, {a: 1}]}]\n",
+     "stages[0].conv: each choice must be a single value"),
 ])
 def test_bad_space_files_are_one_line(tmp_path, monkeypatch, capfd, text, needle):
     monkeypatch.chdir(tmp_path)

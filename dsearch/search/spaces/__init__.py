@@ -164,6 +164,10 @@ class _Reader:
         values = tuple(value) if isinstance(value, list) else (value,)
         if not values:
             self.fail(key, "an empty list of choices; give at least one value")
+        for v in values:  # a choice is one value (a number, a string, true/false), never a list or a mapping
+            if isinstance(v, (list, dict)) or (v is not None and not isinstance(v, (int, float, str))):
+                self.fail(key, f"each choice must be a single value (a number or a name), got {v!r}; write the "
+                               "choices as one flat list, e.g. [16, 24, 32]")
         if len(set(values)) != len(values):
             self.fail(key, "lists a choice twice")
         if kind is int:

@@ -6,8 +6,8 @@ and image folders are the other sources (see `DATASETS`). Validation data come o
 training split only; architectures are chosen on validation accuracy, and the test split is
 only reported.
 """
-from .dataset import Dataset, data_facts
+from .dataset import Dataset, data_facts, small_split_note
 from .embedded import EMBEDDED_NAME
 from .load import DATASETS, load_dataset
 
-__all__ = ["DATASETS", "Dataset", "EMBEDDED_NAME", "data_facts", "load_dataset"]
+__all__ = ["DATASETS", "Dataset", "EMBEDDED_NAME", "data_facts", "load_dataset", "small_split_note"]

@@ -143,6 +143,21 @@ def build_dataset(name: str, splits: Splits, val_fraction: float, seed: int,
     )
 
 
+MIN_EVAL_IMAGES = 100  # below this, one image moves an accuracy by more than a point
+
+
+def small_split_note(data: Dataset) -> str | None:
+    """A warning with the counts when the validation or test split is too small to measure an accuracy."""
+    sizes = {"validation": len(data.val_y), "test": len(data.test_y)}
+    small = {name: n for name, n in sizes.items() if n < MIN_EVAL_IMAGES}
+    if not small:
+        return None
+    parts = ", ".join(f"{name} {n} image(s)" for name, n in small.items())
+    step = 100 / max(1, min(small.values()))
+    return (f"{data.name}: {parts} (training {len(data.train_y)}): an accuracy on so few images moves in steps of "
+            f"{step:.0f} points and says little; use more images per class (at least {MIN_EVAL_IMAGES} per split)")
+
+
 def data_facts(data: Dataset) -> dict[str, Any]:
     """What a user of an exported model needs to know about its input and output."""
     return {"mean": [float(v) for v in data.mean], "std": [float(v) for v in data.std],

@@ -26,7 +26,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ..checks import check_int, check_number
-from ..data import Dataset, data_facts, load_dataset
+from ..data import Dataset, data_facts, load_dataset, small_split_note
 from ..errors import DsearchError
 from ..model.archspec import ArchSpecError
 from ..paths import default_storage
@@ -147,6 +147,9 @@ def run_search(cfg: SearchConfig, study_name: str, storage_url: str | None = Non
         data = load_dataset(cfg.dataset, cfg.data_dir, seed=split_seed)
         log(f"validating on the study's split (seed {split_seed}, the seed it was made with); --seed {cfg.seed} "
             "seeds this worker's sampler and training")
+    small = small_split_note(data)
+    if small:
+        log(f"warning: {small}")
     if "dsearch_data" not in study.user_attrs:
         study.set_user_attr("dsearch_data", data_facts(data))
     device_data = DeviceData(data, device, cfg.proxy.train_subset, cfg.proxy.train_resolution)

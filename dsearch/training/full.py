@@ -18,7 +18,7 @@ import torch
 from ..checks import check_device, check_resolution
 from ..cost.count import spec_cost
 from ..cost.memory import TRAINING_ACTIVATION_FACTOR, activation_bytes, free_memory
-from ..data import EMBEDDED_NAME, data_facts, load_dataset
+from ..data import EMBEDDED_NAME, data_facts, load_dataset, small_split_note
 from ..errors import DsearchError
 from ..model.archspec import ArchSpec
 from .failures import check_finite_state
@@ -80,6 +80,9 @@ def train_full(spec: ArchSpec, cfg: FullTrainConfig, progress: Callable[[int, in
     proxy = full_proxy(cfg.proxy)
     data = load_dataset(dataset, cfg.data_dir, seed=cfg.proxy.seed)
     check_fits_data(spec, data.in_channels, data.num_classes, dataset)
+    small = small_split_note(data)
+    if small:
+        log(f"warning: {small}")
     try:
         device = select_device(cfg.device)
     except (ValueError, RuntimeError) as err:

@@ -228,3 +228,15 @@ def test_full_fashion_mnist_from_debian_package(tmp_path):
     d = load_dataset("fashion-mnist", data_dir=tmp_path, download=False)
     assert (len(d.train_y), len(d.val_y), len(d.test_y)) == (54000, 6000, 10000)
     assert d.classes == load_dataset().classes
+
+
+def test_splits_too_small_to_measure_are_warned_with_their_counts(tmp_path, embedded):
+    from dsearch.data import small_split_note
+
+    for c, name in enumerate(["a", "b"]):
+        write_images(tmp_path / name, value=80 * (c + 1), count=3)
+    tiny = load_dataset(f"imagefolder:{tmp_path}")
+    note = small_split_note(tiny)
+    assert note is not None
+    assert f"validation {len(tiny.val_y)} image(s)" in note and f"test {len(tiny.test_y)} image(s)" in note
+    assert small_split_note(embedded) is None  # 1,000 validation and 2,000 test images

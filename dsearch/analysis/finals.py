@@ -36,6 +36,7 @@ from ..model.archspec import ArchSpec
 from ..search.claims import Claim, claim_is_live
 from ..search.record import made_by
 from ..search.resume import CONFIG_ATTR, IDENTITY_ATTR, plain
+from ..search.spaces import load_space
 from ..search.storage import heartbeat_seconds
 from ..search.trials import study_split_seed
 from ..search.weights import artifact_dir, keep_full_weights, upload_weights
@@ -43,7 +44,7 @@ from ..training.failures import check_finite_state
 from ..training.full import FullTrainConfig, full_proxy
 from ..training.proxy import DeviceData, ProxyConfig, TrainingDiverged, select_device, train_proxy
 from ..training.schedule import settings_key
-from .baselines import Baseline, baseline_specs, study_deployment_budget, study_search_config
+from .baselines import KINDS, Baseline, baseline_specs, study_deployment_budget, study_search_config
 from .pareto import arch_of, study_budget, trained, trials_frame
 from .promotion import promote, promoted_count
 from .verdict import VERDICT_ATTR, Finalist, make_verdict, record_key, study_verdict
@@ -106,10 +107,21 @@ def _candidates(study: optuna.Study, numbers: list[int]) -> list[Candidate]:
                       float(frame.loc[n, "mparams"])) for n in numbers]
 
 
-def _baseline_candidates(study: optuna.Study, in_channels: int, num_classes: int) -> list[Candidate]:
+def baseline_kinds(space: str) -> list[str]:
+    """The baselines' conv kinds for a study of `space`: MobileNetV2 as published (dsc) and with each other
+    baseline kind the space itself offers, so that the references speak the space's vocabulary; every baseline
+    kind when the space file cannot be read any more."""
+    try:
+        offered = {kind for stage in load_space(space).stages for kind in stage.conv}
+    except DsearchError:
+        return list(KINDS)
+    return [k for k in KINDS if k == "dsc" or k in offered]
+
+
+def _baseline_candidates(study: optuna.Study, space: str, in_channels: int, num_classes: int) -> list[Candidate]:
     budget, resolution = study_deployment_budget(study)
     try:
-        found: list[Baseline] = baseline_specs(budget, in_channels, num_classes, resolution)
+        found: list[Baseline] = baseline_specs(budget, in_channels, num_classes, resolution, baseline_kinds(space))
     except DsearchError:
         return []  # no budget, or nothing hand-designed fits it: the verdict says so
     return [Candidate(f"baseline:{b.label}", b.label, None, b.spec, b.cost.mflops, b.cost.mparams) for b in found]
@@ -260,7 +272,7 @@ def run_finals(study: optuna.Study, url: str, cfg: FinalsConfig = FinalsConfig()
     trainer = _Trainer(study, url, data, device, proxy, full, log, progress)
 
     trials = _candidates(study, list(plan["trials"]))
-    baselines = _baseline_candidates(study, data.in_channels, data.num_classes) if cfg.baselines else []
+    baselines = _baseline_candidates(study, search.space, data.in_channels, data.num_classes) if cfg.baselines else []
     frame = trials_frame(study).set_index("trial")
     rung0: dict[str, float | None] = {c.target: float(frame.loc[c.trial, "val_acc"]) for c in trials}
     log(f"finals: {len(trials)} trained trial(s) within the budget, {len(baselines)} baseline(s); "

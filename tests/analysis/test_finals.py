@@ -201,3 +201,13 @@ def test_cli_run_ends_with_the_verdict_and_resumes_interrupted_finals(tmp_path, 
     assert main(["export", "c", "--storage", url, "--trial", "best", "--out", str(tmp_path / "exp")]) == 0
     out = capsys.readouterr().out
     assert "chose the verdict's pick" in out and f"trial {pick}" in out and "fully trained weights" in out
+
+
+def test_the_baselines_speak_the_spaces_conv_kinds(tmp_path):
+    from dsearch.analysis.finals import baseline_kinds
+
+    space = tmp_path / "tiny.yaml"
+    space.write_text(textwrap.dedent(TINY_SPACE))  # offers regular, dsc, bsconv_u and scc
+    assert baseline_kinds(str(space)) == ["dsc", "bsconv_u", "scc"]  # regular is no baseline; bsconv_s not offered
+    assert baseline_kinds("mobile") == ["dsc", "bsconv_u", "bsconv_s", "scc"]
+    assert baseline_kinds(str(tmp_path / "gone.yaml"))[:4] == ["dsc", "bsconv_u", "bsconv_s", "scc"]

@@ -117,6 +117,10 @@ def run_parallel(cfg: SearchConfig, study_name: str, storage_url: str | None = N
                           progress_factory=progress_factory, trial_progress=trial_progress,
                           allow_changed_settings=allow_changed_settings, worker=0, on_study=start_others,
                           shared_from=-1)
+        if main.interrupted:  # Ctrl-C or SIGTERM stopped this worker's loop: stop the others the same way
+            for _worker, process, _conn in children:
+                if process.is_alive():
+                    process.terminate()
         results = [_collect(worker, process, conn) for worker, process, conn in children]
     except BaseException:
         for _worker, process, _conn in children:  # Ctrl-C, SIGTERM or an error here: stop the workers too

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import optuna
+import pandas as pd
 import torch
 from optuna.trial import TrialState
 
@@ -45,7 +46,7 @@ from ..training.full import FullTrainConfig, full_proxy
 from ..training.proxy import DeviceData, ProxyConfig, TrainingDiverged, select_device, train_proxy
 from ..training.schedule import settings_key
 from .baselines import KINDS, Baseline, baseline_specs, study_deployment_budget, study_search_config
-from .pareto import arch_of, study_budget, trained, trials_frame
+from .pareto import arch_of, study_budget, trained_within, trials_frame
 from .promotion import promote, promoted_count
 from .verdict import VERDICT_ATTR, Finalist, make_verdict, record_key, study_verdict
 
@@ -101,10 +102,10 @@ def wait_for_search(study: optuna.Study, log: Log) -> None:
         time.sleep(min(5, heartbeat_seconds()))
 
 
-def _candidates(study: optuna.Study, numbers: list[int]) -> list[Candidate]:
-    frame = trials_frame(study).set_index("trial")
-    return [Candidate(f"trial{n}", f"trial {n}", n, arch_of(study, n), float(frame.loc[n, "mflops"]),
-                      float(frame.loc[n, "mparams"])) for n in numbers]
+def _candidates(study: optuna.Study, frame: pd.DataFrame, numbers: list[int]) -> list[Candidate]:
+    by_trial = frame.set_index("trial")
+    return [Candidate(f"trial{n}", f"trial {n}", n, arch_of(study, n), float(by_trial.loc[n, "mflops"]),
+                      float(by_trial.loc[n, "mparams"])) for n in numbers]
 
 
 def baseline_kinds(space: str) -> list[str]:
@@ -147,19 +148,14 @@ def pending_finals(study: optuna.Study, search: dict[str, Any]) -> dict[str, Any
     return plan if same and proxy_now == proxy_then else None
 
 
-def plan_finals(study: optuna.Study, cfg: FinalsConfig, seed: int) -> dict[str, Any]:
+def plan_finals(study: optuna.Study, frame: pd.DataFrame, cfg: FinalsConfig, seed: int) -> dict[str, Any]:
     """The finals' plan: a stored one that has no verdict yet (a resumed run), else a new one over every trained
-    trial within the budget."""
+    trial within the budget (`frame`: the study's trials_frame)."""
     stored = study.user_attrs.get(PLAN_ATTR)
     verdict = study_verdict(study)
     if isinstance(stored, dict) and (verdict is None or verdict.get("plan") != stored.get("id")):
         return stored
-    frame = trained(trials_frame(study))
-    budget = study_budget(study)
-    for cost, limit in budget.items():
-        if limit is not None and not frame.empty:
-            frame = frame[frame[cost] <= limit]
-    numbers = sorted(int(n) for n in frame["trial"])
+    numbers = sorted(int(n) for n in trained_within(frame, study_budget(study))["trial"])
     if not numbers:
         raise DsearchError("the finals need trained trials within the budget; the search trained none")
     config = {k: v for k, v in asdict(cfg).items() if k != "device"}  # where it trains changes no result
@@ -255,7 +251,8 @@ def run_finals(study: optuna.Study, url: str, cfg: FinalsConfig = FinalsConfig()
     search = study_search_config(study)
     seed = search.seed if seed is None else seed
     wait_for_search(study, log)
-    plan = plan_finals(study, cfg, seed)
+    frame = trials_frame(study)  # read once: the search has finished
+    plan = plan_finals(study, frame, cfg, seed)
     stored = {k: v for k, v in (plan.get("config") or {}).items() if k != "device"}
     cfg = FinalsConfig(**{**asdict(cfg), **stored})  # a resumed plan keeps its own settings
     seed = int(plan["seed"])
@@ -271,10 +268,10 @@ def run_finals(study: optuna.Study, url: str, cfg: FinalsConfig = FinalsConfig()
                    train_resolution=proxy.train_resolution)
     trainer = _Trainer(study, url, data, device, proxy, full, log, progress)
 
-    trials = _candidates(study, list(plan["trials"]))
+    trials = _candidates(study, frame, list(plan["trials"]))
     baselines = _baseline_candidates(study, search.space, data.in_channels, data.num_classes) if cfg.baselines else []
-    frame = trials_frame(study).set_index("trial")
-    rung0: dict[str, float | None] = {c.target: float(frame.loc[c.trial, "val_acc"]) for c in trials}
+    val_acc = frame.set_index("trial")["val_acc"]
+    rung0: dict[str, float | None] = {c.target: float(val_acc[c.trial]) for c in trials}
     log(f"finals: {len(trials)} trained trial(s) within the budget, {len(baselines)} baseline(s); "
         f"each rung keeps the best 1/{cfg.eta}")
     if baselines:  # rung 0 for the baselines: the search's proxy at the search's seed
@@ -285,9 +282,13 @@ def run_finals(study: optuna.Study, url: str, cfg: FinalsConfig = FinalsConfig()
     objective = search.objective
     scores0 = {c.target: v for c in trials if (v := rung0.get(c.target)) is not None}
     scored = [c for c in trials if c.target in scores0]
-    chosen = promote([scores0[c.target] for c in scored], None if objective == "accuracy" else
-                     [c.mflops for c in scored], promoted_count(len(scored), cfg.eta))
-    rung1_trials = [scored[i] for i in chosen]
+    def best_share(cands: list[Candidate], scores: dict[str, float]) -> list[Candidate]:
+        """The best 1/eta of `cands` by non-dominated rank (score alone for an accuracy study)."""
+        costs = None if objective == "accuracy" else [c.mflops for c in cands]
+        return [cands[i] for i in promote([scores[c.target] for c in cands], costs,
+                                          promoted_count(len(cands), cfg.eta))]
+
+    rung1_trials = best_share(scored, scores0)
     more = [seed + k for k in range(1, cfg.proxy_seeds)]
     log(f"finals: rung 1 (proxy at {cfg.proxy_seeds} seeds): {', '.join(c.key for c in rung1_trials)}"
         + (" and the baselines" if baselines else ""))
@@ -303,9 +304,7 @@ def run_finals(study: optuna.Study, url: str, cfg: FinalsConfig = FinalsConfig()
     scored1 = [c for c in rung1_trials if c.target in rung1]
     if not scored1:
         raise DsearchError("every rung-1 training failed; see `dsearch show` and the trials' reasons")
-    chosen = promote([rung1[c.target] for c in scored1], None if objective == "accuracy" else
-                     [c.mflops for c in scored1], promoted_count(len(scored1), cfg.eta))
-    finalists = [scored1[i] for i in chosen]
+    finalists = best_share(scored1, rung1)
     ranked_baselines = sorted((b for b in baselines if b.target in rung1), key=lambda b: (-rung1[b.target], b.mflops))
     best_baseline = ranked_baselines[0] if ranked_baselines else None
     seeds = [seed + k for k in range(cfg.seeds)]

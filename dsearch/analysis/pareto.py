@@ -191,12 +191,18 @@ def study_budget(study: optuna.Study) -> dict[str, float | None]:
     return {"mflops": identity.get("budget_mflops"), "mparams": identity.get("budget_mparams")}
 
 
-def best_within_budget(frame: pd.DataFrame, budget: dict[str, float | None], score: str = "val_acc") -> pd.Series:
-    """The most accurate trained trial within every budget (ties: the cheaper, then the earlier)."""
+def trained_within(frame: pd.DataFrame, budget: dict[str, float | None], score: str = "val_acc") -> pd.DataFrame:
+    """Trained trials within every budget."""
     done = trained(frame, score)
     for cost, limit in budget.items():
         if limit is not None and not done.empty:
             done = done[done[cost] <= limit]
+    return done
+
+
+def best_within_budget(frame: pd.DataFrame, budget: dict[str, float | None], score: str = "val_acc") -> pd.Series:
+    """The most accurate trained trial within every budget (ties: the cheaper, then the earlier)."""
+    done = trained_within(frame, budget, score)
     if done.empty:
         raise DsearchError("no trained trial within the budget yet; run `dsearch run` longer or pick --trial N")
     return done.sort_values([score, "mflops", "trial"], ascending=[False, True, True]).iloc[0]

@@ -1,5 +1,9 @@
 """The error type the CLI turns into one clear line and a non-zero exit, and SIGTERM as an interrupt."""
 
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -36,7 +40,6 @@ def on_sigterm_raise() -> None:
     exception as unraisable and goes on: that report is dropped, and the trainer raises Terminated again at its
     next step (see `terminated`).
     """
-    import signal
     import sys
 
     default = sys.unraisablehook
@@ -47,3 +50,53 @@ def on_sigterm_raise() -> None:
 
     sys.unraisablehook = hook
     signal.signal(signal.SIGTERM, raise_terminated)
+
+
+_pending: list[KeyboardInterrupt] = []  # signals that arrived inside `deferred_interrupts`, not raised yet
+_seen: dict[int, int] = {}  # how many of each signal arrived there
+
+
+def _defer(signum: int, frame: object) -> None:
+    """Keep the interrupt for the next `check_interrupted`; the same signal twice interrupts at once."""
+    _seen[signum] = _seen.get(signum, 0) + 1
+    err: KeyboardInterrupt = KeyboardInterrupt()
+    if signum == signal.SIGTERM:
+        _received.append(signum)
+        err = Terminated()
+    if _seen[signum] > 1:
+        _pending.clear()
+        raise err
+    if not _pending:
+        _pending.append(err)
+
+
+def check_interrupted() -> None:
+    """Raise the Ctrl-C or SIGTERM that `deferred_interrupts` kept, if any (the training loop calls it every step)."""
+    if _pending:
+        raise _pending.pop()
+
+
+@contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """Inside, Ctrl-C and SIGTERM interrupt only where `check_interrupted` is called, never inside a storage
+    write: an interrupt raised in the middle of Optuna's write of a trial's state leaves the trial RUNNING and
+    Optuna asserting ("Should not reach."). Where it is left with an interrupt still kept, that is raised.
+    Outside the main thread (which alone receives signals) it changes nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    _pending.clear()
+    _seen.clear()
+    for s in before:
+        signal.signal(s, _defer)
+    try:
+        yield
+    except BaseException:
+        _pending.clear()  # leaving by an exception already: a kept interrupt must not fire later, elsewhere
+        raise
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+        _seen.clear()
+    check_interrupted()

@@ -27,7 +27,7 @@ import pandas as pd
 
 from ..checks import check_device
 from ..data import EMBEDDED_NAME
-from ..errors import DsearchError
+from ..errors import DsearchError, check_interrupted, deferred_interrupts
 from ..search.claims import Claim, claim_is_live
 from ..search.record import made_by
 from ..search.resume import CONFIG_ATTR, IDENTITY_ATTR
@@ -183,6 +183,7 @@ def train_selection(study: optuna.Study, url: str, selection: list[int], cfg: Fu
                 log(f"waiting for trial(s) {', '.join(map(str, missing))}, being trained by another worker")
                 waiting_said = True
             time.sleep(heartbeat_seconds())
+            check_interrupted()
             continue
         number = free[0]
         claim = Claim(study, f"{CLAIM_PREFIX}{number}", worker)
@@ -288,6 +289,7 @@ def _int(value: Any) -> int | None:
     return int(value) if value is not None and pd.notna(value) else None
 
 
+@deferred_interrupts()  # Ctrl-C and SIGTERM stop it between storage writes, never inside one
 def run_audit(study: optuna.Study, url: str, *, k: int = DEFAULT_K, epochs: int | None = None, device: str = "auto",
               baselines: bool = True, log: Log = print,
               progress: Callable[[int, int], None] | None = None) -> AuditOutcome:

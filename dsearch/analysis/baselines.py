@@ -31,7 +31,7 @@ from ..checks import check_int
 from ..cost.count import Cost, spec_cost
 from ..cost.memory import check_fits_memory
 from ..data import load_dataset
-from ..errors import DsearchError
+from ..errors import DsearchError, deferred_interrupts
 from ..model.archspec import ArchSpec, ArchSpecError
 from ..model.ops import CONV_TYPES
 from ..model.presets import mobilenet_v2, with_conv
@@ -167,6 +167,7 @@ def _failure(schedule: dict[str, Any], epochs: int, reason: str) -> dict[str, An
             "schedule": schedule}
 
 
+@deferred_interrupts()  # Ctrl-C and SIGTERM stop it between storage writes, never inside one
 def run_baselines(study: optuna.Study, storage_url: str, *, epochs: int | None = None,
                   log: Callable[[str], None] = print, full: bool = True,
                   kinds: Sequence[str] = KINDS) -> list[dict[str, Any]]:

@@ -32,7 +32,7 @@ from optuna.trial import TrialState
 
 from ..checks import is_int
 from ..data import load_dataset
-from ..errors import DsearchError
+from ..errors import DsearchError, check_interrupted, deferred_interrupts
 from ..model.archspec import ArchSpec
 from ..search.claims import Claim, claim_is_live
 from ..search.record import made_by
@@ -100,6 +100,7 @@ def wait_for_search(study: optuna.Study, log: Log) -> None:
             log(f"finals: waiting for {len(running)} search trial(s) still training in other workers")
             said = True
         time.sleep(min(5, heartbeat_seconds()))
+        check_interrupted()
 
 
 def _candidates(study: optuna.Study, frame: pd.DataFrame, numbers: list[int]) -> list[Candidate]:
@@ -193,6 +194,7 @@ class _Trainer:
                     self.log(f"finals: waiting for {len(missing)} training(s) of rung {rung} in another worker")
                     waiting_said = True
                 time.sleep(heartbeat_seconds())
+                check_interrupted()
                 continue
             candidate, seed = free[0]
             key = keys[(candidate.target, seed)]
@@ -244,6 +246,7 @@ def _score(records: list[dict[str, Any]]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+@deferred_interrupts()  # Ctrl-C and SIGTERM stop it between storage writes, never inside one
 def run_finals(study: optuna.Study, url: str, cfg: FinalsConfig = FinalsConfig(), *, seed: int | None = None,
                log: Log = print, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Run (or resume) the finals of a searched study and store its verdict; returns the verdict."""

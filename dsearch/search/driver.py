@@ -27,7 +27,7 @@ from optuna.trial import TrialState
 
 from ..checks import check_int, check_number
 from ..data import Dataset, data_facts, load_dataset, small_split_note
-from ..errors import DsearchError
+from ..errors import DsearchError, check_interrupted, deferred_interrupts
 from ..model.archspec import ArchSpecError
 from ..paths import default_storage
 from ..training.failures import failure_reason, optuna_log_level, recording_failures
@@ -180,6 +180,7 @@ def run_search(cfg: SearchConfig, study_name: str, storage_url: str | None = Non
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         nonlocal trained, failures_in_a_row, stale, stopped, exhausted
+        check_interrupted()  # Optuna has written this trial's state: now an interrupt can stop the run
         if shared_from is not None and shared_done(shared_from):  # this one's trial included
             study.stop()
         if trial.state == TrialState.FAIL:
@@ -222,8 +223,10 @@ def run_search(cfg: SearchConfig, study_name: str, storage_url: str | None = Non
     interrupted = False
     if target and not exhausted and not (shared_from is not None and shared_done(shared_from)):  # a late worker
         try:
-            study.optimize(recording_failures(objective), n_trials=1000 + 100 * target, timeout=timeout,
-                           callbacks=[after_trial], catch=(Exception,), gc_after_trial=False, show_progress_bar=False)
+            with deferred_interrupts():
+                study.optimize(recording_failures(objective), n_trials=1000 + 100 * target, timeout=timeout,
+                               callbacks=[after_trial], catch=(Exception,), gc_after_trial=False,
+                               show_progress_bar=False)
         except KeyboardInterrupt:
             interrupted = True
         finally:

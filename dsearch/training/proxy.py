@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checks import check_int, check_number, check_resolution, check_seed
-from ..errors import DsearchError, Terminated, terminated
+from ..errors import DsearchError, Terminated, check_interrupted, terminated
 from ..model.archspec import ArchSpec
 from ..model.builder import build_model
 from ..model.ops import CONV_TYPES
@@ -366,6 +366,7 @@ def train_proxy(
                 _check_finite(loss_sum, epoch, i)
             if terminated():  # a SIGTERM whose first Terminated a library swallowed (e.g. in a gc callback)
                 raise Terminated()
+            check_interrupted()  # a Ctrl-C or SIGTERM that arrived inside `deferred_interrupts`
             if progress is not None:
                 progress(step, total)
         if cfg.bn_recompute:

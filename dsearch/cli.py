@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .checks import check_int
 from .errors import DsearchError, Terminated, on_sigterm_raise, terminated
 from .model.archspec import ArchSpec
 from .model.presets import PRESETS
@@ -97,7 +98,8 @@ class _StepBar:
 
 @command
 def cmd_run(args: argparse.Namespace) -> int:
-    from .analysis.finals import FinalsConfig, check_finals, run_finals
+    from .analysis.finals import FinalsConfig, check_finals
+    from .analysis.finals_workers import auto_final_jobs, run_finals_parallel
     from .analysis.verdict import verdict_lines
     from .paths import default_storage
     from .search.config import SearchConfig
@@ -116,8 +118,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     finals = None if args.no_finals else FinalsConfig(eta=args.eta, proxy_seeds=args.proxy_seeds,
                                                        seeds=args.final_seeds, epochs=args.final_epochs,
                                                        device=args.device)
+    final_jobs = auto_final_jobs(args.device) if args.final_jobs is None else args.final_jobs
     if finals is not None:
         check_finals(finals)  # before anything is written
+        check_int(final_jobs, "--final-jobs", 1)
     if args.quiet:
         log, bars, steps = (lambda _msg: None), None, None
     else:
@@ -151,7 +155,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if finals is None:
         return 0
     try:
-        verdict = run_finals(study, url, finals, seed=args.seed, log=log, progress=steps)
+        verdict = run_finals_parallel(study, url, finals, jobs=final_jobs, seed=args.seed, log=log, progress=steps,
+                                      quiet=args.quiet)
     except KeyboardInterrupt:
         print("interrupted during the finals: every finished training is kept; run the same command again to "
               "resume them", file=sys.stderr)
@@ -686,6 +691,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--final-seeds", type=int, default=finals.seeds,
                    help="final rung: full-schedule trainings per finalist and for the best baseline")
     g.add_argument("--final-epochs", type=int, help="final rung's epochs (default: dsearch train's)")
+    g.add_argument("--final-jobs", type=int,
+                   help="processes sharing the finals' trainings, each with cores/N CPU threads (default: one per "
+                        "CPU core on a CPU, 1 on a GPU)")
 
     def study_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--storage", help="Optuna storage URL or journal file "

@@ -52,6 +52,8 @@ from .verdict import VERDICT_ATTR, Finalist, make_verdict, record_key, study_ver
 
 PLAN_ATTR = "dsearch_finals"
 CLAIM_PREFIX = "dsearch_claim."
+POLL_S = 2  # seconds between looks at the study while another worker finishes a rung's last trainings
+CLAIM_SETTLE_S = 0.2  # between writing a claim and checking it holds (two workers claiming at once: one keeps it)
 Log = Callable[[str], None]
 
 
@@ -171,12 +173,13 @@ class _Trainer:
     """Trains one candidate at one seed for a rung, keeping the result on the study (and splitting work by claims)."""
 
     def __init__(self, study: optuna.Study, url: str, data: Any, device: torch.device, proxy: ProxyConfig,
-                 full: ProxyConfig, log: Log, progress: Callable[[int, int], None] | None) -> None:
+                 full: ProxyConfig, log: Log, progress: Callable[[int, int], None] | None, lane: int = 0) -> None:
         self.study, self.url, self.log, self.progress = study, url, log, progress
         self.proxy, self.full = proxy, full
         self.proxy_data = DeviceData(data, device, proxy.train_subset, proxy.train_resolution)
         self.full_data = DeviceData(data, device, None, proxy.train_resolution)
         self.worker = uuid.uuid4().hex
+        self.lane = lane  # workers started together take different free trainings first, so claims rarely collide
 
     def ensure(self, rung: int, jobs: list[tuple[Candidate, int]]) -> dict[tuple[str, int], dict[str, Any]]:
         """Every (candidate, seed) of `jobs` trained for `rung` (kept ones reused); their records."""
@@ -193,13 +196,14 @@ class _Trainer:
                 if not waiting_said:
                     self.log(f"finals: waiting for {len(missing)} training(s) of rung {rung} in another worker")
                     waiting_said = True
-                time.sleep(heartbeat_seconds())
+                time.sleep(min(POLL_S, heartbeat_seconds()))
                 check_interrupted()
                 continue
-            candidate, seed = free[0]
+            candidate, seed = free[-1 - (self.lane - 1) % len(free)] if self.lane else free[0]
             key = keys[(candidate.target, seed)]
             claim = Claim(self.study, CLAIM_PREFIX + key, self.worker)
             claim.refresh(force=True)
+            time.sleep(CLAIM_SETTLE_S)  # a worker that read the attrs before this claim and claims too has written
             if not claim.held():
                 continue
             try:
@@ -248,8 +252,10 @@ def _score(records: list[dict[str, Any]]) -> float | None:
 
 @deferred_interrupts()  # Ctrl-C and SIGTERM stop it between storage writes, never inside one
 def run_finals(study: optuna.Study, url: str, cfg: FinalsConfig = FinalsConfig(), *, seed: int | None = None,
-               log: Log = print, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Run (or resume) the finals of a searched study and store its verdict; returns the verdict."""
+               log: Log = print, progress: Callable[[int, int], None] | None = None, lane: int = 0) -> dict[str, Any]:
+    """Run (or resume) the finals of a searched study and store its verdict; returns the verdict.
+
+    `lane`: this worker's index among workers started together on the finals (see `run_finals_parallel`)."""
     check_finals(cfg)
     search = study_search_config(study)
     seed = search.seed if seed is None else seed
@@ -269,7 +275,7 @@ def run_finals(study: optuna.Study, url: str, cfg: FinalsConfig = FinalsConfig()
     full_cfg = FullTrainConfig().proxy
     full = replace(full_proxy(full_cfg if cfg.epochs is None else replace(full_cfg, epochs=cfg.epochs)),
                    train_resolution=proxy.train_resolution)
-    trainer = _Trainer(study, url, data, device, proxy, full, log, progress)
+    trainer = _Trainer(study, url, data, device, proxy, full, log, progress, lane)
 
     trials = _candidates(study, frame, list(plan["trials"]))
     baselines = _baseline_candidates(study, search.space, data.in_channels, data.num_classes) if cfg.baselines else []

@@ -211,3 +211,31 @@ def test_the_baselines_speak_the_spaces_conv_kinds(tmp_path):
     assert baseline_kinds(str(space)) == ["dsc", "bsconv_u", "scc"]  # regular is no baseline; bsconv_s not offered
     assert baseline_kinds("mobile") == ["dsc", "bsconv_u", "bsconv_s", "scc"]
     assert baseline_kinds(str(tmp_path / "gone.yaml"))[:4] == ["dsc", "bsconv_u", "bsconv_s", "scc"]
+
+
+@pytest.mark.slow
+def test_finals_on_two_processes_give_exactly_the_verdict_of_one(searched, tmp_path, monkeypatch):
+    """Every finals training is seeded and independent: split over two processes with one thread each, the verdict's
+    figures equal those of one process with one thread, bit for bit, and no worker process is left behind."""
+    import multiprocessing
+
+    from dsearch.analysis.finals_workers import run_finals_parallel
+
+    monkeypatch.setenv("DSEARCH_HEARTBEAT_S", "1")
+    copies = [tmp_path / "one", tmp_path / "two"]
+    for c in copies:
+        shutil.copytree(searched, c)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        study, url = _open(copies[0])
+        alone = run_finals(study, url, CFG, log=QUIET)
+    finally:
+        torch.set_num_threads(threads)
+    study, url = _open(copies[1])
+    shared = run_finals_parallel(study, url, CFG, jobs=2, log=QUIET, quiet=True)
+    figures = ("pick", "rows", "sentences")
+    assert {k: alone.get(k) for k in figures} == {k: shared.get(k) for k in figures}
+    records = _records(study)
+    assert records and all(r["cpu_threads"] == 1 for r in records.values())
+    assert not multiprocessing.active_children()

@@ -12,10 +12,13 @@ a rule every worker applies alike, with no last-write-wins race:
 
 1. a finished trial that trained the architecture holds it (the repeat is a duplicate with its result);
 2. else a running trial that already won it (status "training") holds it;
-3. else the lowest-numbered running trial that posted the same key holds it;
+3. else the lowest-numbered trial that posted the same key and is running, or is queued (an enqueued trial,
+   waiting, whose fixed parameters give the same architecture: a repair or an untried candidate), holds it;
 4. a trial that would win waits until every lower-numbered running trial has posted its key (they are
    sampling, which takes moments), so that a lower number posted late cannot also win: as in Lamport's bakery
-   algorithm, the trial numbers are the tickets and "still sampling" is the "choosing" flag.
+   algorithm, the trial numbers are the tickets and "still sampling" is the "choosing" flag. A queued trial got
+   its number when it was enqueued, long before it runs, but its architecture is known from then on: that is
+   why rule 3 counts it.
 
 The winner marks itself "training" at once. A running trial holds nothing once its worker is dead: on storages
 with heartbeats Optuna marks it failed after GRACE_HEARTBEATS missed beats (dsearch asks for that before it
@@ -27,7 +30,7 @@ trials decide within the same moment.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -86,9 +89,12 @@ def _trained(t: FrozenTrial) -> bool:
     return t.state.is_finished() and bool(t.user_attrs.get("trained")) and t.user_attrs.get("status") != "duplicate"
 
 
-def holder(trials: Sequence[FrozenTrial], number: int, key: str,
-           live: Callable[[FrozenTrial], bool]) -> FrozenTrial | None:
-    """The trial that holds architecture `key` against trial `number` (rules 1-3 of the module), or None."""
+def holder(trials: Sequence[FrozenTrial], number: int, key: str, live: Callable[[FrozenTrial], bool],
+           queued_key: Callable[[FrozenTrial], str | None] | None = None) -> FrozenTrial | None:
+    """The trial that holds architecture `key` against trial `number` (rules 1-3 of the module), or None.
+
+    `queued_key(t)`: the architecture key a waiting (enqueued) trial's fixed parameters give; None: unknown.
+    """
     same = [t for t in trials if t.number != number and trial_arch_key(t) == key]
     trained = [t for t in same if _trained(t)]
     if trained:
@@ -98,6 +104,8 @@ def holder(trials: Sequence[FrozenTrial], number: int, key: str,
     if training:
         return min(training, key=lambda t: t.number)
     lower = [t for t in running if t.number < number]
+    if queued_key is not None:
+        lower += [t for t in trials if t.state == TrialState.WAITING and t.number < number and queued_key(t) == key]
     return min(lower, key=lambda t: t.number) if lower else None
 
 
@@ -116,13 +124,25 @@ def fresh_claim(trial: FrozenTrial, now: float | None = None) -> bool:
 class ArchClaims:
     """One worker's claims on architectures; it remembers when it first saw each trial still sampling."""
 
-    def __init__(self, study: optuna.Study) -> None:
+    def __init__(self, study: optuna.Study,
+                 params_key: Callable[[Mapping[str, Any]], str | None] | None = None) -> None:
+        """`params_key(params)`: the architecture key of a full set of parameters (None where they give none)."""
         self.heartbeats = has_heartbeats(study)
+        self.params_key = params_key
         self.first_seen: dict[int, float] = {}  # trial number -> time.monotonic() when first seen sampling
+        self.queued: dict[int, str | None] = {}  # trial number -> its fixed parameters' key (they never change)
 
     def live(self, trial: FrozenTrial) -> bool:
         """Whether a running trial's worker is alive as far as the storage can tell."""
         return self.heartbeats or fresh_claim(trial)
+
+    def queued_key(self, trial: FrozenTrial) -> str | None:
+        """The architecture key of an enqueued trial's fixed parameters (None when they do not give one)."""
+        if trial.number not in self.queued:
+            params = trial.system_attrs.get("fixed_params")  # where Optuna keeps what enqueue_trial was given
+            self.queued[trial.number] = (self.params_key(params) if self.params_key is not None
+                                         and isinstance(params, Mapping) else None)
+        return self.queued[trial.number]
 
     def claim(self, trial: optuna.Trial, key: str, deadline: Deadline | None = None) -> FrozenTrial | None:
         """None when `trial` (which has posted `key`) now holds the architecture and marks itself training; else
@@ -131,7 +151,7 @@ class ArchClaims:
         last_beat = time.monotonic()
         while True:
             trials = study.get_trials(deepcopy=False)
-            owner = holder(trials, trial.number, key, self.live)
+            owner = holder(trials, trial.number, key, self.live, self.queued_key)
             if owner is not None:
                 return owner
             if not self._waiting_for(trials, trial.number):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -163,7 +163,7 @@ def run_search(cfg: SearchConfig, study_name: str, storage_url: str | None = Non
     if "dsearch_data" not in study.user_attrs:
         study.set_user_attr("dsearch_data", data_facts(data))
     device_data = DeviceData(data, device, cfg.proxy.train_subset, cfg.proxy.train_resolution)
-    claims = ArchClaims(study)
+    claims = ArchClaims(study, lambda params: params_key(space, data, cfg, params))
     objective = Objective(cfg, space, data, device_data, log, trial_progress, artifact_dir(study, storage_url), worker,
                           claims, deadline)
     target, exhausted = _target(study, space, data, cfg, n_trials, log)
@@ -292,6 +292,14 @@ def all_trained(count: int, some_in_training: bool = False) -> str:
     if some_in_training:
         return f"all {count} architectures of the space within the budget are trained or being trained by other workers"
     return f"all {count} architectures of the space within the budget are trained"
+
+
+def params_key(space: Space, data: Dataset, cfg: SearchConfig, params: Mapping[str, Any]) -> str | None:
+    """The architecture key of a full set of the space's parameters; None when they are partial or invalid."""
+    try:
+        return arch_key(build(space, params, data.in_channels, data.num_classes, cfg.resolution)[0])
+    except (KeyError, ArchSpecError, DsearchError):
+        return None
 
 
 def fresh_candidate(study: optuna.Study, space: Space, data: Dataset, cfg: SearchConfig,

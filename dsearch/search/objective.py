@@ -168,11 +168,12 @@ class Objective:
     def _duplicate(self, trial: optuna.Trial, original: optuna.trial.FrozenTrial) -> float | tuple[float, float]:
         """Record a repeat of an architecture another trial holds: with the original's result once it has one."""
         trial.set_user_attr("duplicate_of", original.number)
-        if original.state == TrialState.RUNNING:
-            reason = (f"same architecture as trial {original.number}, which another worker is training (or sampled "
-                      "first); not trained here")
+        if original.state in (TrialState.RUNNING, TrialState.WAITING):
+            doing = ("is being trained (or sampled it first)" if original.state == TrialState.RUNNING
+                     else "is queued to be trained")
+            reason = f"same architecture as trial {original.number}, which {doing}; not trained here"
             self._finish(trial, "duplicate", reason)
-            self.log(f"trial {trial.number}: duplicate of trial {original.number}, which is being trained; moving on")
+            self.log(f"trial {trial.number}: duplicate of trial {original.number}, which {doing}; moving on")
             raise optuna.TrialPruned(reason)
         reason = f"same architecture as trial {original.number}, which holds its result; not trained again"
         self._finish(trial, "duplicate", reason)

@@ -13,9 +13,12 @@ import pytest
 from optuna.trial import TrialState
 from test_study import postgres  # noqa: F401 - the throwaway PostgreSQL server fixture
 
+from dsearch.cli import main
+from dsearch.search.budget import all_params
 from dsearch.search.claims import CLAIM_AT, TRAINING, ArchClaims
 from dsearch.search.config import SearchConfig
 from dsearch.search.driver import run_search
+from dsearch.search.spaces import load_space
 from dsearch.training.proxy import ProxyConfig
 
 # Exactly two architectures (the kernel of the one stage), both far within any budget used here.
@@ -84,6 +87,21 @@ def test_a_trial_stuck_sampling_is_waited_for_only_the_grace_then_a_winner_in_tr
     assert ArchClaims(study).claim(stuck, "k").number == higher.number
 
 
+def test_a_queued_trial_with_the_same_architecture_holds_it_against_higher_numbers():
+    # An enqueued trial got its number when it was queued; it runs later, but its architecture is known already.
+    study = optuna.create_study()
+    study.enqueue_trial({"x": 1})  # trial 0, waiting
+    study.enqueue_trial({"x": 2})  # trial 1, waiting: another architecture
+    later = optuna.Trial(study, study._storage.create_new_trial(study._study_id))  # trial 2, running (not popped)
+    later.set_user_attr("arch_key", "k1")
+    claims = ArchClaims(study, params_key=lambda params: f"k{params['x']}")
+    assert claims.claim(later, "k1").number == 0
+    assert study.trials[0].state == TrialState.WAITING
+    other = optuna.Trial(study, study._storage.create_new_trial(study._study_id))  # trial 3
+    other.set_user_attr("arch_key", "k3")
+    assert claims.claim(other, "k3") is None  # no queued trial gives k3
+
+
 def test_a_dead_workers_claim_holds_nothing_without_heartbeats(monkeypatch):
     monkeypatch.setenv("DSEARCH_HEARTBEAT_S", "1")
     study, (dead, alive) = running("k", "k")
@@ -118,17 +136,25 @@ AT_ONCE = textwrap.dedent("""
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_workers_that_sample_one_architecture_at_once_train_it_once(tmp_path, backend, request):
+def test_workers_that_sample_one_architecture_at_once_train_it_once(tmp_path, backend, request, monkeypatch):
     url = f"sqlite:///{tmp_path}/race.db" if backend == "sqlite" else request.getfixturevalue("postgres")
     space = _two_arch_space(tmp_path)
-    # The same --seed: a fresh study's workers then sample with the same sampler seed, so both propose the same
-    # architecture first. Training lasts seconds, far longer than the two starts differ.
     args = ["run", "--space", str(space), "--budget-mflops", "100", "--n-trials", "2", "--epochs", "40",
-            "--batch-size", "64", "--train-subset", "256", "--seed", "1", "--no-finals", "--study-name", "race",
-            "--storage", url]
+            "--batch-size", "64", "--train-subset", "256", "--no-finals", "--study-name", "race", "--storage", url]
+    # Make the study (a time limit that has passed before the search: no trial), then queue one architecture
+    # twice: each worker's first trial is that architecture, at the same moment. Training lasts seconds, far
+    # longer than the two starts differ.
+    monkeypatch.chdir(tmp_path)
+    assert main([*args, "--timeout", "0.001", "--quiet"]) == 0
+    study = optuna.load_study(study_name="race", storage=url)
+    assert not study.trials
+    first = next(all_params(load_space(str(space))))
+    study.enqueue_trial(first)
+    study.enqueue_trial(first)
     go = tmp_path / "go"
-    workers = [subprocess.Popen([sys.executable, "-c", AT_ONCE, str(go), *args], cwd=tmp_path, env=_env(),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    workers = [subprocess.Popen([sys.executable, "-c", AT_ONCE, str(go), *args, "--seed", str(seed)], cwd=tmp_path,
+                                env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for seed in (1, 2)]
     time.sleep(1)  # both are importing; whichever is slower still starts within a training's time
     go.touch()
     outputs = [w.communicate(timeout=600) for w in workers]
@@ -148,8 +174,8 @@ def test_workers_that_sample_one_architecture_at_once_train_it_once(tmp_path, ba
         assert d.state in (TrialState.PRUNED, TrialState.COMPLETE) and "train_time_s" not in d.user_attrs
     raced = [d for d in duplicates if by_number[d.user_attrs["duplicate_of"]].datetime_complete > d.datetime_start]
     assert raced, "no worker met an architecture while another trained it: the race was not exercised"
-    assert any("which another worker is training" in d.user_attrs["reason"] for d in raced)
-    assert "which is being trained; moving on" in outputs[0][0] + outputs[1][0]
+    assert any(d.user_attrs["duplicate_of"] in (0, 1) and d.number in (0, 1) for d in raced)  # the queued pair
+    assert "moving on" in outputs[0][0] + outputs[1][0]
 
 
 def _journal(path):

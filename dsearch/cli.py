@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .checks import check_int
-from .errors import DsearchError, Terminated, on_sigterm_raise, terminated
+from .errors import Deadline, DsearchError, Terminated, TimedOut, on_sigterm_raise, terminated
 from .model.archspec import ArchSpec
 from .model.presets import PRESETS
 from .paths import file_part, write_atomic
@@ -101,6 +101,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .analysis.finals import FinalsConfig, check_finals
     from .analysis.finals_workers import auto_final_jobs, run_finals_parallel
     from .analysis.verdict import verdict_lines
+    from .checks import check_number
     from .paths import default_storage
     from .search.config import SearchConfig
     from .search.workers import run_parallel
@@ -122,6 +123,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if finals is not None:
         check_finals(finals)  # before anything is written
         check_int(final_jobs, "--final-jobs", 1)
+    deadline = None
+    if args.timeout is not None:  # the whole command's limit, counted from here: the search and the finals
+        check_number(args.timeout, "--timeout", low=0, low_open=True)
+        deadline = Deadline.after(args.timeout)
     if args.quiet:
         log, bars, steps = (lambda _msg: None), None, None
     else:
@@ -137,7 +142,7 @@ def cmd_run(args: argparse.Namespace) -> int:
               "every finished training is kept)")
     else:
         summary = run_parallel(cfg, args.study_name, args.storage, n_trials=args.n_trials, jobs=args.jobs,
-                               timeout=args.timeout, log=log, progress_factory=bars, trial_progress=steps,
+                               deadline=deadline, log=log, progress_factory=bars, trial_progress=steps,
                                allow_changed_settings=args.allow_changed_settings, quiet=args.quiet)
         print_summary(summary, args.study_name, cfg)
         if summary.interrupted:
@@ -154,13 +159,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         study, url = summary.study, summary.storage_url
     if finals is None:
         return 0
+    if deadline is not None and deadline.passed():  # the user's limit: no hours of full-schedule training after it
+        print(f"finals: not started: {deadline.what} has passed. They start after a search that ends within the "
+              "time limit: run again with a longer --timeout (or none) to go on searching and then run them")
+        return 0
     try:
         verdict = run_finals_parallel(study, url, finals, jobs=final_jobs, seed=args.seed, log=log, progress=steps,
-                                      quiet=args.quiet)
+                                      quiet=args.quiet, deadline=deadline)
     except KeyboardInterrupt:
         print("interrupted during the finals: every finished training is kept; run the same command again to "
               "resume them", file=sys.stderr)
         return 130
+    except TimedOut as err:
+        print(f"finals: {err}; every finished training is kept: run the same command again to resume them")
+        return 0
     print("\n".join(verdict_lines(verdict)))
     where = "" if url == default_storage(args.study_name) else f" --storage {url}"
     print(f"  export the pick with its fully trained weights: dsearch export {args.study_name}{where} --trial best")
@@ -196,6 +208,11 @@ def print_summary(summary, study_name: str, cfg) -> None:
           f"(rejected, invalid, duplicate) took {summary.untrained_s:.1f} s ({share:.1%})")
     if summary.exhausted:
         print(f"done: {summary.exhausted}")
+    if summary.timed_out:
+        cut = (f"; stopped in training and kept as failed (not counted as trained): {', '.join(summary.cut)}"
+               if summary.cut else "")
+        print(f"time limit: {summary.timed_out} passed after {summary.trained} of {summary.asked} architectures were "
+              f"trained{cut}")
     frame = trials_frame(summary.study)
     chance = chance_line(frame)
     if chance:
@@ -665,7 +682,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--jobs", type=int, default=1,
                    help="workers training at once on this machine, sharing the study and --n-trials, each with "
                         "cores/N CPU threads (on a CPU, 2 or more train more architectures per minute)")
-    g.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds (default: none)")
+    g.add_argument("--timeout", type=float,
+                   help="the command's time limit in seconds, from its start: the trial in training then is stopped "
+                        "(kept as failed) and the finals do not start after it (default: none)")
     g.add_argument("--study-name", default="default", help="the study to create or resume")
     g.add_argument("--storage", help="Optuna storage URL (sqlite:///..., postgresql://...) or journal file path "
                                      "(default: sqlite:///studies/<study-name>/study.db)")

@@ -1,9 +1,12 @@
-"""The error type the CLI turns into one clear line and a non-zero exit, and SIGTERM as an interrupt."""
+"""The error type the CLI turns into one clear line and a non-zero exit, SIGTERM as an interrupt, and a run's
+time limit (`--timeout`) as a deadline that stops the training in progress."""
 
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -100,3 +103,33 @@ def deferred_interrupts() -> Iterator[None]:
             signal.signal(s, signal.SIG_DFL if handler is None else handler)
         _seen.clear()
     check_interrupted()
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """The moment a command must stop working (`time.time()` seconds: one clock for every worker process of a
+    machine) and what set it, as the user wrote it ("--timeout 5 s")."""
+
+    at: float
+    what: str
+
+    @classmethod
+    def after(cls, seconds: float, flag: str = "--timeout") -> "Deadline":
+        return cls(time.time() + seconds, f"{flag} {seconds:g} s")
+
+    def passed(self) -> bool:
+        return time.time() >= self.at
+
+    def left(self) -> float:
+        """Seconds left (0 once passed)."""
+        return max(0.0, self.at - time.time())
+
+    def check(self, doing: str) -> None:
+        """Raise TimedOut saying what it stopped (`doing`: "before training", "after 3 of 10 epochs") once passed."""
+        if self.passed():
+            raise TimedOut(f"stopped by {self.what} {doing}")
+
+
+class TimedOut(Exception):
+    """The command's time limit passed: the work in progress stopped (a search trial is kept as failed with this
+    reason, a finals training is not kept and resumes on the next run). Not a DsearchError: nothing was wrong."""

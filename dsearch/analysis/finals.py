@@ -32,7 +32,7 @@ from optuna.trial import TrialState
 
 from ..checks import is_int
 from ..data import load_dataset
-from ..errors import DsearchError, check_interrupted, deferred_interrupts
+from ..errors import Deadline, DsearchError, check_interrupted, deferred_interrupts
 from ..model.archspec import ArchSpec
 from ..search.claims import Claim, claim_is_live
 from ..search.record import made_by
@@ -88,10 +88,12 @@ def check_finals(cfg: FinalsConfig) -> None:
         raise DsearchError(f"--final-epochs must be a whole number >= 1, got {cfg.epochs!r}")
 
 
-def wait_for_search(study: optuna.Study, log: Log) -> None:
+def wait_for_search(study: optuna.Study, log: Log, deadline: Deadline | None = None) -> None:
     """Wait while other workers still train search trials: the finals rank every trial of the study."""
     said = False
     while True:
+        if deadline is not None:
+            deadline.check("while the finals waited for the search")
         with warnings.catch_warnings():  # Optuna calls it experimental; dsearch's search relies on it already
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)  # a dead worker's trial, after its missed heartbeats
@@ -173,8 +175,9 @@ class _Trainer:
     """Trains one candidate at one seed for a rung, keeping the result on the study (and splitting work by claims)."""
 
     def __init__(self, study: optuna.Study, url: str, data: Any, device: torch.device, proxy: ProxyConfig,
-                 full: ProxyConfig, log: Log, progress: Callable[[int, int], None] | None, lane: int = 0) -> None:
-        self.study, self.url, self.log, self.progress = study, url, log, progress
+                 full: ProxyConfig, log: Log, progress: Callable[[int, int], None] | None,
+                 deadline: Deadline | None = None, lane: int = 0) -> None:
+        self.study, self.url, self.log, self.progress, self.deadline = study, url, log, progress, deadline
         self.proxy, self.full = proxy, full
         self.proxy_data = DeviceData(data, device, proxy.train_subset, proxy.train_resolution)
         self.full_data = DeviceData(data, device, None, proxy.train_resolution)
@@ -198,6 +201,8 @@ class _Trainer:
                     waiting_said = True
                 time.sleep(min(POLL_S, heartbeat_seconds()))
                 check_interrupted()
+                if self.deadline is not None:
+                    self.deadline.check(f"while the finals waited for rung {rung} trainings in another worker")
                 continue
             candidate, seed = free[-1 - (self.lane - 1) % len(free)] if self.lane else free[0]
             key = keys[(candidate.target, seed)]
@@ -231,7 +236,7 @@ class _Trainer:
                                   "cpu_threads": torch.get_num_threads(), "made": made_by()}
         start = time.perf_counter()
         try:
-            result = train_proxy(candidate.spec, data, cfg, progress=on_step)
+            result = train_proxy(candidate.spec, data, cfg, progress=on_step, deadline=self.deadline)
             check_finite_state(result.state)
         except (TrainingDiverged, DsearchError) as err:
             return plain({**record, "status": "failed", "reason": str(err), "val_acc": None, "test_acc": None,
@@ -252,14 +257,18 @@ def _score(records: list[dict[str, Any]]) -> float | None:
 
 @deferred_interrupts()  # Ctrl-C and SIGTERM stop it between storage writes, never inside one
 def run_finals(study: optuna.Study, url: str, cfg: FinalsConfig = FinalsConfig(), *, seed: int | None = None,
-               log: Log = print, progress: Callable[[int, int], None] | None = None, lane: int = 0) -> dict[str, Any]:
+               log: Log = print, progress: Callable[[int, int], None] | None = None,
+               deadline: Deadline | None = None, lane: int = 0) -> dict[str, Any]:
     """Run (or resume) the finals of a searched study and store its verdict; returns the verdict.
 
-    `lane`: this worker's index among workers started together on the finals (see `run_finals_parallel`)."""
+    At `deadline` (the command's time limit) the training in progress stops, is not kept, and TimedOut is
+    raised: the finals are left as after Ctrl-C, and the next run resumes them. `lane`: this worker's index among
+    workers started together on the finals (see `run_finals_parallel`).
+    """
     check_finals(cfg)
     search = study_search_config(study)
     seed = search.seed if seed is None else seed
-    wait_for_search(study, log)
+    wait_for_search(study, log, deadline)
     frame = trials_frame(study)  # read once: the search has finished
     plan = plan_finals(study, frame, cfg, seed)
     stored = {k: v for k, v in (plan.get("config") or {}).items() if k != "device"}
@@ -275,7 +284,7 @@ def run_finals(study: optuna.Study, url: str, cfg: FinalsConfig = FinalsConfig()
     full_cfg = FullTrainConfig().proxy
     full = replace(full_proxy(full_cfg if cfg.epochs is None else replace(full_cfg, epochs=cfg.epochs)),
                    train_resolution=proxy.train_resolution)
-    trainer = _Trainer(study, url, data, device, proxy, full, log, progress, lane)
+    trainer = _Trainer(study, url, data, device, proxy, full, log, progress, deadline, lane)
 
     trials = _candidates(study, frame, list(plan["trials"]))
     baselines = _baseline_candidates(study, search.space, data.in_channels, data.num_classes) if cfg.baselines else []

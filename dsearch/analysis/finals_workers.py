@@ -19,7 +19,7 @@ import optuna
 import torch
 
 from ..checks import check_int
-from ..errors import DsearchError, on_sigterm_raise
+from ..errors import Deadline, DsearchError, TimedOut, on_sigterm_raise
 from ..search.storage import open_study
 from ..search.workers import threads_per_worker
 from .finals import FinalsConfig, run_finals
@@ -41,16 +41,16 @@ class _Report:
     interrupted: bool = False
 
 
-def _worker_main(study_name: str, url: str, cfg: FinalsConfig, seed: int | None, threads: int, lane: int,
-                 quiet: bool, conn: Connection) -> None:
+def _worker_main(study_name: str, url: str, cfg: FinalsConfig, seed: int | None, deadline: Deadline | None,
+                 threads: int, lane: int, quiet: bool, conn: Connection) -> None:
     on_sigterm_raise()  # the main process stops its workers with SIGTERM: a running training is dropped, kept ones stay
     torch.set_num_threads(threads)
     log: Log = (lambda _msg: None) if quiet else (lambda msg: print(f"[finals worker {lane}] {msg}", flush=True))
     report = _Report()
     try:
         study, _ = open_study(study_name, url)
-        run_finals(study, url, cfg, seed=seed, log=log, lane=lane)
-    except DsearchError as err:
+        run_finals(study, url, cfg, seed=seed, log=log, deadline=deadline, lane=lane)
+    except (DsearchError, TimedOut) as err:
         report = _Report(error=str(err))
     except KeyboardInterrupt:
         report = _Report(interrupted=True)
@@ -63,14 +63,14 @@ def _worker_main(study_name: str, url: str, cfg: FinalsConfig, seed: int | None,
 
 def run_finals_parallel(study: optuna.Study, url: str, cfg: FinalsConfig, *, jobs: int = 1,
                         seed: int | None = None, log: Log = print, progress: Callable[[int, int], None] | None = None,
-                        quiet: bool = False) -> dict[str, Any]:
+                        quiet: bool = False, deadline: Deadline | None = None) -> dict[str, Any]:
     """`run_finals` with `jobs` workers sharing the trainings (this process is one); the verdict.
 
     A worker that fails or dies costs time, never a result: its claimed training lapses and another worker takes it.
     """
     check_int(jobs, "--final-jobs", 1)
     if jobs == 1:
-        return run_finals(study, url, cfg, seed=seed, log=log, progress=progress)
+        return run_finals(study, url, cfg, seed=seed, log=log, progress=progress, deadline=deadline)
     threads = threads_per_worker(jobs)
     context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads
     children: list[tuple[Any, Connection]] = []
@@ -79,13 +79,13 @@ def run_finals_parallel(study: optuna.Study, url: str, cfg: FinalsConfig, *, job
         for lane in range(1, jobs):
             receive, send = context.Pipe(duplex=False)
             process = context.Process(target=_worker_main, name=f"dsearch-finals-{lane}",
-                                      args=(study.study_name, url, cfg, seed, threads, lane, quiet, send))
+                                      args=(study.study_name, url, cfg, seed, deadline, threads, lane, quiet, send))
             process.start()
             send.close()
             children.append((process, receive))
         log(f"finals: {jobs} workers with {threads} CPU thread(s) each share the trainings")
         torch.set_num_threads(threads)
-        verdict = run_finals(study, url, cfg, seed=seed, log=log, progress=progress)
+        verdict = run_finals(study, url, cfg, seed=seed, log=log, progress=progress, deadline=deadline)
         for process, conn in children:  # they finish the same verdict: wait, and say if one could not
             report = _receive(conn)
             process.join()

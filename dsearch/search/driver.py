@@ -6,9 +6,11 @@ values are positive, so the sampler learns from it (`trial.set_constraint`), and
 (dsearch.search.budget: the closest architecture within the budget by a documented rule) is enqueued
 as the next trial, so every sample leads to a trainable candidate. An architecture already
 trained in the study is not trained again: the repeat is recorded as a duplicate with the
-original's result. A run that cannot find anything new to train stops and says why. Several
-`dsearch run` processes on one storage cooperate on one study; RDB storages (SQLite by default,
-PostgreSQL/MySQL for many machines) carry heartbeats, so a killed worker's trial is marked failed.
+original's result, and one that another worker is training is not trained a second time (dsearch.search.claims).
+A run that cannot find anything new to train stops and says why. Several `dsearch run` processes on one storage
+cooperate on one study; RDB storages (SQLite by default, PostgreSQL/MySQL for many machines) carry heartbeats, so
+a killed worker's trial is marked failed. A time limit (`deadline`) ends the run: no trial starts after it, and
+the trial in training when it passes is stopped and kept as failed with the reason.
 
 The pieces live beside this loop: `config` (the settings and their checks), `storage`, `objective`
 (one trial), `trials` (reading a study's trials back), `workers` (several processes of this loop).
@@ -18,8 +20,8 @@ from __future__ import annotations
 import hashlib
 import random
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import optuna
@@ -27,14 +29,15 @@ from optuna.trial import TrialState
 
 from ..checks import check_int, check_number
 from ..data import Dataset, data_facts, load_dataset, small_split_note
-from ..errors import DsearchError, check_interrupted, deferred_interrupts
+from ..errors import Deadline, DsearchError, check_interrupted, deferred_interrupts
 from ..model.archspec import ArchSpecError
 from ..paths import default_storage
 from ..training.failures import failure_reason, optuna_log_level, recording_failures
 from ..training.proxy import DeviceData, select_device
 from .budget import build, feasible_count, feasible_params, random_recorder, repair
+from .claims import ArchClaims
 from .config import PRUNER_FACTORIES, SAMPLER_FACTORIES, SearchConfig, check_budget_reachable, check_config, check_fits
-from .objective import Objective
+from .objective import TIMED_OUT, Objective
 from .record import arch_key, name_metrics
 from .resume import bind, check_resume
 from .spaces import Space, load_space, sample
@@ -62,10 +65,13 @@ class SearchSummary:
     untrained_s: float = 0.0  # this run's time in trials that trained nothing (rejected, invalid, duplicate)
     stopped: str | None = None  # why the run stopped before training what was asked, when it could not go on
     exhausted: str | None = None  # set when every architecture within the budget has been trained
+    timed_out: str | None = None  # the time limit that ended the run before it trained what was asked ("--timeout 5 s")
+    cut: list[str] = field(default_factory=list)  # the trials it stopped in training: "trial 3 (stopped by ...)"
 
     def shortfall(self) -> str | None:
-        """Why this run trained fewer architectures than asked, when trials failed; None otherwise."""
-        if self.interrupted or self.trained >= self.asked or not self.failed:
+        """Why this run trained fewer architectures than asked, when trials failed; None otherwise (also when the
+        time limit ended it: then fewer is what was asked for)."""
+        if self.interrupted or self.timed_out or self.trained >= self.asked or not self.failed:
             return None
         return (f"{self.trained} of {self.asked} architectures trained: {self.failed} trial(s) failed "
                 f"(last: {self.last_failure})")
@@ -114,8 +120,11 @@ def run_search(cfg: SearchConfig, study_name: str, storage_url: str | None = Non
                trial_progress: Callable[[int, int], None] | None = None,
                allow_changed_settings: bool = False, worker: int | None = None,
                on_study: Callable[[optuna.Study, int], None] | None = None,
-               shared_from: int | None = None) -> SearchSummary:
-    """Run (or resume) a search until this worker has trained `n_trials` architectures or `timeout` passes.
+               shared_from: int | None = None, deadline: Deadline | None = None) -> SearchSummary:
+    """Run (or resume) a search until this worker has trained `n_trials` architectures or its time is up.
+
+    The time limit is `deadline` (a moment; what `dsearch run` passes, counted from its start), else `timeout`
+    seconds from now: no trial starts after it, and the trial in training then is stopped and kept as failed.
 
     Every input is checked before anything is written, so bad input creates no study. A resume with
     other settings is refused unless `allow_changed_settings` (then the change is recorded on the study).
@@ -131,6 +140,7 @@ def run_search(cfg: SearchConfig, study_name: str, storage_url: str | None = Non
     check_int(n_trials, "--n-trials", 1)
     if timeout is not None:
         check_number(timeout, "--timeout", low=0, low_open=True)
+        deadline = deadline or Deadline.after(timeout)
     storage_url = storage_url or default_storage(study_name)
     space = load_space(cfg.space)
     data = load_dataset(cfg.dataset, cfg.data_dir, seed=cfg.seed)
@@ -153,12 +163,15 @@ def run_search(cfg: SearchConfig, study_name: str, storage_url: str | None = Non
     if "dsearch_data" not in study.user_attrs:
         study.set_user_attr("dsearch_data", data_facts(data))
     device_data = DeviceData(data, device, cfg.proxy.train_subset, cfg.proxy.train_resolution)
-    objective = Objective(cfg, space, data, device_data, log, trial_progress, artifact_dir(study, storage_url), worker)
+    claims = ArchClaims(study, lambda params: params_key(space, data, cfg, params))
+    objective = Objective(cfg, space, data, device_data, log, trial_progress, artifact_dir(study, storage_url), worker,
+                          claims, deadline)
     target, exhausted = _target(study, space, data, cfg, n_trials, log)
     bar = progress_factory(target) if progress_factory and target else None
     trained = 0
     failures_in_a_row = 0
     failed: list[str] = []  # this run's failure reasons
+    cut: list[str] = []  # the trials the time limit stopped in training
     stale = 0  # trials in a row that trained nothing new
     stopped: str | None = None
     first = len(study.get_trials(deepcopy=False))  # this run's trials come after
@@ -183,6 +196,11 @@ def run_search(cfg: SearchConfig, study_name: str, storage_url: str | None = Non
         check_interrupted()  # Optuna has written this trial's state: now an interrupt can stop the run
         if shared_from is not None and shared_done(shared_from):  # this one's trial included
             study.stop()
+        if trial.state == TrialState.FAIL and trial.user_attrs.get(TIMED_OUT):  # the user's limit, not a failure
+            cut.append(f"trial {trial.number} ({failure_reason(trial)})")
+            log(f"trial {trial.number}: {failure_reason(trial)}; kept as failed (not trained)")
+            study.stop()
+            return
         if trial.state == TrialState.FAIL:
             failures_in_a_row += 1
             reason = failure_reason(trial)
@@ -204,11 +222,12 @@ def run_search(cfg: SearchConfig, study_name: str, storage_url: str | None = Non
             return
         stale += 1
         if stale >= STALE_AFTER and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-            params = fresh_candidate(study, space, data, cfg, rng)
+            held = claims.held_keys(study)  # what other workers are training is not new either
+            params = fresh_candidate(study, space, data, cfg, rng, held)
             if params is None:
                 count = feasible_count(space, cfg.budget, data.in_channels, data.num_classes)
-                if count is not None and count <= len(trained_keys(study)):
-                    exhausted = all_trained(count)
+                if count is not None and count <= len(trained_keys(study) | held):
+                    exhausted = all_trained(count, bool(held - trained_keys(study)))
                 else:
                     stopped = (f"the sampler proposed nothing new in {stale} trials and {FRESH_ATTEMPTS} random "
                                "samples found no untrained architecture within the budget")
@@ -221,10 +240,12 @@ def run_search(cfg: SearchConfig, study_name: str, storage_url: str | None = Non
 
     start = time.perf_counter()
     interrupted = False
-    if target and not exhausted and not (shared_from is not None and shared_done(shared_from)):  # a late worker
+    if target and not exhausted and not (shared_from is not None and shared_done(shared_from)) \
+            and not (deadline is not None and deadline.passed()):  # a late worker; a limit spent on loading
         try:
             with deferred_interrupts():
-                study.optimize(recording_failures(objective), n_trials=1000 + 100 * target, timeout=timeout,
+                study.optimize(recording_failures(objective), n_trials=1000 + 100 * target,
+                               timeout=None if deadline is None else deadline.left(),
                                callbacks=[after_trial], catch=(Exception,), gc_after_trial=False,
                                show_progress_bar=False)
         except KeyboardInterrupt:
@@ -235,15 +256,20 @@ def run_search(cfg: SearchConfig, study_name: str, storage_url: str | None = Non
     wall = time.perf_counter() - start
     this_run = study.get_trials(deepcopy=False)[first:]
     # A shared run's workers stop as the others take the last trials: the run as a whole is judged by its caller.
-    if not interrupted and not stopped and not exhausted and trained < target and timeout is None \
+    if not interrupted and not stopped and not exhausted and trained < target and deadline is None \
             and shared_from is None:
         stopped = f"sampled {len(this_run)} trials without training {target} architectures"
     if target < n_trials and run_done() >= target and not exhausted:
         exhausted = all_trained(len(trained_keys(study)))
+    timed_out = None
+    if deadline is not None and (cut or (deadline.passed() and not interrupted and not stopped and not exhausted
+                                         and run_done() < target)):
+        timed_out = deadline.what
     return SearchSummary(study=study, storage_url=storage_url, resolution=cfg.resolution or space.resolution,
                          counts=trial_counts(study), wall_s=wall, interrupted=interrupted, asked=target,
                          trained=trained, failed=len(failed), last_failure=failed[-1] if failed else None,
-                         untrained_s=untrained_seconds(this_run), stopped=stopped, exhausted=exhausted)
+                         untrained_s=untrained_seconds(this_run), stopped=stopped, exhausted=exhausted,
+                         timed_out=timed_out, cut=cut)
 
 
 def _target(study: optuna.Study, space: Space, data: Dataset, cfg: SearchConfig, n_trials: int,
@@ -262,14 +288,25 @@ def _target(study: optuna.Study, space: Space, data: Dataset, cfg: SearchConfig,
     return n_trials, None
 
 
-def all_trained(count: int) -> str:
+def all_trained(count: int, some_in_training: bool = False) -> str:
+    if some_in_training:
+        return f"all {count} architectures of the space within the budget are trained or being trained by other workers"
     return f"all {count} architectures of the space within the budget are trained"
 
 
+def params_key(space: Space, data: Dataset, cfg: SearchConfig, params: Mapping[str, Any]) -> str | None:
+    """The architecture key of a full set of the space's parameters; None when they are partial or invalid."""
+    try:
+        return arch_key(build(space, params, data.in_channels, data.num_classes, cfg.resolution)[0])
+    except (KeyError, ArchSpecError, DsearchError):
+        return None
+
+
 def fresh_candidate(study: optuna.Study, space: Space, data: Dataset, cfg: SearchConfig,
-                    rng: random.Random) -> dict[str, Any] | None:
-    """The parameters of a random architecture within the budget (repaired) that the study has not trained."""
-    known = trained_keys(study)
+                    rng: random.Random, held: set[str] | None = None) -> dict[str, Any] | None:
+    """The parameters of a random architecture within the budget (repaired) that the study has not trained and
+    that no running trial (`held`: their keys) is training."""
+    known = trained_keys(study) | (held or set())
     feasible = feasible_params(space, cfg.budget, data.in_channels, data.num_classes)
     if feasible is not None:  # a small space: pick straight from the architectures that fit
         untried = [p for p in feasible if arch_key(build(space, p, data.in_channels, data.num_classes,

@@ -1,10 +1,14 @@
 """The Optuna objective: one sampled architecture, its cost and budget check, then proxy training.
 
 An architecture over budget is recorded as rejected and its repair enqueued; one the study has trained
-already is recorded as a duplicate with the original's result (see dsearch.search.driver).
+already is recorded as a duplicate with the original's result (see dsearch.search.driver), and one that another
+trial holds (dsearch.search.claims: a worker is training it, or a lower-numbered trial sampled it at the same
+moment) is recorded as a duplicate of that trial, not trained. A trial still training when the command's time
+limit passes is stopped and kept as failed, with the reason.
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,17 +19,20 @@ from optuna.trial import TrialState
 from ..cost.count import spec_cost
 from ..cost.latency import measure_latency
 from ..data import Dataset
+from ..errors import Deadline, TimedOut
 from ..model.archspec import ArchSpecError
 from ..training import native
 from ..training.failures import check_finite_state
 from ..training.proxy import DeviceData, TrainingDiverged, chance_note, train_proxy
 from ..version import __version__
 from .budget import repair
+from .claims import CLAIM_AT, ArchClaims, ClaimRefresher
 from .config import SearchConfig
-from .record import arch_attrs, arch_key, set_constraints, trial_arch_key
+from .record import arch_attrs, arch_key, set_constraints
 from .spaces import Space, sample
-from .trials import trained_trials
 from .weights import save_trial_weights
+
+TIMED_OUT = "timed_out"  # trial user attr: True on a trial the command's time limit stopped
 
 
 class Objective:
@@ -33,9 +40,12 @@ class Objective:
 
     def __init__(self, cfg: SearchConfig, space: Space, data: Dataset, device_data: DeviceData,
                  log: Callable[[str], None], progress: Callable[[int, int], None] | None = None,
-                 weights_dir: Path | None = None, worker: int | None = None) -> None:
+                 weights_dir: Path | None = None, worker: int | None = None, claims: ArchClaims | None = None,
+                 deadline: Deadline | None = None) -> None:
         self.cfg, self.space, self.data, self.device_data = cfg, space, data, device_data
         self.worker = worker  # which worker of a parallel run trains here (None: a standalone run)
+        self.claims = claims  # None: this worker alone decides (a study no other process works on, as in tests)
+        self.deadline = deadline
         self.weights_dir = weights_dir
         self.resolution = cfg.resolution or space.resolution
         self.train_resolution = device_data.size
@@ -50,7 +60,8 @@ class Objective:
             raise optuna.TrialPruned(f"invalid architecture: {err}") from None
         cost = spec_cost(spec)
         key = arch_key(spec)
-        for name, value in {**arch_attrs(spec), "arch_key": key}.items():
+        # Posting the key (with the claim's time) is this trial's claim on the architecture (dsearch.search.claims).
+        for name, value in {**arch_attrs(spec), "arch_key": key, CLAIM_AT: time.time()}.items():
             trial.set_user_attr(name, value)
         trial.set_user_attr("mflops", cost.mflops)
         trial.set_user_attr("mparams", cost.mparams)
@@ -73,7 +84,12 @@ class Objective:
             self.log(f"trial {trial.number}: rejected, {reason}; queued its repair "
                      f"({spec_cost(fixed).mflops:.1f} MFLOPs, {steps} change(s))")
             raise optuna.TrialPruned(reason)
-        original = self.trained_with(trial.study, key, trial.number)
+        try:
+            original = (self.claims or ArchClaims(trial.study)).claim(trial, key, self.deadline)
+        except TimedOut as err:
+            self._finish(trial, "failed", str(err))
+            trial.set_user_attr(TIMED_OUT, True)
+            raise
         if original is not None:
             return self._duplicate(trial, original)
         train_cost = spec_cost(spec, self.train_resolution)
@@ -90,8 +106,13 @@ class Objective:
         if self.cfg.measure_latency:
             trial.set_user_attr("latency_ms", round(measure_latency(spec, self.device_data.device), 3))
             trial.set_user_attr("latency_device", str(self.device_data.device))
-        trial.set_user_attr("status", "training")
         single = self.cfg.objective == "accuracy"
+        refresh = ClaimRefresher(trial)
+
+        def on_step(step: int, total: int) -> None:
+            refresh()
+            if self.progress is not None:
+                self.progress(step, total)
 
         def on_epoch(epoch: int, acc: float) -> None:
             trial.set_user_attr("history", trial.user_attrs.get("history", []) + [acc])
@@ -115,10 +136,14 @@ class Objective:
                     raise optuna.TrialPruned()
 
         try:
-            result = train_proxy(spec, self.device_data, self.cfg.proxy, on_epoch, self.progress)
+            result = train_proxy(spec, self.device_data, self.cfg.proxy, on_epoch, on_step, self.deadline)
             check_finite_state(result.state)  # a finite loss can hide inf batch-norm statistics
         except TrainingDiverged as err:  # a failure, not a trained trial (run_search logs it)
             self._finish(trial, "failed", f"training diverged: {err}")
+            raise
+        except TimedOut as err:  # cut short: its per-epoch history stays; its unfinished schedule is no result
+            self._finish(trial, "failed", str(err))
+            trial.set_user_attr(TIMED_OUT, True)
             raise
         for key, value in (("val_acc", result.val_acc), ("test_acc", result.test_acc),
                            ("train_time_s", round(result.train_time_s, 2)), ("device", result.device),
@@ -140,13 +165,16 @@ class Objective:
                  f"{result.train_time_s:.0f} s, {spec.summary()}")
         return result.val_acc if single else (result.val_acc, cost.mflops)
 
-    def trained_with(self, study: optuna.Study, key: str, exclude: int) -> optuna.trial.FrozenTrial | None:
-        """The earliest finished trial of `study` that trained the architecture `key`, if any."""
-        return next((t for t in trained_trials(study) if t.number != exclude and trial_arch_key(t) == key), None)
-
     def _duplicate(self, trial: optuna.Trial, original: optuna.trial.FrozenTrial) -> float | tuple[float, float]:
-        """Record a repeat of an architecture the study already trained, with the original's result."""
+        """Record a repeat of an architecture another trial holds: with the original's result once it has one."""
         trial.set_user_attr("duplicate_of", original.number)
+        if original.state in (TrialState.RUNNING, TrialState.WAITING):
+            doing = ("is being trained (or sampled it first)" if original.state == TrialState.RUNNING
+                     else "is queued to be trained")
+            reason = f"same architecture as trial {original.number}, which {doing}; not trained here"
+            self._finish(trial, "duplicate", reason)
+            self.log(f"trial {trial.number}: duplicate of trial {original.number}, which {doing}; moving on")
+            raise optuna.TrialPruned(reason)
         reason = f"same architecture as trial {original.number}, which holds its result; not trained again"
         self._finish(trial, "duplicate", reason)
         self.log(f"trial {trial.number}: duplicate of trial {original.number}, not trained again")

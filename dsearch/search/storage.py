@@ -75,6 +75,19 @@ def _check_storage_file(path: Path, url: str) -> None:
         raise DsearchError(f"cannot make the folder of storage {url}: {err.strerror or err}") from None
 
 
+def has_heartbeats(study: optuna.Study) -> bool:
+    """Whether the study's storage beats heartbeats (RDB storages), so that a dead worker's trial is marked failed."""
+    interval = getattr(getattr(study, "_storage", None), "get_heartbeat_interval", None)  # Optuna's BaseHeartbeat
+    return interval is not None and interval() is not None
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Mark failed the running trials whose worker missed GRACE_HEARTBEATS heartbeats (a no-op without heartbeats)."""
+    with warnings.catch_warnings():  # Optuna calls it experimental; dsearch's search relies on it already
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
 def storage_url_of(study: optuna.Study) -> str:
     """The URL (RDB) or file path (journal) of an open study's storage, as `open_storage` takes it."""
     storage = getattr(study, "_storage", None)

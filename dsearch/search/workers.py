@@ -13,15 +13,15 @@ from __future__ import annotations
 import multiprocessing
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from multiprocessing.connection import Connection
 from typing import Any
 
 import optuna
 import torch
 
-from ..checks import check_int
-from ..errors import DsearchError, on_sigterm_raise
+from ..checks import check_int, check_number
+from ..errors import Deadline, DsearchError, on_sigterm_raise
 from .config import SearchConfig
 from .driver import SearchSummary, run_search
 from .storage import storage_url_of
@@ -40,6 +40,8 @@ class WorkerResult:
     stopped: str | None = None
     exhausted: str | None = None
     error: str | None = None  # the worker could not run at all
+    timed_out: str | None = None
+    cut: list[str] = field(default_factory=list)
 
 
 def threads_per_worker(jobs: int, cores: int | None = None) -> int:
@@ -54,15 +56,19 @@ def _prefixed(worker: int, quiet: bool) -> Callable[[str], None]:
 
 
 def _worker_main(cfg: SearchConfig, study_name: str, storage_url: str, n_trials: int, shared_from: int,
-                 timeout: float | None, threads: int, worker: int, quiet: bool, conn: Connection) -> None:
+                 deadline: Deadline | None, threads: int, worker: int, quiet: bool, conn: Connection) -> None:
     """A spawned worker: the same search loop as the first, with its own seed offset, reporting back on `conn`."""
     on_sigterm_raise()  # the main process stops its workers with SIGTERM: each marks its running trial failed
     torch.set_num_threads(threads)
     try:
-        summary = run_search(cfg, study_name, storage_url, n_trials=n_trials, timeout=timeout,
-                             log=_prefixed(worker, quiet), worker=worker, shared_from=shared_from)
-        result = WorkerResult(worker, summary.trained, summary.failed, summary.last_failure,
-                              summary.interrupted, summary.stopped, summary.exhausted)
+        if deadline is not None and deadline.passed():  # started too late (spawning takes seconds): nothing to do
+            result = WorkerResult(worker, timed_out=deadline.what)
+        else:
+            summary = run_search(cfg, study_name, storage_url, n_trials=n_trials, log=_prefixed(worker, quiet),
+                                 worker=worker, shared_from=shared_from, deadline=deadline)
+            result = WorkerResult(worker, summary.trained, summary.failed, summary.last_failure,
+                                  summary.interrupted, summary.stopped, summary.exhausted,
+                                  timed_out=summary.timed_out, cut=summary.cut)
     except DsearchError as err:
         result = WorkerResult(worker, error=str(err))
     except KeyboardInterrupt:  # interrupted before its loop started: nothing of its own to keep
@@ -78,8 +84,11 @@ def run_parallel(cfg: SearchConfig, study_name: str, storage_url: str | None = N
                  jobs: int = 1, timeout: float | None = None, log: Callable[[str], None] = print,
                  progress_factory: Callable[[int], Any] | None = None,
                  trial_progress: Callable[[int, int], None] | None = None,
-                 allow_changed_settings: bool = False, quiet: bool = False) -> SearchSummary:
+                 allow_changed_settings: bool = False, quiet: bool = False,
+                 deadline: Deadline | None = None) -> SearchSummary:
     """Train `n_trials` architectures with `jobs` workers at once (this process is worker 0); one summary for all.
+
+    The time limit, `deadline` or else `timeout` seconds from now, is one moment for every worker.
 
     With jobs 1 this is exactly `run_search`. The workers share n_trials: each starts another trial while
     the run's trained and running trials are fewer, so none idles while another has a queue. A worker that
@@ -87,10 +96,13 @@ def run_parallel(cfg: SearchConfig, study_name: str, storage_url: str | None = N
     """
     check_int(jobs, "--jobs", 1)
     check_int(n_trials, "--n-trials", 1)
+    if timeout is not None:
+        check_number(timeout, "--timeout", low=0, low_open=True)
+        deadline = deadline or Deadline.after(timeout)
     if jobs == 1:
-        return run_search(cfg, study_name, storage_url, n_trials=n_trials, timeout=timeout, log=log,
+        return run_search(cfg, study_name, storage_url, n_trials=n_trials, log=log,
                           progress_factory=progress_factory, trial_progress=trial_progress,
-                          allow_changed_settings=allow_changed_settings)
+                          allow_changed_settings=allow_changed_settings, deadline=deadline)
     workers = min(jobs, n_trials)
     threads = threads_per_worker(workers)
     context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads
@@ -103,7 +115,7 @@ def run_parallel(cfg: SearchConfig, study_name: str, storage_url: str | None = N
         for worker in range(1, workers):
             receive, send = context.Pipe(duplex=False)
             process = context.Process(target=_worker_main, name=f"dsearch-worker-{worker}", args=(
-                cfg, study_name, url, n_trials, first_trial[0], timeout, threads, worker, quiet, send))
+                cfg, study_name, url, n_trials, first_trial[0], deadline, threads, worker, quiet, send))
             process.start()
             send.close()
             children.append((worker, process, receive))
@@ -113,10 +125,10 @@ def run_parallel(cfg: SearchConfig, study_name: str, storage_url: str | None = N
     torch.set_num_threads(threads)
     start = time.perf_counter()
     try:  # this process is worker 0; its run begins where start_others counted
-        main = run_search(cfg, study_name, storage_url, n_trials=n_trials, timeout=timeout, log=log,
+        main = run_search(cfg, study_name, storage_url, n_trials=n_trials, log=log,
                           progress_factory=progress_factory, trial_progress=trial_progress,
                           allow_changed_settings=allow_changed_settings, worker=0, on_study=start_others,
-                          shared_from=-1)
+                          shared_from=-1, deadline=deadline)
         if main.interrupted:  # Ctrl-C or SIGTERM stopped this worker's loop: stop the others the same way
             for _worker, process, _conn in children:
                 if process.is_alive():
@@ -134,7 +146,7 @@ def run_parallel(cfg: SearchConfig, study_name: str, storage_url: str | None = N
         raise
     finally:
         torch.set_num_threads(previous_threads)
-    return _merge(main, results, time.perf_counter() - start, first_trial[0], n_trials, timeout)
+    return _merge(main, results, time.perf_counter() - start, first_trial[0], n_trials, deadline)
 
 
 def _collect(worker: int, process: Any, conn: Connection) -> WorkerResult:
@@ -151,7 +163,7 @@ def _collect(worker: int, process: Any, conn: Connection) -> WorkerResult:
 
 
 def _merge(main: SearchSummary, results: list[WorkerResult], wall_s: float, first_trial: int, n_trials: int,
-           timeout: float | None) -> SearchSummary:
+           deadline: Deadline | None) -> SearchSummary:
     """One summary for the whole run: counts of every worker, the study's state after all of them."""
     trained = main.trained + sum(r.trained for r in results)
     interrupted = main.interrupted or any(r.interrupted for r in results)
@@ -159,10 +171,12 @@ def _merge(main: SearchSummary, results: list[WorkerResult], wall_s: float, firs
     reasons = [main.stopped, *(r.stopped for r in results), *(f"worker {r.worker}: {r.error}" for r in results
                                                               if r.error)]
     this_run = main.study.get_trials(deepcopy=False)[first_trial:]
-    if not any(reasons) and not interrupted and not exhausted and trained < n_trials and timeout is None:
+    if not any(reasons) and not interrupted and not exhausted and trained < n_trials and deadline is None:
         reasons.append(f"sampled {len(this_run)} trials without training {n_trials} architectures")
+    cut = [*main.cut, *(c for r in results for c in r.cut)]
+    timed_out = main.timed_out or next((r.timed_out for r in results if r.timed_out), None)
     last = next((r.last_failure for r in reversed(results) if r.last_failure), main.last_failure)
     return replace(main, counts=trial_counts(main.study), wall_s=wall_s, interrupted=interrupted, trained=trained,
                    failed=main.failed + sum(r.failed for r in results), last_failure=last,
                    untrained_s=untrained_seconds(this_run), stopped="; ".join(filter(None, reasons)) or None,
-                   exhausted=exhausted)
+                   exhausted=exhausted, timed_out=timed_out, cut=cut)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checks import check_int, check_number, check_resolution, check_seed
-from ..errors import DsearchError, Terminated, check_interrupted, terminated
+from ..errors import Deadline, DsearchError, Terminated, check_interrupted, terminated
 from ..model.archspec import ArchSpec
 from ..model.builder import build_model
 from ..model.ops import CONV_TYPES
@@ -316,11 +316,13 @@ def train_proxy(
     cfg: ProxyConfig = ProxyConfig(),
     on_epoch: Callable[[int, float], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    deadline: Deadline | None = None,
 ) -> TrainResult:
     """Train `spec` for cfg.epochs; `on_epoch(epoch, val_acc)` may raise to stop (e.g. Optuna pruning).
 
     `progress(step, total_steps)` is called after each step (for progress bars). Raises
-    TrainingDiverged on a NaN/inf loss.
+    TrainingDiverged on a NaN/inf loss, and TimedOut ("stopped by --timeout 5 s after 3 of 10 epochs") at the
+    first step after `deadline` (the command's time limit).
     """
     device = data.device
     if device.type == "cpu":
@@ -367,6 +369,8 @@ def train_proxy(
             if terminated():  # a SIGTERM whose first Terminated a library swallowed (e.g. in a gc callback)
                 raise Terminated()
             check_interrupted()  # a Ctrl-C or SIGTERM that arrived inside `deferred_interrupts`
+            if deadline is not None and deadline.passed():  # the user's limit holds inside one long training too
+                deadline.check(f"after {epoch} of {cfg.epochs} epochs")
             if progress is not None:
                 progress(step, total)
         if cfg.bn_recompute:

@@ -1,6 +1,7 @@
 import shutil
 import textwrap
 import threading
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -17,7 +18,7 @@ from dsearch.analysis.pareto import trials_frame
 from dsearch.analysis.promotion import promoted_count
 from dsearch.analysis.verdict import RECORD_PREFIX, study_verdict
 from dsearch.data import load_dataset
-from dsearch.errors import DsearchError
+from dsearch.errors import Deadline, DsearchError, TimedOut
 from dsearch.search.config import SearchConfig
 from dsearch.search.driver import run_search
 from dsearch.search.storage import open_study
@@ -122,6 +123,19 @@ def test_a_killed_finals_resumes_to_the_same_verdict_without_training_twice(stud
     strip = ("made", "plan")
     assert {k: v for k, v in resumed.items() if k not in strip} == {k: v for k, v in whole.items() if k not in strip}
     assert pending_finals(study2, study2.user_attrs["dsearch_config"]) is None
+
+
+@pytest.mark.slow
+def test_the_time_limit_stops_a_finals_training_and_leaves_the_finals_to_resume(study_dir):
+    study, url = _open(study_dir)
+    start = time.monotonic()
+    with pytest.raises(TimedOut, match=r"^stopped by --timeout 15 s after \d+ of 100000 epochs$"):
+        run_finals(study, url, replace(CFG, epochs=100000), log=QUIET, deadline=Deadline.after(15))
+    assert time.monotonic() - start < 15 + 10  # stopped at a training step, not after 100000 epochs
+    records = _records(study)
+    assert records and all(k.startswith(f"{RECORD_PREFIX}1.") for k in records)  # rung 1 kept; the cut one not
+    assert not any(k.startswith("dsearch_claim.") and v for k, v in study.user_attrs.items())  # its claim released
+    assert study_verdict(study) is None and pending_finals(study, study.user_attrs["dsearch_config"]) is not None
 
 
 @pytest.mark.slow

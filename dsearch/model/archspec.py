@@ -285,3 +285,17 @@ def iter_conv_units(spec: ArchSpec) -> Iterator[tuple[str, ConvSpec, int, int, i
             for unit, m, n, s in conv_units(st.block, m_in, st.out_channels, st.expansion, stride):
                 yield f"stages[{i}].blocks[{r}].{unit}", st.conv, m, n, st.kernel, s
         channels = st.out_channels
+
+
+def cumulative_strides(spec: ArchSpec) -> tuple[int, ...]:
+    """The distinct total strides of the network's feature maps, the input's (1) first, ascending.
+
+    Every layer keeps "same" padding with an odd kernel, so on an axis of H pixels the maps at total
+    stride S are ceil(H / S) pixels: 1 pixel exactly when H <= S.
+    """
+    strides, total = [1], 1
+    for stride in (spec.stem.stride, *(st.stride for st in spec.stages)):
+        total *= stride
+        if total != strides[-1]:
+            strides.append(total)
+    return tuple(strides)

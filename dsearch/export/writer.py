@@ -40,6 +40,7 @@ from ..model import layers
 from ..model.archspec import ArchSpec, cumulative_strides
 from ..model.blocks import BLOCKS
 from ..model.builder import build_model
+from ..model.heads import CLASSIFIERS
 from ..model.ops import CONV_TYPES
 from ..version import __version__
 
@@ -166,8 +167,9 @@ def build_function_source(spec: ArchSpec) -> tuple[str, list[str]]:
         f"def build_model(num_classes: int = {n}, weights: str | None = None) -> nn.Module:",
         '    """The exported architecture, freshly initialised; `weights` (e.g. "weights.pt") loads the trained one.',
         "",
-        f"    A num_classes other than {n} (the classes it was trained for) replaces the final linear layer by a new,",
-        '    freshly initialised one (after loading `weights`), ready for fine-tuning on another label set.',
+        f"    A num_classes other than {n} (the classes it was trained for) replaces the classifier (the last",
+        '    layer) by a new, freshly initialised one (after loading `weights`), ready for fine-tuning on another',
+        '    label set.',
         '    """',
         "    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:",
         '        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")',
@@ -188,15 +190,19 @@ def build_function_source(spec: ArchSpec) -> tuple[str, list[str]]:
         lines.append(f"                   conv={conv},")
         lines.append(f"                   {extra}),")
         channels = st.out_channels
+    classifier = CLASSIFIERS[spec.head.classifier].standalone  # empty: torch's nn.Linear
+    if classifier:
+        used.add(_identifier(classifier))
     lines += [
         "    )",
         f"    head = classifier_head({literal(channels)}, {literal(spec.head.channels)}, "
-        f"{literal(spec.head.activation)}, {literal(spec.head.dropout)}, {n})",
+        f"{literal(spec.head.activation)}, {literal(spec.head.dropout)}, {n}"
+        + (f", {classifier})" if classifier else ")"),
         "    net = Net(stem, stages, head)",
         "    if weights is not None:",
         '        net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))',
         f"    if num_classes != {n}:",
-        "        net.head[-1] = nn.Linear(net.head[-1].in_features, num_classes)",
+        f"        net.head[-1] = {classifier or 'nn.Linear'}(net.head[-1].in_features, num_classes)",
         "        init_weights(net.head[-1])",
         "    return net",
     ]

@@ -34,7 +34,8 @@ COSTS = {
 
 def arch_columns(spec: ArchSpec) -> dict[str, Any]:
     """The architecture as readable flat columns: per stage block/conv/kernel/width/depth/expansion, conv shares."""
-    row: dict[str, Any] = {"stem.width": spec.stem.out_channels, "head.width": spec.head.channels}
+    row: dict[str, Any] = {"stem.width": spec.stem.out_channels, "head.width": spec.head.channels,
+                           "head.classifier": spec.head.classifier}
     for i, st in enumerate(spec.stages, start=1):
         row.update({f"stage{i}.block": st.block, f"stage{i}.conv": st.conv.kind, f"stage{i}.kernel": st.kernel,
                     f"stage{i}.width": st.out_channels, f"stage{i}.depth": st.repeats,

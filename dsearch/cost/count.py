@@ -33,6 +33,7 @@ from ..errors import DsearchError
 from ..model.archspec import ArchSpec, ConvSpec, StageSpec, StemSpec, stage_blocks
 from ..model.blocks import BLOCKS, Counts, conv_bn_cost
 from ..model.builder import build_model
+from ..model.heads import CLASSIFIERS, DEFAULT_CLASSIFIER
 from ..model.ops import CONV_TYPES, FVCORE_HANDLES
 from ..model.ops.registry import out_size
 
@@ -163,8 +164,9 @@ def stage_counts(st: StageSpec, in_channels: int, size: int) -> tuple[int, int, 
 
 
 def net_counts(in_channels: int, num_classes: int, stem: StemSpec, stages: Sequence[StageSpec], head_channels: int,
-               size: int, stage: StageCounts = stage_counts) -> Counts | None:
-    """(MACs, params) of stem -> stages -> head at size x size; None where `stage` finds a stage invalid."""
+               size: int, stage: StageCounts = stage_counts, classifier: str = DEFAULT_CLASSIFIER) -> Counts | None:
+    """(MACs, params) of stem -> stages -> head at size x size; None where `stage` finds a stage invalid or the
+    classifier kind cannot map the head's channels to `num_classes`."""
     macs, params = conv_bn_cost(in_channels, stem.out_channels, stem.kernel, stem.stride, size)
     size, channels = out_size(size, stem.kernel, stem.stride), stem.out_channels
     for st in stages:
@@ -175,8 +177,11 @@ def net_counts(in_channels: int, num_classes: int, stem: StemSpec, stages: Seque
     if head_channels:
         m, p = conv_bn_cost(channels, head_channels, 1, 1, size)
         macs, params, channels = macs + m, params + p, head_channels
-    macs += channels * size * size + channels * num_classes  # average pool, then the linear layer
-    return macs, params + channels * num_classes + num_classes
+    kind = CLASSIFIERS[classifier]
+    if kind.check(channels, num_classes) is not None:
+        return None
+    macs += channels * size * size + kind.macs(channels, num_classes)  # average pool, then the classifier
+    return macs, params + kind.params(channels, num_classes)
 
 
 @functools.lru_cache(maxsize=65536)
@@ -185,10 +190,12 @@ def spec_cost(spec: ArchSpec, resolution: int | None = None) -> Cost:
 
     Equal to `fvcore_spec_cost` (tested); fvcore's rules followed here: a conv costs output positions x
     out channels x in channels per group x k^2, an eval-mode affine batch-norm 2 per element, adaptive
-    average pooling 1 per input element, a linear layer in x out (bias free); activations, additions,
-    flatten and dropout nothing. Params count every weight, bias and batch-norm affine parameter.
+    average pooling 1 per input element, a linear layer in x out (bias free), the channel-wise classifier's
+    Conv1d n d (dsearch.model.heads); activations, additions, flatten and dropout nothing. Params count every
+    weight, bias and batch-norm affine parameter.
     """
     size = resolution or spec.resolution
-    counts = net_counts(spec.in_channels, spec.num_classes, spec.stem, spec.stages, spec.head.channels, size)
-    assert counts is not None  # stage_counts never refuses a stage
+    counts = net_counts(spec.in_channels, spec.num_classes, spec.stem, spec.stages, spec.head.channels, size,
+                        classifier=spec.head.classifier)
+    assert counts is not None  # stage_counts never refuses a stage, and a valid ArchSpec's classifier fits
     return Cost(macs=counts[0], params=counts[1], resolution=(size, size))

@@ -37,9 +37,10 @@ from ..checks import is_positive_int
 from ..cost.count import spec_cost
 from ..errors import DsearchError
 from ..model import layers
-from ..model.archspec import ArchSpec
+from ..model.archspec import ArchSpec, cumulative_strides
 from ..model.blocks import BLOCKS
 from ..model.builder import build_model
+from ..model.heads import CLASSIFIERS
 from ..model.ops import CONV_TYPES
 from ..version import __version__
 
@@ -166,8 +167,9 @@ def build_function_source(spec: ArchSpec) -> tuple[str, list[str]]:
         f"def build_model(num_classes: int = {n}, weights: str | None = None) -> nn.Module:",
         '    """The exported architecture, freshly initialised; `weights` (e.g. "weights.pt") loads the trained one.',
         "",
-        f"    A num_classes other than {n} (the classes it was trained for) replaces the final linear layer by a new,",
-        '    freshly initialised one (after loading `weights`), ready for fine-tuning on another label set.',
+        f"    A num_classes other than {n} (the classes it was trained for) replaces the classifier (the last",
+        '    layer) by a new, freshly initialised one (after loading `weights`), ready for fine-tuning on another',
+        '    label set.',
         '    """',
         "    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:",
         '        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")',
@@ -188,15 +190,19 @@ def build_function_source(spec: ArchSpec) -> tuple[str, list[str]]:
         lines.append(f"                   conv={conv},")
         lines.append(f"                   {extra}),")
         channels = st.out_channels
+    classifier = CLASSIFIERS[spec.head.classifier].standalone  # empty: torch's nn.Linear
+    if classifier:
+        used.add(_identifier(classifier))
     lines += [
         "    )",
         f"    head = classifier_head({literal(channels)}, {literal(spec.head.channels)}, "
-        f"{literal(spec.head.activation)}, {literal(spec.head.dropout)}, {n})",
+        f"{literal(spec.head.activation)}, {literal(spec.head.dropout)}, {n}"
+        + (f", {classifier})" if classifier else ")"),
         "    net = Net(stem, stages, head)",
         "    if weights is not None:",
         '        net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))',
         f"    if num_classes != {n}:",
-        "        net.head[-1] = nn.Linear(net.head[-1].in_features, num_classes)",
+        f"        net.head[-1] = {classifier or 'nn.Linear'}(net.head[-1].in_features, num_classes)",
         "        init_weights(net.head[-1])",
         "    return net",
     ]
@@ -323,9 +329,9 @@ FILE_ROLES = {
     "arch.json": "the same architecture as a dsearch ArchSpec (`dsearch cost arch.json`, `dsearch train arch.json`)",
     "weights.pt": "the trained state_dict (`torch.load(..., weights_only=True)`)",
     "model.ts": "scripted TorchScript (`torch.jit.load`)",
-    "model.onnx": "ONNX, any batch and image size; its metadata_props hold `dsearch.resolution`, "
-                  "`dsearch.train_resolution` and the other facts as JSON",
-    "model.pt2": "a torch.export program, any batch and image size (`torch.export.load`)",
+    "model.onnx": "ONNX, any batch size and {sizes} (exported and checked over that range); its metadata_props "
+                  "hold `dsearch.resolution`, `dsearch.train_resolution` and the other facts as JSON",
+    "model.pt2": "a torch.export program (`torch.export.load`): any batch size and {sizes}; it refuses other sizes",
     "README.md": "this file",
 }
 
@@ -370,7 +376,8 @@ def readme_text(spec: ArchSpec, info: dict[str, Any], trained: bool, files: list
               *([f"Normalising, then resizing to {size}x{size} (bilinear) as above is how dsearch fed the data while "
                  "training these weights and measuring their test accuracy.", ""] if trained else []),
               "## Files", ""]
-    lines += [f"- `{name}`: {FILE_ROLES[name]}" for name in files if name in FILE_ROLES]
+    sizes = export_sizes(spec, size).describe()
+    lines += [f"- `{name}`: {FILE_ROLES[name].format(sizes=sizes)}" for name in files if name in FILE_ROLES]
     return "\n".join(lines) + "\n"
 
 
@@ -439,7 +446,9 @@ def export_spec(spec: ArchSpec, out_dir: Path, state: dict[str, torch.Tensor] | 
             torch.save(state, staging / "weights.pt")
         else:
             notes.append("no trained weights: weights.pt not written (model.py builds the untrained network)")
-        example = torch.zeros(1, spec.in_channels, spec.resolution, spec.resolution)
+        # Traced where the weights are fed: the ONNX and .pt2 programs take the sizes around it (export_sizes).
+        size = feed_size(spec, info)
+        example = torch.zeros(1, spec.in_channels, size, size)
         if torchscript:
             with warnings.catch_warnings():  # torch.jit is deprecated upstream but still what TorchScript users load
                 warnings.simplefilter("ignore", FutureWarning)
@@ -449,9 +458,10 @@ def export_spec(spec: ArchSpec, out_dir: Path, state: dict[str, torch.Tensor] | 
         if onnx:
             facts = {"in_channels": spec.in_channels, "num_classes": spec.num_classes, "resolution": spec.resolution,
                      "mflops": round(spec_cost(spec).mflops, 4), **info}
-            notes.append(_export_onnx(standalone.eval(), example, staging / "model.onnx", facts))
+            notes.append(_export_onnx(standalone.eval(), example, staging / "model.onnx", facts,
+                                      export_sizes(spec, size)))
         if torch_export:
-            notes.append(_export_pt2(standalone.eval(), example, staging / "model.pt2"))
+            notes.append(_export_pt2(standalone.eval(), example, staging / "model.pt2", export_sizes(spec, size)))
         written = sorted(p.name for p in staging.iterdir() if p.is_file())
         (staging / "README.md").write_text(readme_text(spec, info, trained, [*written, "README.md"], warning))
         files = tuple(sorted(p.name for p in staging.iterdir() if p.is_file()))
@@ -465,19 +475,57 @@ def export_spec(spec: ArchSpec, out_dir: Path, state: dict[str, torch.Tensor] | 
     return ExportResult(out_dir=out_dir, files=files, max_abs_diff=diff, notes=tuple(notes), warning=warning)
 
 
-def _dynamic_shapes() -> tuple[dict[int, Any]]:
-    """Batch, height and width free: weights trained at the data's size run at any size."""
-    return ({0: torch.export.Dim("batch", min=1), 2: torch.export.Dim("height", min=8),
-             3: torch.export.Dim("width", min=8)},)
+@dataclass(frozen=True)
+class SizeRange:
+    """The image sizes (pixels, each of height and width) an exported program takes: lo..hi, hi None: no limit."""
+
+    lo: int
+    hi: int | None
+
+    def __contains__(self, size: object) -> bool:
+        return isinstance(size, int) and self.lo <= size and (self.hi is None or size <= self.hi)
+
+    def describe(self) -> str:
+        if self.hi is None:
+            return f"height and width each {self.lo} or more"
+        if self.lo == self.hi:
+            return f"height and width {self.lo} only"
+        return f"height and width each from {self.lo} to {self.hi}"
 
 
-def _check_input(example: torch.Tensor) -> torch.Tensor:
-    """Another batch and image size than the traced example, so that both axes are checked to be free."""
-    return torch.randn(3, example.shape[1], example.shape[2] // 2 + 3, example.shape[3] // 2 + 3,
-                       generator=torch.Generator().manual_seed(0))
+def export_sizes(spec: ArchSpec, size: int) -> SizeRange:
+    """The input sizes the ONNX and .pt2 programs traced at `size` x `size` take, per axis.
+
+    torch.export (which the ONNX exporter runs too) specialises every feature map that is 1 pixel on an axis,
+    since broadcasting (a residual addition) asks whether a size is 1, and fails to export a dynamic range in
+    which some map is 1 pixel at one end and more at the other. A map at total stride S is ceil(H / S) pixels
+    (cumulative_strides), 1 exactly when H <= S; so the program covers the sizes between the two total strides
+    around `size`, S_j < H <= S_j+1: above the net's total stride S that is every H > S (e.g. 33 and more for
+    stride 32), below it a bounded range (17..32 for a 28-pixel input at stride 32).
+    """
+    strides = cumulative_strides(spec)
+    lo = max((s + 1 for s in strides if s < size), default=1)
+    return SizeRange(lo, min((s for s in strides if s >= size), default=None))
 
 
-def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, facts: dict[str, Any]) -> str:
+def _dynamic_shapes(sizes: SizeRange) -> tuple[dict[int, Any]]:
+    """Batch free; height and width each free in `sizes` (fixed where it holds one size)."""
+    shapes: dict[int, Any] = {0: torch.export.Dim("batch", min=1)}
+    if sizes.hi != sizes.lo:
+        bounds = {"min": sizes.lo} if sizes.hi is None else {"min": sizes.lo, "max": sizes.hi}
+        shapes[2], shapes[3] = torch.export.Dim("height", **bounds), torch.export.Dim("width", **bounds)
+    return (shapes,)
+
+
+def _check_input(example: torch.Tensor, sizes: SizeRange) -> torch.Tensor:
+    """Another batch and image size than the traced example (within `sizes`), so that the axes are checked free."""
+    size = example.shape[2]
+    others = [h for h in (sizes.lo, size // 2 + 3, size + 5, sizes.hi or size) if h in sizes and h != size]
+    height, width = (others[0], others[-1]) if others else (size, size)
+    return torch.randn(3, example.shape[1], height, width, generator=torch.Generator().manual_seed(0))
+
+
+def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, facts: dict[str, Any], sizes: SizeRange) -> str:
     """model.onnx in one file with dsearch's facts as metadata; checked against torch with onnxruntime if installed."""
     import onnx
 
@@ -485,7 +533,7 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, facts: dic
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter prints and warns about its progress
         torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["logits"],
-                          dynamic_shapes=_dynamic_shapes(), external_data=False)
+                          dynamic_shapes=_dynamic_shapes(sizes), external_data=False)
     proto = onnx.load(str(path))
     for key in ONNX_METADATA:
         if facts.get(key) is not None or (key in ALWAYS_IN_METADATA and key in facts):
@@ -493,32 +541,33 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, facts: dic
             entry.key, entry.value = f"dsearch.{key}", json.dumps(facts[key])
     onnx.save(proto, str(path))
     if importlib.util.find_spec("onnxruntime") is None:
-        return "model.onnx written; install onnxruntime to have its outputs checked"
+        return f"model.onnx written ({sizes.describe()}); install onnxruntime to have its outputs checked"
     import onnxruntime
 
-    x = _check_input(example)
+    x = _check_input(example, sizes)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (logits,) = session.run(None, {"input": x.numpy()})
     with torch.no_grad():
         diff = float((torch.from_numpy(logits) - model(x)).abs().max())
     if not diff <= 1e-3:
         raise DsearchError(f"ONNX self-check failed: onnxruntime differs from torch by {diff:.3g}")
-    return f"model.onnx checked with onnxruntime: max |diff| {diff:.2g} against torch"
+    return f"model.onnx checked with onnxruntime: max |diff| {diff:.2g} against torch ({sizes.describe()})"
 
 
-def _export_pt2(model: nn.Module, example: torch.Tensor, path: Path) -> str:
-    """model.pt2 (torch.export, any batch and image size), loaded back and checked against the module."""
+def _export_pt2(model: nn.Module, example: torch.Tensor, path: Path, sizes: SizeRange) -> str:
+    """model.pt2 (torch.export, any batch, image sizes in `sizes`), loaded back and checked against the module."""
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         # A batch of 2: torch.export specialises a size-1 dimension, which would fix the batch at 1.
-        program = torch.export.export(model, (example.repeat(2, 1, 1, 1),), dynamic_shapes=_dynamic_shapes())
+        program = torch.export.export(model, (example.repeat(2, 1, 1, 1),), dynamic_shapes=_dynamic_shapes(sizes))
     torch.export.save(program, str(path))
-    x = _check_input(example)
+    x = _check_input(example, sizes)
     with torch.no_grad():
         diff = float((torch.export.load(str(path)).module()(x) - model(x)).abs().max())
     if not diff <= 1e-4:
         raise DsearchError(f"torch.export self-check failed: model.pt2 differs from torch by {diff:.3g}")
-    return f"model.pt2 loaded back with torch.export.load: max |diff| {diff:.2g} against the module"
+    return (f"model.pt2 loaded back with torch.export.load: max |diff| {diff:.2g} against the module; it takes any "
+            f"batch size and {sizes.describe()}")
 
 
 def _require(module: str, message: str) -> None:

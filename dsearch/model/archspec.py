@@ -8,7 +8,9 @@ JSON so that any trial can be rebuilt exactly. Schema (version 1):
       stages: StageSpec(block, out_channels, repeats, stride, kernel, expansion, conv,
                         activation, residual)                            `repeats` blocks, the first strided
       conv:   ConvSpec(kind, knobs)                                      the block's spatial conv unit
-      head:   HeadSpec(channels, activation, dropout)                    [1x1 conv] -> avg pool -> linear
+      head:   HeadSpec(channels, activation, dropout, classifier)        [1x1 conv] -> avg pool -> classifier
+                                                                         (dense linear, or ChannelNets'
+                                                                         channel-wise one: dsearch.model.heads)
 
 `resolution` is the deployment input size, where budgets are counted (docs/concepts.md, "The two
 resolutions"); training may run at another size.
@@ -25,6 +27,7 @@ from typing import Any
 from ..checks import is_int, is_positive_int
 from ..errors import DsearchError
 from .blocks import BLOCKS, conv_units
+from .heads import DEFAULT_CLASSIFIER, classifier_problem
 from .ops import ConvConfigError, check_conv, resolve_knobs
 from .ops.activations import check_activation
 from .ops.registry import conv_type, out_size, stored_knobs
@@ -98,11 +101,17 @@ class StageSpec:
     residual: bool = True
 
 
+# A field left out of the JSON while at its default, so that specs written before it existed keep their exact JSON
+# and fingerprint (arch key), and read back the same.
+IMPLICIT = {"implicit": True}
+
+
 @dataclass(frozen=True)
 class HeadSpec:
     channels: int = 0  # 1x1 conv width before pooling; 0 = none
     activation: str = "relu"
     dropout: float = 0.0
+    classifier: str = field(default=DEFAULT_CLASSIFIER, metadata=IMPLICIT)  # dsearch.model.heads.CLASSIFIERS
 
 
 @dataclass(frozen=True)
@@ -157,7 +166,14 @@ class ArchSpec:
             parts.append(f"{block} {kind}{extra} k{st.kernel}{exp}")
         if self.head.channels:
             parts.append(f"h{self.head.channels}")
+        if self.head.classifier != DEFAULT_CLASSIFIER:
+            parts.append(f"{self.head.classifier} classifier")
         return " | ".join(parts)
+
+    @property
+    def features(self) -> int:
+        """The channels the classifier reads: the head's 1x1 conv width, else the last stage's."""
+        return self.head.channels or self.stages[-1].out_channels
 
 
 def _knob_summary(conv: ConvSpec) -> str:
@@ -172,7 +188,8 @@ def _to_plain(obj: Any) -> Any:
     if isinstance(obj, ConvSpec):
         return obj.to_dict()
     if dataclasses.is_dataclass(obj):
-        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not (f.metadata.get("implicit") and getattr(obj, f.name) == f.default)}
     if isinstance(obj, tuple):
         return [_to_plain(v) for v in obj]
     return obj
@@ -249,6 +266,8 @@ def _validate(spec: ArchSpec) -> None:
     _check_activation(spec.head.activation, "head.activation")
     _require(isinstance(spec.head.dropout, (int, float)) and 0 <= spec.head.dropout < 1, "head.dropout",
              "must be in [0, 1)")
+    problem = classifier_problem(spec.head.classifier, spec.features, spec.num_classes)
+    _require(problem is None, "head.classifier", str(problem))
     for path, conv, m, n, k, s in iter_conv_units(spec):
         try:
             check_conv(conv.kind, m, n, k, s, conv.knob_dict)
@@ -285,3 +304,17 @@ def iter_conv_units(spec: ArchSpec) -> Iterator[tuple[str, ConvSpec, int, int, i
             for unit, m, n, s in conv_units(st.block, m_in, st.out_channels, st.expansion, stride):
                 yield f"stages[{i}].blocks[{r}].{unit}", st.conv, m, n, st.kernel, s
         channels = st.out_channels
+
+
+def cumulative_strides(spec: ArchSpec) -> tuple[int, ...]:
+    """The distinct total strides of the network's feature maps, the input's (1) first, ascending.
+
+    Every layer keeps "same" padding with an odd kernel, so on an axis of H pixels the maps at total
+    stride S are ceil(H / S) pixels: 1 pixel exactly when H <= S.
+    """
+    strides, total = [1], 1
+    for stride in (spec.stem.stride, *(st.stride for st in spec.stages)):
+        total *= stride
+        if total != strides[-1]:
+            strides.append(total)
+    return tuple(strides)

@@ -9,6 +9,7 @@ from torch import nn
 from ..errors import DsearchError
 from .archspec import ArchSpec, ConvSpec
 from .blocks import BLOCKS
+from .heads import CLASSIFIERS
 from .layers import Net, classifier_head, conv_bn_act, make_stage
 from .ops import make_conv
 
@@ -35,5 +36,6 @@ def build_model(spec: ArchSpec) -> nn.Module:
         stages.append(make_stage(block.module, channels, st.out_channels, st.repeats, st.stride, kernel=st.kernel,
                                  conv=conv_factory(st.conv), **extra))
         channels = st.out_channels
-    head = classifier_head(channels, spec.head.channels, spec.head.activation, spec.head.dropout, spec.num_classes)
+    head = classifier_head(channels, spec.head.channels, spec.head.activation, spec.head.dropout, spec.num_classes,
+                           CLASSIFIERS[spec.head.classifier].module)
     return Net(stem, nn.Sequential(*stages), head)

@@ -431,9 +431,37 @@ def make_stage(block: Callable[..., nn.Module], in_channels: int, out_channels: 
     ))
 
 
-def classifier_head(in_channels: int, channels: int, activation: str, dropout: float,
-                    num_classes: int) -> nn.Sequential:
-    """[1x1 conv + BN + act to `channels` (0: none)] -> global average pool -> [dropout] -> linear."""
+class ChannelwiseClassifier(nn.Module):
+    """ChannelNets' convolutional classification layer on the pooled features: one 1-D filter of d = C - n + 1
+    weights slides along the C channels without padding and gives the n = num_classes logits,
+    logit[i] = sum_j weight[j] * x[i + j] (j < d): d weights and n d multiply-accumulates instead of a linear
+    layer's C n + n weights and C n MACs. No bias, as in the authors' code (a bias shared by every class would not
+    change the softmax). Takes (in_features, out_features) and keeps them as nn.Linear does.
+    """
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        if not 1 <= out_features <= in_features:
+            raise ValueError(f"a channel-wise classifier needs at least as many features as classes, got "
+                             f"{in_features} features for {out_features} classes")
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(in_features - out_features + 1))
+        nn.init.normal_(self.weight, 0, 0.01)  # the scheme init_weights gives a linear classifier
+
+    def forward(self, x: Tensor) -> Tensor:
+        # One input channel and one filter: a Conv1d over the channel axis, which fvcore counts as n d MACs.
+        return F.conv1d(x.unsqueeze(1), self.weight.view(1, 1, -1)).flatten(1)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, window={self.weight.shape[0]}"
+
+
+def classifier_head(in_channels: int, channels: int, activation: str, dropout: float, num_classes: int,
+                    classifier: Callable[[int, int], nn.Module] = nn.Linear) -> nn.Sequential:
+    """[1x1 conv + BN + act to `channels` (0: none)] -> global average pool -> [dropout] -> classifier.
+
+    `classifier(features, num_classes)`: nn.Linear (dense), or ChannelwiseClassifier (ChannelNets).
+    """
     layers: list[nn.Module] = []
     if channels:
         layers.append(conv_bn_act(in_channels, channels, 1, 1, activation))
@@ -441,7 +469,7 @@ def classifier_head(in_channels: int, channels: int, activation: str, dropout: f
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(1)]
     if dropout:
         layers.append(nn.Dropout(dropout))
-    layers.append(nn.Linear(in_channels, num_classes))
+    layers.append(classifier(in_channels, num_classes))
     return nn.Sequential(*layers)
 
 

@@ -3,13 +3,14 @@
 Everything here runs on the analytic cost model (dsearch.cost.spec_cost, well under a
 millisecond per architecture), so a search can afford to cost thousands of candidates.
 
-Repair rule (documented in README, "Search"): an over-budget architecture is changed one
-parameter at a time. Each step looks at every single change of one parameter to another of its
-choices (a block, a conv kind with its knobs, or a smaller width, depth, expansion, kernel,
-stem or head width) and measures the result against the budget as r = max(MFLOPs / MFLOPs budget, M params / params
-budget). If some change brings r <= 1, it takes the one of those with the highest r (the least
-shrinkage); otherwise it takes the change with the lowest r (the largest saving), and repeats.
-If no change lowers r, it falls back to the space's cheapest architecture, which is known to fit.
+Repair rule (documented in README, "Search"): an over-budget architecture is changed one parameter
+at a time. Each step looks at every single change of one parameter to another of its choices (a
+block, a conv kind with its knobs, the head's classifier kind, or a smaller width, depth, expansion,
+kernel, stem or head width) and measures the result against the budget as r = max(MFLOPs / MFLOPs
+budget, M params / params budget). If some change brings r <= 1, it takes the one of those with the
+highest r (the least shrinkage); otherwise it takes the change with the lowest r (the largest
+saving), and repeats. If no change lowers r, it falls back to the space's cheapest architecture,
+which is known to fit.
 """
 from __future__ import annotations
 
@@ -122,7 +123,8 @@ def params_counts(space: Space, params: Mapping[str, Any], in_channels: int, num
     stem = StemSpec(_value(params, "stem.width", space.stem_width), space.stem_kernel, space.stem_stride,
                     space.stem_activation)
     return net_counts(in_channels, num_classes, stem, stages, _value(params, "head.width", space.head_width),
-                      resolution or space.resolution, stage=_valid_stage_counts)
+                      resolution or space.resolution, stage=_valid_stage_counts,
+                      classifier=_value(params, "head.classifier", space.head_classifier))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -147,7 +149,8 @@ def single_changes(space: Space, params: Mapping[str, Any]) -> Iterator[Params]:
     A conv kind change brings its knobs; widths, depths, kernels and expansions only go down.
     """
     current = dict(params)
-    plain: list[tuple[str, Choices]] = [("stem.width", space.stem_width), ("head.width", space.head_width)]
+    plain: list[tuple[str, Choices]] = [("stem.width", space.stem_width), ("head.width", space.head_width),
+                                        ("head.classifier", space.head_classifier)]
     for i, st in enumerate(space.stages, start=1):
         p = f"stage{i}"
         plain += [(f"{p}.block", st.block), (f"{p}.width", st.width), (f"{p}.depth", st.depth),
@@ -166,7 +169,7 @@ def single_changes(space: Space, params: Mapping[str, Any]) -> Iterator[Params]:
         now = current.get(name)
         for _, c in _multi(name, choices):
             # Larger widths, depths, kernels and expansions never cost less: only smaller ones can repair.
-            if c != now and (name.endswith(".block") or c < now):
+            if c != now and (name.endswith((".block", ".classifier")) or c < now):
                 yield {**current, name: c}
 
 
@@ -196,8 +199,8 @@ def repair(space: Space, params: Mapping[str, Any], budget: Budget, in_channels:
             break
         ratio, params = lowest[0], build(space, lowest[1], in_channels, num_classes, budget.resolution)[1]
     if ratio > 1.0:
-        spec, params = build(space, extreme_params(space, budget.resolution), in_channels, num_classes,
-                             budget.resolution)
+        spec, params = build(space, extreme_params(space, budget.resolution, num_classes=num_classes), in_channels,
+                             num_classes, budget.resolution)
     return spec, params, steps
 
 
@@ -266,7 +269,8 @@ def all_params(space: Space) -> Iterator[Params]:
                     options.append({**conv, **dict(x for x in picks if x is not None)})
         per_stage.append(options)
     ends: list[list[tuple[str, Any] | None]] = [list(_multi("stem.width", space.stem_width)) or [None],
-                                                list(_multi("head.width", space.head_width)) or [None]]
+                                                list(_multi("head.width", space.head_width)) or [None],
+                                                list(_multi("head.classifier", space.head_classifier)) or [None]]
     for stages in itertools.product(*per_stage):
         for stem_head in itertools.product(*ends):
             params: Params = dict(x for x in stem_head if x is not None)

@@ -18,6 +18,7 @@ from typing import Any
 import optuna
 
 from ..errors import DsearchError
+from ..model.heads import DEFAULT_CLASSIFIER
 from .spaces import Space
 
 IDENTITY_ATTR = "dsearch_identity"
@@ -33,6 +34,8 @@ PER_WORKER = ("seed",)  # proxy settings each worker may choose for itself
 def space_digest(space: Space) -> str:
     """SHA-256 of the parsed space (not of its file, and not of where the file is)."""
     content = {k: v for k, v in asdict(space).items() if k != "path"}
+    if content["head_classifier"] == (DEFAULT_CLASSIFIER,):  # spaces from before the classifier keep their digest
+        del content["head_classifier"]
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
 
 

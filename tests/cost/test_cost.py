@@ -144,7 +144,7 @@ def _fvcore(spec, resolution):
 
 
 @pytest.mark.parametrize("space_name,resolutions", [("mobile", (224, 28, 37, 64)), ("residual", (32, 28, 17)),
-                                                    ("tiny", (32, 19))])
+                                                    ("tiny", (32, 19)), ("survey", (32, 45))])
 def test_analytic_cost_equals_fvcore_on_space_samples(space_name, resolutions, tiny_space):
     import optuna
 

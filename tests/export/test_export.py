@@ -1,5 +1,6 @@
 """Export: a standalone model.py that, without dsearch, gives the same outputs and fvcore MFLOPs; weights; train."""
 import ast
+import importlib.util
 import json
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from dsearch import ArchSpec, ConvSpec, StageSpec, StemSpec, build_model, preset
 from dsearch.errors import DsearchError
 from dsearch.export.writer import export_spec, import_model_file, literal, model_source
 from dsearch.model.archspec import HeadSpec
+from dsearch.model.ops import CONV_TYPES
 
 STDLIB_AND_TORCH = {"__future__", "math", "collections", "functools", "typing", "torch"}
 
@@ -324,6 +326,112 @@ def test_torch_export_program_loads_back(tmp_path):
     x = torch.randn(4, 1, 24, 24)  # another batch and size than the exported example
     with torch.no_grad():
         torch.testing.assert_close(program.module()(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+def one_pixel_maps(model: torch.nn.Module, channels: int, height: int) -> tuple[bool, ...]:
+    """Which of the input and the feature maps (every leaf module's output in the stem and the stages) are 1 pixel
+    tall at `height` rows: run it and look."""
+    flags = [height == 1]
+    body = [*model.stem.modules(), *model.stages.modules()]
+    hooks = [m.register_forward_hook(lambda _m, _i, out: flags.append(out.shape[2] == 1))
+             for m in body if not list(m.children())]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, channels, height, 5))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return tuple(flags)
+
+
+def stride_specs() -> dict[str, ArchSpec]:
+    """Total strides 4, 8, 16 and 32, with residual additions on the deepest maps (where the 1-pixel guard bites)."""
+    tiny_mnv2 = preset("mobilenet_v2", width=0.35, num_classes=10)
+    return {"resnet20 (4)": preset("resnet20", width=0.25), "separable-mixed (8)": separable_spec(),
+            "registry (16)": registry_spec(), "mobilenet_v2 (32)": tiny_mnv2,
+            "stem stride 1 (16)": tiny_mnv2.replace(stem=StemSpec(8, 3, 1, "relu6"))}
+
+
+@pytest.mark.parametrize("name", ["resnet20 (4)", "separable-mixed (8)", "registry (16)", "mobilenet_v2 (32)",
+                                  "stem stride 1 (16)"])
+def test_export_sizes_are_the_sizes_whose_one_pixel_maps_match(name):
+    from dsearch.export.writer import export_sizes
+
+    spec = stride_specs()[name]
+    model = build_model(spec).eval()
+    top = 70
+    status = {h: one_pixel_maps(model, spec.in_channels, h) for h in range(1, top + 1)}
+    assert not any(status[top]), "every map is more than 1 pixel at the largest size looked at"
+    for size in range(1, top + 1):
+        same = [h for h in status if status[h] == status[size]]
+        assert same == list(range(same[0], same[-1] + 1))  # one contiguous run of sizes
+        sizes = export_sizes(spec, size)
+        assert (sizes.lo, sizes.hi) == (same[0], None if same[-1] == top else same[-1]), size
+
+
+def registry_spec() -> ArchSpec:
+    """One stage per registered conv kind, total stride 16, the deeper stages residual at stride 1."""
+    kinds = list(CONV_TYPES)
+    strides = {1: 2, 3: 2, 5: 2}  # stage index -> stride (the stem adds the fourth 2)
+    stages = tuple(StageSpec("inverted_residual", 16 if i < 3 else 24 if i < 6 else 32, 1, strides.get(i, 1), 3,
+                             expansion=2.0, conv=ConvSpec.of(kind), activation="relu6")
+                   for i, kind in enumerate(kinds))
+    return ArchSpec(in_channels=3, num_classes=5, resolution=40, name="registry", stem=StemSpec(16, 3, 2, "relu6"),
+                    stages=stages, head=HeadSpec(0, "relu6", 0.0))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("feed,inside,outside", [
+    (40, [17, 29, 40, 61], [16, 8]),     # above the total stride 16: every size from 17 up
+    (12, [9, 12, 16], [8, 17, 40]),      # below it: 9..16, where the last maps are 1 pixel
+])
+def test_pt2_and_onnx_of_every_registered_conv_kind_round_trip(tmp_path, feed, inside, outside):
+    spec = registry_spec()
+    assert {st.conv.kind for st in spec.stages} == set(CONV_TYPES)
+    model = build_model(spec).eval()
+    state = randomized_state(model)
+    model.load_state_dict(state)
+    onnx = all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime"))
+    result = export_spec(spec, tmp_path, state, {"train_resolution": feed}, torch_export=True, onnx=onnx)
+    assert "model.pt2" in result.files
+    program = torch.export.load(str(tmp_path / "model.pt2")).module()
+    session = None
+    if onnx:
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    g = torch.Generator().manual_seed(5)
+    for i, h in enumerate(inside):
+        x = torch.randn(1 + i % 3, 3, h, inside[-1 - i], generator=g)  # non-square, batch 1 to 3
+        with torch.no_grad():
+            expected = model(x)
+            torch.testing.assert_close(program(x), expected, rtol=1e-4, atol=1e-4)
+        if session is not None:
+            (logits,) = session.run(None, {"input": x.numpy()})
+            torch.testing.assert_close(torch.from_numpy(logits), expected, rtol=1e-4, atol=1e-4)
+    for h in outside:  # sizes where other maps are 1 pixel: the program refuses them instead of guessing
+        with pytest.raises(Exception, match="height|width|size|shape|guard|constraint"), torch.no_grad():
+            program(torch.randn(2, 3, h, feed))
+    readme = (tmp_path / "README.md").read_text()
+    sizes = "each 17 or more" if feed == 40 else "each from 9 to 16"
+    assert f"`model.pt2`: a torch.export program (`torch.export.load`): any batch size and height and width {sizes}" \
+        in readme
+
+
+@pytest.mark.slow
+def test_torch_export_of_mobilenet_v2_total_stride_32(tmp_path):
+    """The reported bug: a MobileNetV2 (total stride 32) did not export to .pt2 at all."""
+    spec = preset("mobilenet_v2", width=0.35, num_classes=10).replace(resolution=64)
+    model = build_model(spec).eval()
+    state = randomized_state(model)
+    model.load_state_dict(state)
+    result = export_spec(spec, tmp_path, state, {"train_resolution": 64}, torch_export=True)
+    assert any("height and width each 33 or more" in n for n in result.notes), result.notes
+    program = torch.export.load(str(tmp_path / "model.pt2")).module()
+    for shape in [(1, 3, 33, 33), (3, 3, 64, 64), (2, 3, 47, 100)]:
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(6))
+        with torch.no_grad():
+            torch.testing.assert_close(program(x), model(x), rtol=1e-4, atol=1e-4)
 
 
 def test_cli_export_of_a_rejected_trial_says_so_and_writes_no_weights(searched_study, tmp_path):

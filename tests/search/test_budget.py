@@ -57,7 +57,7 @@ def test_params_counts_equal_spec_cost(name):
 
 @pytest.mark.parametrize("name,mflops,mparams", [
     ("mobile", 60, None), ("mobile", 80, None), ("mobile", 150, None), ("mobile", 150, 0.5),
-    ("residual", 5, None), ("residual", 40, 0.2),
+    ("residual", 5, None), ("residual", 40, 0.2), ("survey", 100, 1.0),
 ])
 def test_repair_lands_within_budget_on_choices_of_the_space(name, mflops, mparams):
     space, rng = load_space(name), random.Random(mflops)

@@ -20,6 +20,7 @@ from ...checks import is_int
 from ...errors import DsearchError
 from ...model.archspec import ArchSpec, ConvSpec, HeadSpec, StageSpec, StemSpec, stage_blocks
 from ...model.blocks import BLOCKS, conv_units
+from ...model.heads import CLASSIFIERS, DEFAULT_CLASSIFIER
 from ...model.ops import CONV_TYPES, ConvConfigError, conv_macs, resolve_knobs
 from ...model.ops.activations import check_activation
 from ...model.ops.registry import out_size
@@ -65,6 +66,7 @@ class Space:
     stages: tuple[StageSpace, ...]
     conv_knobs: tuple[tuple[str, tuple[tuple[str, Choices], ...]], ...]
     path: str = ""
+    head_classifier: Choices = (DEFAULT_CLASSIFIER,)  # dsearch.model.heads.CLASSIFIERS
 
     def knob_choices(self, kind: str) -> dict[str, Choices]:
         return dict(dict(self.conv_knobs).get(kind, ()))
@@ -100,7 +102,11 @@ def parse_space(data: Any, source: str = "<space>") -> Space:
     top = reader.mapping(data, "", {"name", "description", "resolution", "stem", "head", "stage_defaults",
                                     "stages", "conv_knobs"}, required={"name", "resolution", "stem", "stages"})
     stem = reader.mapping(top["stem"], "stem", {"width", "kernel", "stride", "activation"}, required={"width"})
-    head = reader.mapping(top.get("head", {}), "head", {"width", "activation", "dropout"})
+    head = reader.mapping(top.get("head", {}), "head", {"width", "activation", "dropout", "classifier"})
+    classifiers = reader.choices(head.get("classifier", DEFAULT_CLASSIFIER), "head.classifier")
+    for c in classifiers:
+        if c not in CLASSIFIERS:
+            reader.fail("head.classifier", f"unknown classifier {c!r}; valid: {', '.join(CLASSIFIERS)}")
     defaults = reader.mapping(top.get("stage_defaults", {}), "stage_defaults", STAGE_KEYS)
     stages_raw = top["stages"]
     if not isinstance(stages_raw, list) or not stages_raw:
@@ -132,6 +138,7 @@ def parse_space(data: Any, source: str = "<space>") -> Space:
         stages=stages,
         conv_knobs=tuple(conv_knobs),
         path=source,
+        head_classifier=classifiers,
     )
     return space
 
@@ -256,14 +263,15 @@ def sample(space: Space, trial: Suggester, in_channels: int, num_classes: int,
         stem=StemSpec(_pick(trial, "stem.width", space.stem_width), space.stem_kernel, space.stem_stride,
                       space.stem_activation),
         stages=tuple(stages),
-        head=HeadSpec(_pick(trial, "head.width", space.head_width), space.head_activation, space.head_dropout),
+        head=HeadSpec(_pick(trial, "head.width", space.head_width), space.head_activation, space.head_dropout,
+                      _pick(trial, "head.classifier", space.head_classifier)),
         name=space.name,
     )
 
 
 def space_size(space: Space) -> int:
     """Number of distinct architectures in the space."""
-    total = len(space.stem_width) * len(space.head_width)
+    total = len(space.stem_width) * len(space.head_width) * len(space.head_classifier)
     for st in space.stages:
         per_kind = sum(math.prod(len(c) for c in space.knob_choices(kind).values()) for kind in st.conv)
         total *= len(st.block) * len(st.width) * len(st.depth) * len(st.kernel) * len(st.expansion) * per_kind
@@ -297,15 +305,18 @@ def _stage_macs(block: str, kind: str, knobs: dict[str, Any], channels: int, siz
 def extreme_spec(space: Space, in_channels: int, num_classes: int, resolution: int | None = None,
                  cheapest: bool = True) -> ArchSpec:
     """The cheapest (or dearest) architecture of the space by MACs (see `extreme_params`)."""
-    return sample(space, _Fixed(extreme_params(space, resolution, cheapest)), in_channels, num_classes, resolution)
+    params = extreme_params(space, resolution, cheapest, num_classes=num_classes)
+    return sample(space, _Fixed(params), in_channels, num_classes, resolution)
 
 
-def extreme_params(space: Space, resolution: int | None = None, cheapest: bool = True) -> dict[str, Any]:
+def extreme_params(space: Space, resolution: int | None = None, cheapest: bool = True, *,
+                   num_classes: int) -> dict[str, Any]:
     """The parameter values of the cheapest (or dearest) architecture of the space by MACs.
 
     Widths, depths, expansions, kernels and head width are monotone in cost, so their extremes
     are taken directly; the block, conv kind and knobs of each stage are ranked by the analytic
-    MACs of the stage's conv units.
+    MACs of the stage's conv units, and the classifier kinds that fit by their MACs (the channel-wise
+    classifier never costs more than the dense one, in MACs or params).
     """
     pick = min if cheapest else max
     size = out_size(resolution or space.resolution, space.stem_kernel, space.stem_stride)
@@ -330,4 +341,9 @@ def extreme_params(space: Space, resolution: int | None = None, cheapest: bool =
         params.update({f"{p}.{kind}_{k}": v for k, v in knobs.items()})
         size = out_size(size, kernel, st.stride)
         channels = width
+    features = params["head.width"] or channels
+    fitting = [c for c in space.head_classifier if CLASSIFIERS[c].check(features, num_classes) is None]
+    # The dense classifier always fits; a space that offers only one that does not fails where it is sampled.
+    ranked = fitting or list(space.head_classifier)
+    params["head.classifier"] = pick(ranked, key=lambda c: CLASSIFIERS[c].macs(features, num_classes))
     return params

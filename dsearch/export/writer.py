@@ -41,6 +41,7 @@ from ..model.archspec import ArchSpec
 from ..model.blocks import BLOCKS
 from ..model.builder import build_model
 from ..model.ops import CONV_TYPES
+from ..paths import write_bytes_atomic
 from ..version import __version__
 
 ROOTS = ("Net", "make_stage", "classifier_head", "conv_bn_act")
@@ -436,7 +437,9 @@ def export_spec(spec: ArchSpec, out_dir: Path, state: dict[str, torch.Tensor] | 
             if not diff <= 1e-3:
                 raise DsearchError(f"export self-check failed: the standalone model differs by {diff:.3g}; "
                                    "please report this as a dsearch bug")
-            torch.save(state, staging / "weights.pt")
+            buffer = io.BytesIO()  # serialized in memory: torch.save into a file on a full disk may not raise
+            torch.save(state, buffer)
+            write_bytes_atomic(staging / "weights.pt", buffer.getvalue())
         else:
             notes.append("no trained weights: weights.pt not written (model.py builds the untrained network)")
         example = torch.zeros(1, spec.in_channels, spec.resolution, spec.resolution)

@@ -2,12 +2,16 @@
 
 On an RDB storage every worker beats a heartbeat, so the trial of a killed worker is marked failed after
 GRACE_HEARTBEATS missed beats. A local SQLite file runs in write-ahead-log mode.
+
+A storage whose disk is full is one line.
 """
 from __future__ import annotations
 
 import os
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +19,7 @@ import optuna
 import optuna.storages.journal  # a submodule: `import optuna` alone does not declare it
 import sqlalchemy
 
-from ..errors import DsearchError
+from ..errors import DsearchError, write_problem
 from ..paths import default_storage, local_storage_file
 
 HEARTBEAT_S = 20
@@ -34,6 +38,45 @@ def heartbeat_seconds() -> int:
     return int(text)
 
 
+class _RDBStorage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage, with a heartbeat that lets a storage that cannot write (a full disk) be reported once.
+
+    Optuna beats from a thread of its own: a failed beat there would print a thread's traceback beside the
+    command's own line. A missed beat is harmless (the trial's next write from the main thread meets the same
+    problem and ends the command in one line), so it is dropped.
+    """
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            super().record_heartbeat(trial_id)
+        except Exception as err:
+            if write_problem(err) is None:
+                raise
+
+
+def storage_write_error(url: str, problem: str) -> DsearchError:
+    """The one line for a storage whose disk refused a write ('no space left on device', 'read-only media', ...)."""
+    if problem == "read-only media":
+        return DsearchError(f"the storage {url} is on read-only media; copy the study or give --storage elsewhere")
+    return DsearchError(f"the storage {url} could not write: {problem}; free space or give --storage elsewhere")
+
+
+@contextmanager
+def storage_writes(url: str) -> Iterator[None]:
+    """Inside, an error of a storage whose disk refused a write becomes its one line, however deep Optuna raised
+    it (a failed commit inside Optuna's own trial bookkeeping ends as "AssertionError: Should not reach.", raised
+    while handling the storage's error)."""
+    try:
+        yield
+    except DsearchError:
+        raise
+    except Exception as err:
+        problem = write_problem(err)
+        if problem is None:
+            raise
+        raise storage_write_error(url, problem) from None
+
+
 def open_storage(url: str) -> optuna.storages.BaseStorage:
     """An Optuna storage for `url`: an RDB URL (sqlite/postgresql/mysql) with heartbeats, or a journal file path."""
     local = local_storage_file(url)
@@ -48,13 +91,15 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
                 with warnings.catch_warnings():
                     # Heartbeats are "experimental" in Optuna 5 but are what marks a killed worker's trial failed.
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
-                                                         heartbeat_interval=heartbeat,
-                                                         grace_period=GRACE_HEARTBEATS * heartbeat)
+                    storage = _RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat,
+                                          grace_period=GRACE_HEARTBEATS * heartbeat)
                 if url.startswith("sqlite:///"):
                     _sqlite_write_ahead_log(storage)
                 return storage
             except Exception as err:  # noqa: BLE001 - any driver/connection error becomes one line
+                problem = write_problem(err)
+                if problem is not None:  # a full disk stays full: no retry
+                    raise storage_write_error(url, problem) from None
                 if "import" in str(err).lower() or attempt == STORAGE_ATTEMPTS - 1:
                     raise DsearchError(f"cannot open storage {url!r}: {str(err).splitlines()[0]}") from None
                 time.sleep(0.5 + attempt)

@@ -24,6 +24,7 @@ from ..checks import check_int
 from ..errors import DsearchError, on_sigterm_raise
 from .config import SearchConfig
 from .driver import SearchSummary, run_search
+from .objective import warn_stderr
 from .storage import storage_url_of
 from .trials import trial_counts, untrained_seconds
 
@@ -60,7 +61,8 @@ def _worker_main(cfg: SearchConfig, study_name: str, storage_url: str, n_trials:
     torch.set_num_threads(threads)
     try:
         summary = run_search(cfg, study_name, storage_url, n_trials=n_trials, timeout=timeout,
-                             log=_prefixed(worker, quiet), worker=worker, shared_from=shared_from)
+                             log=_prefixed(worker, quiet), worker=worker, shared_from=shared_from,
+                             warn=lambda msg: warn_stderr(f"[worker {worker}] {msg}"))
         result = WorkerResult(worker, summary.trained, summary.failed, summary.last_failure,
                               summary.interrupted, summary.stopped, summary.exhausted)
     except DsearchError as err:
@@ -78,7 +80,8 @@ def run_parallel(cfg: SearchConfig, study_name: str, storage_url: str | None = N
                  jobs: int = 1, timeout: float | None = None, log: Callable[[str], None] = print,
                  progress_factory: Callable[[int], Any] | None = None,
                  trial_progress: Callable[[int, int], None] | None = None,
-                 allow_changed_settings: bool = False, quiet: bool = False) -> SearchSummary:
+                 allow_changed_settings: bool = False, quiet: bool = False,
+                 warn: Callable[[str], None] = warn_stderr) -> SearchSummary:
     """Train `n_trials` architectures with `jobs` workers at once (this process is worker 0); one summary for all.
 
     With jobs 1 this is exactly `run_search`. The workers share n_trials: each starts another trial while
@@ -90,7 +93,7 @@ def run_parallel(cfg: SearchConfig, study_name: str, storage_url: str | None = N
     if jobs == 1:
         return run_search(cfg, study_name, storage_url, n_trials=n_trials, timeout=timeout, log=log,
                           progress_factory=progress_factory, trial_progress=trial_progress,
-                          allow_changed_settings=allow_changed_settings)
+                          allow_changed_settings=allow_changed_settings, warn=warn)
     workers = min(jobs, n_trials)
     threads = threads_per_worker(workers)
     context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads
@@ -116,7 +119,7 @@ def run_parallel(cfg: SearchConfig, study_name: str, storage_url: str | None = N
         main = run_search(cfg, study_name, storage_url, n_trials=n_trials, timeout=timeout, log=log,
                           progress_factory=progress_factory, trial_progress=trial_progress,
                           allow_changed_settings=allow_changed_settings, worker=0, on_study=start_others,
-                          shared_from=-1)
+                          shared_from=-1, warn=warn)
         if main.interrupted:  # Ctrl-C or SIGTERM stopped this worker's loop: stop the others the same way
             for _worker, process, _conn in children:
                 if process.is_alive():

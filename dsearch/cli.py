@@ -172,7 +172,7 @@ def _pending_finals(name: str, storage: str | None, cfg) -> tuple[optuna.Study, 
     from .search.storage import open_study
 
     try:
-        study, url = open_study(name, storage)
+        study, url = open_study(name, storage, read_only=True)  # the search opens it for writing, and says so
     except DsearchError:
         return None  # no such study yet: the search makes it
     return (study, url) if pending_finals(study, asdict(cfg)) is not None else None
@@ -215,10 +215,11 @@ def print_summary(summary, study_name: str, cfg) -> None:
           f"dsearch export {study_name}{where} --trial best")
 
 
-def _open(name: str, storage: str | None):
+def _open(name: str, storage: str | None, read_only: bool = False):
+    """The study `name` in `storage`; `read_only` for commands that only read it (they work on read-only media)."""
     from .search.storage import open_study
 
-    return open_study(name, storage)
+    return open_study(name, storage, read_only=read_only)
 
 
 @command
@@ -237,7 +238,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     if args.parquet:
         _check_parquet()  # before anything is written
-    study, url = _open(args.study, args.storage)
+    study, url = _open(args.study, args.storage, read_only=True)
     frame = trials_frame(study)
     for path, writer in ((args.csv, _write_csv), (args.parquet, _write_parquet)):
         if path:
@@ -331,11 +332,11 @@ def _write_parquet(frame, path: Path) -> None:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from .analysis.dashboard import write_dashboard
 
-    study, _ = _open(args.study, args.storage)
+    study, _ = _open(args.study, args.storage, read_only=True)
     out = Path(args.out or Path("studies") / file_part(study.study_name) / "dashboard.html")
     if out.is_dir():
         raise DsearchError(f"--out {out} is a folder; give an .html file name")
-    with writing(out, "--out"):  # e.g. a full disk
+    with writing(out, "--out"):  # e.g. the default place on read-only media
         info = write_dashboard(study, out)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, self-contained; {info.n_trained} trained of "
           f"{info.n_trials} trials)")
@@ -388,7 +389,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         from .analysis.pick import pick_trial
         from .search.weights import NOT_KEPT_ATTR, trial_weights
 
-        study, url = _open(args.target, args.storage)
+        study, url = _open(args.target, args.storage, read_only=True)
         number = pick_trial(study, args.trial, flag="--trial", log=print)
         spec = arch_of(study, number)
         note = _trial_note(study, number, "exporting its architecture")

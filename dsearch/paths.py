@@ -156,3 +156,14 @@ def writing(path: Path, option: str | None) -> Iterator[None]:
             raise
         raise DsearchError(refused_write(str(path), problem, option)) from None
 
+
+def on_read_only_media(path: Path) -> bool:
+    """Whether `path` (or, where it does not exist yet, the nearest folder above it that does) is on a filesystem
+    mounted read-only."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False

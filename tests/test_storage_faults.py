@@ -1,12 +1,13 @@
-"""Storage faults: a full disk (under the storage, under the kept weights).
+"""Storage faults: a full disk (under the storage, under the kept weights) and read-only media.
 
-The real faults need `unshare -m` and `mount` (a small tmpfs): those tests skip where that is not permitted.
-Injected faults (a write that raises ENOSPC half way, an SQLite "database or disk is full") cover the same paths
-everywhere.
+The real faults need `unshare -m` and `mount` (a small tmpfs, a read-only bind mount): those tests skip where that
+is not permitted. Injected faults (a write that raises ENOSPC half way, an SQLite "database or disk is full") cover
+the same paths everywhere.
 """
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shlex
 import shutil
@@ -22,6 +23,7 @@ import optuna
 import pytest
 import sqlalchemy
 import torch
+from conftest import TINY_SPACE
 from optuna.trial import TrialState
 
 from dsearch import cli, paths
@@ -222,3 +224,77 @@ def test_a_real_full_disk_under_the_storage_and_under_the_weights(tiny_space, tm
     assert artifact_problems(kept / "artifacts", study) == []
     kept_weights = [t for t in complete if "weights_artifact" in t.user_attrs]
     assert len(kept_weights) == len(complete) - 2
+
+
+# --- 2. read-only media ----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def closed_study(tmp_path_factory) -> Path:
+    """A real study made by `dsearch run` in its own process (closed: no -wal or -shm file left beside it)."""
+    root = tmp_path_factory.mktemp("closed")
+    space = root / "tiny.yaml"
+    space.write_text(textwrap.dedent(TINY_SPACE))
+    study = root / "study"
+    done = subprocess.run([sys.executable, "-m", "dsearch", "run", "--space", str(space), "--study-name", "ro",
+                           "--storage", f"sqlite:///{study}/study.db", "--n-trials", "2", *RUN],
+                          cwd=root, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    sqlite3.connect(study / "study.db").close()  # the last connection to close folds the WAL into the file
+    assert sorted(p.name for p in study.iterdir()) == ["artifacts", "study.db"]
+    return study
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_reading_commands_never_write_the_study(closed_study, tmp_path, monkeypatch, capfd):
+    study = tmp_path / "copy"
+    shutil.copytree(closed_study, study)
+    before = _digest(study)
+    url = f"sqlite:///{study}/study.db"
+    monkeypatch.chdir(tmp_path)
+    for args in (("show", "ro"), ("dashboard", "ro", "--out", tmp_path / "d.html"),
+                 ("export", "ro", "--out", tmp_path / "e")):
+        code, _, err = dsearch(capfd, *args, "--storage", url)
+        assert code == 0, err
+    after = {k: v for k, v in _digest(study).items() if not k.endswith(("-shm", "-wal"))}
+    assert after == before
+
+
+@needs_mounts
+@pytest.mark.slow
+def test_a_study_on_read_only_media_can_be_read_and_says_what_it_cannot_do(closed_study, tmp_path):
+    media, work = tmp_path / "media", tmp_path / "work"
+    media.mkdir()
+    work.mkdir()
+    url = f"sqlite:///{media}/study.db"
+    before = _digest(closed_study)
+    commands = {
+        "show": f"cd {work} && {DSEARCH} show ro --storage {url}",
+        "dashboard": f"cd {work} && {DSEARCH} dashboard ro --storage {url} --out {work}/d.html",
+        "export": f"cd {work} && {DSEARCH} export ro --storage {url} --out {work}/e",
+        "dashboard_default": f"cd {media} && {DSEARCH} dashboard ro --storage {url}",
+        "export_default": f"cd {media} && {DSEARCH} export ro --storage {url}",
+        "run": f"cd {work} && {DSEARCH} run --space {closed_study.parent}/tiny.yaml --study-name ro --storage {url} "
+               f"--n-trials 1 {' '.join(RUN)}",
+        "train": f"cd {work} && {DSEARCH} train ro --storage {url} --epochs 1 --quiet",
+    }
+    lines = [f"mount --bind {closed_study} {media} && mount -o remount,bind,ro {media} || exit 99"]
+    for name, command in commands.items():
+        lines.append(f"( {command} ) >{tmp_path}/{name}.out 2>{tmp_path}/{name}.err; echo {name}=$?")
+    done = in_namespace("\n".join(lines), tmp_path)
+    assert done.returncode != 99, done.stderr
+    rc = dict(line.split("=") for line in done.stdout.split())
+    err = {name: (tmp_path / f"{name}.err").read_text() for name in commands}
+    for name in ("show", "dashboard", "export"):
+        assert rc[name] == "0", err[name]
+    assert "Pareto-optimal trials" in (tmp_path / "show.out").read_text()
+    assert (work / "d.html").is_file() and (work / "e" / "weights.pt").is_file()  # weights read from the media
+    for name in ("dashboard_default", "export_default"):
+        one_line_error(int(rc[name]), err[name], "it is on read-only media; give --out elsewhere")
+    for name in ("run", "train"):
+        one_line_error(int(rc[name]), err[name], f"the storage {url} is on read-only media; copy the study or give "
+                                                 "--storage elsewhere")
+    assert _digest(closed_study) == before

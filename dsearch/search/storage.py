@@ -3,24 +3,28 @@
 On an RDB storage every worker beats a heartbeat, so the trial of a killed worker is marked failed after
 GRACE_HEARTBEATS missed beats. A local SQLite file runs in write-ahead-log mode.
 
-A storage whose disk is full is one line.
+Commands that only read a study open it read-only, so that a study on read-only media (a mounted archive, a
+read-only bind mount) can be shown, drawn and exported; a storage that would be written on read-only media, or
+whose disk is full, is one line.
 """
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import optuna
 import optuna.storages.journal  # a submodule: `import optuna` alone does not declare it
 import sqlalchemy
 
 from ..errors import DsearchError, write_problem
-from ..paths import default_storage, local_storage_file
+from ..paths import default_storage, local_storage_file, on_read_only_media
 
 HEARTBEAT_S = 20
 STORAGE_ATTEMPTS = 4
@@ -77,8 +81,14 @@ def storage_writes(url: str) -> Iterator[None]:
         raise storage_write_error(url, problem) from None
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """An Optuna storage for `url`: an RDB URL (sqlite/postgresql/mysql) with heartbeats, or a journal file path."""
+def open_storage(url: str, read_only: bool = False) -> optuna.storages.BaseStorage:
+    """An Optuna storage for `url`: an RDB URL (sqlite/postgresql/mysql) with heartbeats, or a journal file path.
+
+    `read_only`: for commands that only read (show, dashboard, export): a local SQLite file is opened read-only
+    and nothing is created, mended or beaten, so that read-only media work and a reader can never write.
+    """
+    if read_only:
+        return _open_read_only(url)
     local = local_storage_file(url)
     if local is not None:
         _check_storage_file(local, url)
@@ -109,11 +119,43 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         raise DsearchError(f"cannot open journal storage {url}: {err.strerror or err}") from None
 
 
+def _open_read_only(url: str) -> optuna.storages.BaseStorage:
+    """`url`'s storage for reading only (see open_storage)."""
+    local = local_storage_file(url)
+    try:
+        if local is None:  # a database server: read as usual, without heartbeats (this process runs no trial)
+            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, skip_table_creation=True)
+        if "://" not in url:  # a journal file: Optuna only reads it until something is appended
+            return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url))
+        uri = sqlite_read_only_uri(local)
+        # The URL stays the plain one (the study's artifacts are found from it); the connection is read-only.
+        engine_kwargs = {"creator": lambda: sqlite3.connect(uri, uri=True, timeout=60, check_same_thread=False)}
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, skip_table_creation=True)
+    except Exception as err:  # noqa: BLE001 - any driver/connection error becomes one line
+        raise DsearchError(f"cannot open storage {url!r} to read it: {str(err).splitlines()[0]}") from None
+
+
+def sqlite_read_only_uri(path: Path) -> str:
+    """An SQLite URI that opens `path` read-only.
+
+    dsearch's SQLite files are in WAL mode, where even a reader needs the `-shm` file beside the database: it
+    makes one if the folder can be written (mode=ro), or uses the ones left there. In a folder that cannot be
+    written and without them (read-only media, where no process can be writing the study either), the file is
+    opened as immutable, which needs neither.
+    """
+    shared = Path(f"{path}-shm").exists() and Path(f"{path}-wal").exists()
+    flags = "mode=ro" if os.access(path.parent, os.W_OK) or shared else "mode=ro&immutable=1"
+    return f"file:{quote(str(path.absolute()))}?{flags}"
+
+
 def _check_storage_file(path: Path, url: str) -> None:
-    """A storage file must be a file (or not exist yet) in a folder that can be made; one line otherwise."""
+    """A storage file must be a file (or not exist yet) in a folder that can be made, on writable media; one line
+    otherwise."""
     if path.is_dir():
         example = path / ("study.db" if "://" in url else "journal.log")
         raise DsearchError(f"storage {url} is a folder; give a file path (e.g. {example})")
+    if on_read_only_media(path):
+        raise storage_write_error(url, "read-only media")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -149,14 +191,17 @@ def _sqlite_write_ahead_log(storage: optuna.storages.RDBStorage) -> None:
     storage.engine.dispose()  # connections opened while creating the tables predate the listener
 
 
-def open_study(study_name: str, storage_url: str | None = None) -> tuple[optuna.Study, str]:
-    """An existing study (running or finished) and its storage URL; never creates one."""
+def open_study(study_name: str, storage_url: str | None = None,
+               read_only: bool = False) -> tuple[optuna.Study, str]:
+    """An existing study (running or finished) and its storage URL; never creates one.
+
+    `read_only`: the command only reads the study (see open_storage); it then works on read-only media."""
     url = storage_url or default_storage(study_name)
     local = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else None if "://" in url else url
     if local is not None and not Path(local).is_file():
         hint = "" if storage_url else " (the default storage); pass --storage URL if it lives elsewhere"
         raise DsearchError(f"no study '{study_name}': {url} does not exist{hint}")
-    storage = open_storage(url)
+    storage = open_storage(url, read_only=read_only)
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:

@@ -5,12 +5,15 @@ GRACE_HEARTBEATS missed beats. A local SQLite file runs in write-ahead-log mode.
 
 Commands that only read a study open it read-only, so that a study on read-only media (a mounted archive, a
 read-only bind mount) can be shown, drawn and exported; a storage that would be written on read-only media, or
-whose disk is full, is one line.
+whose disk is full, is one line. A journal file whose last record a crash cut short is mended before it is
+written again: Optuna skips a torn last line, but the next record appended to it would be glued onto it and
+make the file unreadable from there on.
 """
 from __future__ import annotations
 
 import os
 import sqlite3
+import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -24,7 +27,7 @@ import optuna.storages.journal  # a submodule: `import optuna` alone does not de
 import sqlalchemy
 
 from ..errors import DsearchError, write_problem
-from ..paths import default_storage, local_storage_file, on_read_only_media
+from ..paths import default_storage, local_storage_file, on_read_only_media, write_bytes_atomic
 
 HEARTBEAT_S = 20
 STORAGE_ATTEMPTS = 4
@@ -113,6 +116,7 @@ def open_storage(url: str, read_only: bool = False) -> optuna.storages.BaseStora
                 if "import" in str(err).lower() or attempt == STORAGE_ATTEMPTS - 1:
                     raise DsearchError(f"cannot open storage {url!r}: {str(err).splitlines()[0]}") from None
                 time.sleep(0.5 + attempt)
+    cut_torn_record(Path(url))
     try:
         return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url))
     except OSError as err:
@@ -160,6 +164,68 @@ def _check_storage_file(path: Path, url: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise DsearchError(f"cannot make the folder of storage {url}: {err.strerror or err}") from None
+
+
+def cut_torn_record(path: Path) -> Path | None:
+    """Mend a journal file whose last record a crash cut short; the side file the torn bytes went to, if any.
+
+    Every record of an Optuna journal is one line. A writer killed mid-write leaves a last line without its
+    newline: Optuna skips it when reading, but appends the next record right after it, and that glued line makes
+    the rest of the file unreadable. So before the journal is written, torn bytes after the last newline are
+    moved to `<journal>.torn-<unix time>` (kept, never just dropped) and cut off, under the journal's own lock
+    (a live writer's record is whole once it lets the lock go), and this is said in one line.
+    """
+    if not path.is_file():
+        return None
+    lock = optuna.storages.journal.JournalFileSymlinkLock(str(path))
+    lock.acquire()
+    try:
+        with open(path, "rb+") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size == 0 or _byte_at(f, size - 1) == b"\n":
+                return None
+            keep = _after_last_newline(f, size)
+            f.seek(keep)
+            torn = f.read()
+            side = _free_name(path.with_name(f"{path.name}.torn-{int(time.time())}"))
+            write_bytes_atomic(side, torn)
+            f.truncate(keep)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        raise DsearchError(f"journal {path} ends in a torn record that could not be cut off "
+                           f"({err.strerror or err}); copy it somewhere writable and run again") from None
+    finally:
+        lock.release()
+    print(f"dsearch: journal {path} ended in a record cut short (a crash mid-write): moved its {len(torn)} bytes to "
+          f"{side} and cut them off, so that the records appended next stay readable", file=sys.stderr)
+    return side
+
+
+def _byte_at(f: Any, offset: int) -> bytes:
+    f.seek(offset)
+    return f.read(1)
+
+
+def _after_last_newline(f: Any, size: int, chunk: int = 1 << 16) -> int:
+    """The offset just after the last newline of the file (0 when it has none), read backwards in chunks."""
+    end = size
+    while end > 0:
+        start = max(0, end - chunk)
+        f.seek(start)
+        found = f.read(end - start).rfind(b"\n")
+        if found >= 0:
+            return start + found + 1
+        end = start
+    return 0
+
+
+def _free_name(path: Path) -> Path:
+    """`path`, or `path` with a number appended when it exists (two mends within one second)."""
+    candidate, n = path, 1
+    while candidate.exists():
+        candidate, n = path.with_name(f"{path.name}.{n}"), n + 1
+    return candidate
 
 
 def storage_url_of(study: optuna.Study) -> str:

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .checks import check_int
-from .errors import Deadline, DsearchError, Terminated, TimedOut, on_sigterm_raise, terminated
+from .errors import Deadline, DsearchError, Terminated, TimedOut, on_sigterm_raise, terminated, write_problem
 from .model.archspec import ArchSpec
 from .model.presets import PRESETS
-from .paths import file_part, write_atomic
+from .paths import file_part, write_atomic, writing
 
 if TYPE_CHECKING:
     import optuna
@@ -129,10 +129,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         deadline = Deadline.after(args.timeout)
     if args.quiet:
         log, bars, steps = (lambda _msg: None), None, None
+        warn = lambda msg: print(msg, file=sys.stderr)  # noqa: E731 - said even under --quiet
     else:
         from tqdm import tqdm
 
         log = tqdm.write
+        warn = lambda msg: tqdm.write(msg, file=sys.stderr)  # noqa: E731 - above the bars, not through them
         bars = lambda n: tqdm(total=n, desc="search", unit="trial", disable=None)  # noqa: E731
         steps = _StepBar()
     resumed = _pending_finals(args.study_name, args.storage, cfg) if finals is not None else None
@@ -143,7 +145,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         summary = run_parallel(cfg, args.study_name, args.storage, n_trials=args.n_trials, jobs=args.jobs,
                                deadline=deadline, log=log, progress_factory=bars, trial_progress=steps,
-                               allow_changed_settings=args.allow_changed_settings, quiet=args.quiet)
+                               allow_changed_settings=args.allow_changed_settings, quiet=args.quiet, warn=warn)
         print_summary(summary, args.study_name, cfg)
         if summary.interrupted:
             return 130
@@ -187,7 +189,7 @@ def _pending_finals(name: str, storage: str | None, cfg) -> tuple[optuna.Study, 
     from .search.storage import open_study
 
     try:
-        study, url = open_study(name, storage)
+        study, url = open_study(name, storage, read_only=True)  # the search opens it for writing, and says so
     except DsearchError:
         return None  # no such study yet: the search makes it
     return (study, url) if pending_finals(study, asdict(cfg)) is not None else None
@@ -235,10 +237,11 @@ def print_summary(summary, study_name: str, cfg) -> None:
           f"dsearch export {study_name}{where} --trial best")
 
 
-def _open(name: str, storage: str | None):
+def _open(name: str, storage: str | None, read_only: bool = False):
+    """The study `name` in `storage`; `read_only` for commands that only read it (they work on read-only media)."""
     from .search.storage import open_study
 
-    return open_study(name, storage)
+    return open_study(name, storage, read_only=read_only)
 
 
 @command
@@ -257,7 +260,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     if args.parquet:
         _check_parquet()  # before anything is written
-    study, url = _open(args.study, args.storage)
+    study, url = _open(args.study, args.storage, read_only=True)
     frame = trials_frame(study)
     for path, writer in ((args.csv, _write_csv), (args.parquet, _write_parquet)):
         if path:
@@ -333,7 +336,7 @@ def cmd_baselines(args: argparse.Namespace) -> int:
 
 
 def _write_csv(frame, path: Path) -> None:
-    write_atomic(path, lambda tmp: frame.to_csv(tmp, index=False))
+    write_atomic(path, lambda tmp: frame.to_csv(tmp, index=False), "--csv")
 
 
 def _check_parquet() -> None:
@@ -344,18 +347,19 @@ def _check_parquet() -> None:
 
 
 def _write_parquet(frame, path: Path) -> None:
-    write_atomic(path, lambda tmp: frame.to_parquet(tmp, index=False))
+    write_atomic(path, lambda tmp: frame.to_parquet(tmp, index=False), "--parquet")
 
 
 @command
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from .analysis.dashboard import write_dashboard
 
-    study, _ = _open(args.study, args.storage)
+    study, _ = _open(args.study, args.storage, read_only=True)
     out = Path(args.out or Path("studies") / file_part(study.study_name) / "dashboard.html")
     if out.is_dir():
         raise DsearchError(f"--out {out} is a folder; give an .html file name")
-    info = write_dashboard(study, out)
+    with writing(out, "--out"):  # e.g. the default place on read-only media
+        info = write_dashboard(study, out)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, self-contained; {info.n_trained} trained of "
           f"{info.n_trials} trials)")
     for note in info.notes:
@@ -405,9 +409,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         if args.weights:
             raise DsearchError("--weights is for an ArchSpec JSON target; a study's weights are found by trial")
         from .analysis.pick import pick_trial
-        from .search.weights import trial_weights
+        from .search.weights import NOT_KEPT_ATTR, trial_weights
 
-        study, url = _open(args.target, args.storage)
+        study, url = _open(args.target, args.storage, read_only=True)
         number = pick_trial(study, args.trial, flag="--trial", log=print)
         spec = arch_of(study, number)
         note = _trial_note(study, number, "exporting its architecture")
@@ -425,7 +429,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         written = " --storage URL" if "@" in storage else storage  # the command lands in README.md: no password
         retrain = f"dsearch train {args.target} --trial {number}{written} --train-resolution {spec.resolution}"
         if found is None:
-            print(f"trial {number} has no kept weights; `dsearch train {args.target} --trial {number}{storage}` "
+            lost = study.get_trials(deepcopy=False)[number].user_attrs.get(NOT_KEPT_ATTR)
+            why = f" ({lost})" if lost else ""
+            print(f"trial {number} has no kept weights{why}; `dsearch train {args.target} --trial {number}{storage}` "
                   "trains it and keeps them")
     else:
         spec = load_arch(args.target)
@@ -446,8 +452,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         retrain = f"dsearch train {args.target} --train-resolution {spec.resolution}"
     if found is not None:
         check_weights_fit(spec, *found)
-    result = export_spec(spec, out, state, info, onnx=args.onnx, torchscript=args.torchscript,
-                         torch_export=args.torch_export, retrain=retrain)
+    with writing(out, "--out"):  # a full disk or read-only media: nothing was moved into `out`
+        result = export_spec(spec, out, state, info, onnx=args.onnx, torchscript=args.torchscript,
+                             torch_export=args.torch_export, retrain=retrain)
     print(f"exported to {result.out_dir}: {', '.join(result.files)}")
     r, size = spec.resolution, feed_size(spec, info)
     if state is not None:
@@ -499,7 +506,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if _is_study_target(args.target):
         from .analysis.pareto import arch_of
         from .analysis.pick import pick_trial
-        from .search.weights import artifact_dir, save_full_weights
+        from .search.weights import WeightsNotKept, artifact_dir, save_full_weights
 
         study, url = _open(args.target, args.storage)
         number = pick_trial(study, args.trial, flag="--trial", log=log)
@@ -509,7 +516,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(note)  # even with --quiet: the user asked for a trial the search did not train
         cfg = study_defaults(study.user_attrs.get("dsearch_config") or {}, cfg)
         result, facts = train_full(spec, cfg, steps, log)
-        save_full_weights(study, number, kept_state(result), artifact_dir(study, url), facts)
+        try:
+            save_full_weights(study, number, kept_state(result), artifact_dir(study, url), facts)
+        except WeightsNotKept as err:
+            raise DsearchError(f"{err}; test accuracy was {result.test_acc:.4f}: free space beside the study's "
+                               "storage and train again to keep them") from None
         storage = f" --storage {url}" if args.storage else ""
         where = (f"kept with study '{study.study_name}' for trial {number}; `dsearch export {args.target} "
                  f"--trial {number}{storage}` picks them up")
@@ -519,7 +530,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         spec = load_arch(args.target)
         result, facts = train_full(spec, cfg, steps, log)
         out = Path(args.out or Path("trained") / file_part(Path(args.target).stem))
-        write_trained(out, spec, kept_state(result), facts)
+        with writing(out, "--out"):
+            write_trained(out, spec, kept_state(result), facts)
         where = (f"written to {out}/ (arch.json, weights.pt, metrics.json); `dsearch export {out / 'arch.json'}` "
                  "picks them up")
     size, r = facts["train_resolution"], spec.resolution
@@ -823,8 +835,9 @@ def _lr_defaults(full_training: bool = False) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command. A user error is one line and exit 2, Ctrl-C exit 130, both without a traceback unless
-    --debug; any other exception is a bug in dsearch and keeps its traceback."""
+    """Run one command. A user error or a write the disk refused (full, read-only) is one line and exit 2, Ctrl-C
+    exit 130, both without a traceback unless --debug; any other exception is a bug in dsearch and keeps its
+    traceback."""
     args = build_parser().parse_args(argv)
     debug = getattr(args, "debug", False)
     if threading.current_thread() is threading.main_thread():
@@ -850,6 +863,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `dsearch show X | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except Exception as err:  # a write the disk refused where no command named it (the study's storage)
+        problem = write_problem(err)
+        if problem is None:
+            raise
+        if debug:
+            traceback.print_exc()
+        print(f"dsearch {args.command}: error: {_refused_storage(args, problem)}", file=sys.stderr)
+        return 2
+
+
+def _refused_storage(args: argparse.Namespace, problem: str) -> str:
+    """The line for a refused write of the command's study storage (any other write says its own)."""
+    from .paths import default_storage, refused_write
+    from .search.storage import storage_write_error
+
+    name = getattr(args, "study_name", None) or getattr(args, "study", None) or getattr(args, "target", None)
+    storage = getattr(args, "storage", None)
+    if storage or (name and _is_study_target(name)):
+        return str(storage_write_error(storage or default_storage(file_part(name or "default")), problem))
+    return refused_write("a file", problem, None)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
-"""The error type the CLI turns into one clear line and a non-zero exit, SIGTERM as an interrupt, and a run's
-time limit (`--timeout`) as a deadline that stops the training in progress."""
+"""The error type the CLI turns into one clear line and a non-zero exit, SIGTERM as an interrupt, a run's time
+limit (`--timeout`) as a deadline that stops the training in progress, and what a failed write says about the
+disk it failed on."""
 
+import errno
 import signal
 import threading
 import time
@@ -12,6 +14,36 @@ from typing import Any
 
 class DsearchError(Exception):
     """Bad input or configuration; the message says what was wrong and what to do."""
+
+
+# What a write failed on, by errno and by SQLite's own codes (SQLite reports through its driver, not errno):
+# SQLITE_FULL is a full disk; SQLITE_IOERR_SHMSIZE is a WAL database's -shm file that could not grow, which SQLite
+# documents as a sign of a full disk, and what opening a WAL database on a full disk meets first.
+_WRITE_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+                 errno.EROFS: "read-only media"}
+_SQLITE_CODES = {"SQLITE_FULL": "no space left on device", "SQLITE_IOERR_SHMSIZE": "no space left on device",
+                 "SQLITE_READONLY": "read-only media"}
+_SQLITE_WORDS = {"database or disk is full": "no space left on device",  # e.g. wrapped by SQLAlchemy: its text only
+                 "attempt to write a readonly database": "read-only media"}
+
+
+def write_problem(err: BaseException | None) -> str | None:
+    """'no space left on device', 'disk quota exceeded' or 'read-only media' when `err` or an exception it was
+    raised from or during (Optuna wraps SQLAlchemy, which wraps sqlite3) is a write the disk refused; else None."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in _WRITE_ERRNOS:
+            return _WRITE_ERRNOS[err.errno]
+        code = getattr(err, "sqlite_errorname", None)  # sqlite3's error, which SQLAlchemy's is raised from
+        if code in _SQLITE_CODES:
+            return _SQLITE_CODES[code]
+        text = str(err).lower()
+        for words, problem in _SQLITE_WORDS.items():
+            if words in text:
+                return problem
+        err = err.__cause__ or err.__context__
+    return None
 
 
 class Terminated(KeyboardInterrupt):

@@ -1,4 +1,5 @@
-"""Where a study lives: the study-name rule, the default storage, the study folder, artifacts; atomic writes.
+"""Where a study lives: the study-name rule, the default storage, the study folder, artifacts; atomic writes
+and what a refused write says.
 
 A study name is a name, never a path: 1 to 64 characters from A-Z, a-z, 0-9, '.', '_' and '-',
 starting with a letter or a digit. So `studies/<name>/` can never point outside `studies/`.
@@ -9,11 +10,14 @@ under `studies/<name>/artifacts/`.
 """
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import DsearchError
+from .errors import DsearchError, write_problem
 
 STUDY_NAME_RULE = "1 to 64 characters from A-Z, a-z, 0-9, '.', '_' and '-', starting with a letter or a digit"
 _STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -61,14 +65,105 @@ def file_part(name: str) -> str:
     return safe or "study"
 
 
-def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Write `path` whole or not at all: `write` fills a temporary file beside it, which then replaces it."""
+def write_atomic(path: Path, write: Callable[[Path], None], option: str | None = None) -> None:
+    """Write `path` whole or not at all: `write` fills a temporary file beside it, which then replaces it.
+
+    `option` names the flag that chose `path`: a disk that refuses the write (full, read-only) is then one line
+    naming it."""
     if path.is_dir():
         raise DsearchError(f"{path} is a folder; give a file name")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    with writing(path, option):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        tmp = Path(name)
+        try:
+            write(tmp)
+            _fsync(tmp)
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` whole or not at all (see write_files_atomic)."""
+    write_files_atomic(path.parent, {path.name: data})
+
+
+def write_files_atomic(folder: Path, files: dict[str, bytes]) -> None:
+    """Write each name -> bytes of `files` into `folder` whole or not at all: every file goes to a temporary file
+    in `folder` with checked writes and an fsync first, and only once all are there are they renamed into place.
+    On any failure the temporary files are removed and the OSError raised; the files already in place are kept.
+
+    torch.save straight into a file on a full disk can end without an error and leave a truncated zip; bytes
+    serialized in memory first and written here either all reach the disk or raise."""
+    temporary: dict[str, str] = {}
     try:
-        write(tmp)
-        tmp.replace(path)
+        for name, data in files.items():
+            fd, temporary[name] = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+            try:
+                view = memoryview(data)
+                while view:  # os.write may write less than asked; a full disk raises ENOSPC
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.chmod(temporary[name], 0o644)  # mkstemp makes it private; these files are meant to be shared
+        for name in files:
+            os.replace(temporary.pop(name), folder / name)
     finally:
-        tmp.unlink(missing_ok=True)
+        for name in temporary.values():
+            Path(name).unlink(missing_ok=True)
+    _fsync_folder(folder)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in `folder` durable; best effort (not every filesystem opens folders)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def refused_write(what: str, problem: str, option: str | None) -> str:
+    """One line for a write the disk refused: what, why, and the flag that puts it elsewhere."""
+    elsewhere = f"give {option} elsewhere" if option else "write it elsewhere"
+    fix = f"free space or {elsewhere}" if problem in ("no space left on device", "disk quota exceeded") else elsewhere
+    why = "it is on read-only media" if problem == "read-only media" else problem
+    return f"cannot write {what}: {why}; {fix}"
+
+
+@contextmanager
+def writing(path: Path, option: str | None) -> Iterator[None]:
+    """Inside, an OSError from a disk that refused the write (full, over quota, read-only) becomes one line naming
+    `path` and `option`, the flag that puts it elsewhere."""
+    try:
+        yield
+    except OSError as err:
+        problem = write_problem(err) or ("permission denied" if isinstance(err, PermissionError) else None)
+        if problem is None:
+            raise
+        raise DsearchError(refused_write(str(path), problem, option)) from None
+
+
+def on_read_only_media(path: Path) -> bool:
+    """Whether `path` (or, where it does not exist yet, the nearest folder above it that does) is on a filesystem
+    mounted read-only."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False

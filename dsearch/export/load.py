@@ -30,7 +30,7 @@ def load_trial(study: str | optuna.Study, trial: int | str = "best", storage: st
     if storage is not None and not isinstance(storage, str):
         raise DsearchError(f"storage must be a storage URL or journal file path, got {type(storage).__name__}")
     if isinstance(study, str):
-        opened, url = open_study(study, storage)
+        opened, url = open_study(study, storage, read_only=True)  # reading only: works on read-only media
     elif isinstance(study, optuna.Study):
         opened, url = study, storage or storage_url_of(study)
     else:

@@ -42,6 +42,7 @@ from ..model.blocks import BLOCKS
 from ..model.builder import build_model
 from ..model.heads import CLASSIFIERS
 from ..model.ops import CONV_TYPES
+from ..paths import write_bytes_atomic
 from ..version import __version__
 
 ROOTS = ("Net", "make_stage", "classifier_head", "conv_bn_act")
@@ -443,7 +444,9 @@ def export_spec(spec: ArchSpec, out_dir: Path, state: dict[str, torch.Tensor] | 
             if not diff <= 1e-3:
                 raise DsearchError(f"export self-check failed: the standalone model differs by {diff:.3g}; "
                                    "please report this as a dsearch bug")
-            torch.save(state, staging / "weights.pt")
+            buffer = io.BytesIO()  # serialized in memory: torch.save into a file on a full disk may not raise
+            torch.save(state, buffer)
+            write_bytes_atomic(staging / "weights.pt", buffer.getvalue())
         else:
             notes.append("no trained weights: weights.pt not written (model.py builds the untrained network)")
         # Traced where the weights are fed: the ONNX and .pt2 programs take the sizes around it (export_sizes).

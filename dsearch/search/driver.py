@@ -29,7 +29,7 @@ from optuna.trial import TrialState
 
 from ..checks import check_int, check_number
 from ..data import Dataset, data_facts, load_dataset, small_split_note
-from ..errors import Deadline, DsearchError, check_interrupted, deferred_interrupts
+from ..errors import Deadline, DsearchError, check_interrupted, deferred_interrupts, write_problem
 from ..model.archspec import ArchSpecError
 from ..paths import default_storage
 from ..training.failures import failure_reason, optuna_log_level, recording_failures
@@ -37,11 +37,11 @@ from ..training.proxy import DeviceData, select_device
 from .budget import build, feasible_count, feasible_params, random_recorder, repair
 from .claims import ArchClaims
 from .config import PRUNER_FACTORIES, SAMPLER_FACTORIES, SearchConfig, check_budget_reachable, check_config, check_fits
-from .objective import TIMED_OUT, Objective
+from .objective import TIMED_OUT, Objective, warn_stderr
 from .record import arch_key, name_metrics
 from .resume import bind, check_resume
 from .spaces import Space, load_space, sample
-from .storage import open_storage
+from .storage import open_storage, storage_writes
 from .trials import study_split_seed, trained_keys, trained_trials_since, trial_counts, untrained_seconds
 from .weights import artifact_dir
 
@@ -120,7 +120,8 @@ def run_search(cfg: SearchConfig, study_name: str, storage_url: str | None = Non
                trial_progress: Callable[[int, int], None] | None = None,
                allow_changed_settings: bool = False, worker: int | None = None,
                on_study: Callable[[optuna.Study, int], None] | None = None,
-               shared_from: int | None = None, deadline: Deadline | None = None) -> SearchSummary:
+               shared_from: int | None = None, deadline: Deadline | None = None,
+               warn: Callable[[str], None] = warn_stderr) -> SearchSummary:
     """Run (or resume) a search until this worker has trained `n_trials` architectures or its time is up.
 
     The time limit is `deadline` (a moment; what `dsearch run` passes, counted from its start), else `timeout`
@@ -133,7 +134,8 @@ def run_search(cfg: SearchConfig, study_name: str, storage_url: str | None = Non
     trials start from. With `shared_from` (the study's
     trial count when a parallel run began; -1: when this worker begins), `n_trials` counts what all the
     run's workers train from there on, and this worker starts no trial once those trained and those
-    running reach it.
+    running reach it. `warn` hears what must be said even under --quiet (weights that could not be kept).
+    A storage whose disk refuses a write (full, read-only) ends the run with one line (DsearchError).
     """
     check_config(cfg)
     optuna.logging.set_verbosity(optuna_log_level())  # dsearch prints its own one line per trial
@@ -151,125 +153,165 @@ def run_search(cfg: SearchConfig, study_name: str, storage_url: str | None = Non
     check_fits(space, data, cfg, device)
     check_budget_reachable(space, data, cfg)
     identity = cfg.identity(space, cfg.proxy.train_resolution or data.image_size[0])
-    study = prepare_study(cfg, study_name, storage_url, identity, allow_changed_settings, worker or 0)
-    split_seed = study_split_seed(study, cfg.seed)
-    if split_seed != cfg.seed:  # every trial of a study is validated on the same images, whoever trains it
-        data = load_dataset(cfg.dataset, cfg.data_dir, seed=split_seed)
-        log(f"validating on the study's split (seed {split_seed}, the seed it was made with); --seed {cfg.seed} "
-            "seeds this worker's sampler and training")
-    small = small_split_note(data)
-    if small:
-        log(f"warning: {small}")
-    if "dsearch_data" not in study.user_attrs:
-        study.set_user_attr("dsearch_data", data_facts(data))
-    device_data = DeviceData(data, device, cfg.proxy.train_subset, cfg.proxy.train_resolution)
-    claims = ArchClaims(study, lambda params: params_key(space, data, cfg, params))
-    objective = Objective(cfg, space, data, device_data, log, trial_progress, artifact_dir(study, storage_url), worker,
-                          claims, deadline)
-    target, exhausted = _target(study, space, data, cfg, n_trials, log)
-    bar = progress_factory(target) if progress_factory and target else None
-    trained = 0
-    failures_in_a_row = 0
-    failed: list[str] = []  # this run's failure reasons
-    cut: list[str] = []  # the trials the time limit stopped in training
-    stale = 0  # trials in a row that trained nothing new
-    stopped: str | None = None
-    first = len(study.get_trials(deepcopy=False))  # this run's trials come after
-    rng = random.Random(f"{cfg.seed}/{first}" + (f"/{worker}" if worker else ""))  # worker 0 as a standalone run
-    if shared_from is not None and shared_from < 0:
-        shared_from = first
-    if on_study is not None:
-        on_study(study, first)
+    with storage_writes(storage_url):  # a full disk under the storage: one line, whichever write met it
+        study = prepare_study(cfg, study_name, storage_url, identity, allow_changed_settings, worker or 0)
+        split_seed = study_split_seed(study, cfg.seed)
+        if split_seed != cfg.seed:  # every trial of a study is validated on the same images, whoever trains it
+            data = load_dataset(cfg.dataset, cfg.data_dir, seed=split_seed)
+            log(f"validating on the study's split (seed {split_seed}, the seed it was made with); --seed {cfg.seed} "
+                "seeds this worker's sampler and training")
+        small = small_split_note(data)
+        if small:
+            log(f"warning: {small}")
+        if "dsearch_data" not in study.user_attrs:
+            study.set_user_attr("dsearch_data", data_facts(data))
+        device_data = DeviceData(data, device, cfg.proxy.train_subset, cfg.proxy.train_resolution)
+        claims = ArchClaims(study, lambda params: params_key(space, data, cfg, params))
+        objective = Objective(cfg, space, data, device_data, log, trial_progress, artifact_dir(study, storage_url),
+                              worker, claims, deadline, warn)
+        target, exhausted = _target(study, space, data, cfg, n_trials, log)
+        bar = progress_factory(target) if progress_factory and target else None
+        trained = 0
+        failures_in_a_row = 0
+        failed: list[str] = []  # this run's failure reasons
+        cut: list[str] = []  # the trials the time limit stopped in training
+        stale = 0  # trials in a row that trained nothing new
+        stopped: str | None = None
+        first = len(study.get_trials(deepcopy=False))  # this run's trials come after
+        rng = random.Random(f"{cfg.seed}/{first}" + (f"/{worker}" if worker else ""))  # worker 0 as a standalone run
+        if shared_from is not None and shared_from < 0:
+            shared_from = first
+        if on_study is not None:
+            on_study(study, first)
 
-    def run_done() -> int:
-        """Architectures this run has trained: this worker's, or with shared_from every worker's."""
-        return trained if shared_from is None else len(trained_trials_since(study, shared_from))
+        def run_done() -> int:
+            """Architectures this run has trained: this worker's, or with shared_from every worker's."""
+            return trained if shared_from is None else len(trained_trials_since(study, shared_from))
 
-    def shared_done(first_of_run: int) -> bool:
-        """Whether a shared run's trained and running trials (all workers') reach the target."""
-        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        busy = sum(t.number >= first_of_run for t in running)  # this run's; not a dead worker's stale trial
-        return len(trained_trials_since(study, first_of_run)) + busy >= target
+        def shared_done(first_of_run: int) -> bool:
+            """Whether a shared run's trained and running trials (all workers') reach the target."""
+            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            busy = sum(t.number >= first_of_run for t in running)  # this run's; not a dead worker's stale trial
+            return len(trained_trials_since(study, first_of_run)) + busy >= target
 
-    def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        nonlocal trained, failures_in_a_row, stale, stopped, exhausted
-        check_interrupted()  # Optuna has written this trial's state: now an interrupt can stop the run
-        if shared_from is not None and shared_done(shared_from):  # this one's trial included
-            study.stop()
-        if trial.state == TrialState.FAIL and trial.user_attrs.get(TIMED_OUT):  # the user's limit, not a failure
-            cut.append(f"trial {trial.number} ({failure_reason(trial)})")
-            log(f"trial {trial.number}: {failure_reason(trial)}; kept as failed (not trained)")
-            study.stop()
-            return
-        if trial.state == TrialState.FAIL:
-            failures_in_a_row += 1
-            reason = failure_reason(trial)
-            failed.append(reason)
-            log(f"trial {trial.number}: failed: {reason}")
-            if failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
-                stopped = f"{failures_in_a_row} trials in a row failed; last error: {reason}"
-                log(f"stopping: {stopped}")
+        def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            nonlocal trained, failures_in_a_row, stale, stopped, exhausted
+            check_interrupted()  # Optuna has written this trial's state: now an interrupt can stop the run
+            if shared_from is not None and shared_done(shared_from):  # this one's trial included
                 study.stop()
-            return
-        # Only training resets the counts: rejections and repeats between failures do not.
-        if trial.user_attrs.get("trained") and trial.user_attrs.get("status") != "duplicate":
-            failures_in_a_row, stale = 0, 0
-            trained += 1
-            if bar is not None:
-                bar.update(run_done() - bar.n)
-            if shared_from is None and trained >= target:
-                study.stop()
-            return
-        stale += 1
-        if stale >= STALE_AFTER and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-            held = claims.held_keys(study)  # what other workers are training is not new either
-            params = fresh_candidate(study, space, data, cfg, rng, held)
-            if params is None:
-                count = feasible_count(space, cfg.budget, data.in_channels, data.num_classes)
-                if count is not None and count <= len(trained_keys(study) | held):
-                    exhausted = all_trained(count, bool(held - trained_keys(study)))
-                else:
-                    stopped = (f"the sampler proposed nothing new in {stale} trials and {FRESH_ATTEMPTS} random "
-                               "samples found no untrained architecture within the budget")
-                log(f"stopping: {exhausted or stopped}")
+            if trial.state == TrialState.FAIL and trial.user_attrs.get(TIMED_OUT):  # the user's limit, not a failure
+                cut.append(f"trial {trial.number} ({failure_reason(trial)})")
+                log(f"trial {trial.number}: {failure_reason(trial)}; kept as failed (not trained)")
                 study.stop()
                 return
-            study.enqueue_trial(params, user_attrs={"fresh_after": stale})
-            log(f"the sampler proposed nothing new in {stale} trials: queued an untried random architecture")
-            stale = 0
+            if trial.state == TrialState.FAIL:
+                failures_in_a_row += 1
+                reason = failure_reason(trial)
+                failed.append(reason)
+                log(f"trial {trial.number}: failed: {reason}")
+                if failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
+                    stopped = f"{failures_in_a_row} trials in a row failed; last error: {reason}"
+                    log(f"stopping: {stopped}")
+                    study.stop()
+                return
+            # Only training resets the counts: rejections and repeats between failures do not.
+            if trial.user_attrs.get("trained") and trial.user_attrs.get("status") != "duplicate":
+                failures_in_a_row, stale = 0, 0
+                trained += 1
+                if bar is not None:
+                    bar.update(run_done() - bar.n)
+                if shared_from is None and trained >= target:
+                    study.stop()
+                return
+            stale += 1
+            if stale >= STALE_AFTER and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+                held = claims.held_keys(study)  # what other workers are training is not new either
+                params = fresh_candidate(study, space, data, cfg, rng, held)
+                if params is None:
+                    count = feasible_count(space, cfg.budget, data.in_channels, data.num_classes)
+                    if count is not None and count <= len(trained_keys(study) | held):
+                        exhausted = all_trained(count, bool(held - trained_keys(study)))
+                    else:
+                        stopped = (f"the sampler proposed nothing new in {stale} trials and {FRESH_ATTEMPTS} random "
+                                   "samples found no untrained architecture within the budget")
+                    log(f"stopping: {exhausted or stopped}")
+                    study.stop()
+                    return
+                study.enqueue_trial(params, user_attrs={"fresh_after": stale})
+                log(f"the sampler proposed nothing new in {stale} trials: queued an untried random architecture")
+                stale = 0
 
-    start = time.perf_counter()
-    interrupted = False
-    if target and not exhausted and not (shared_from is not None and shared_done(shared_from)) \
-            and not (deadline is not None and deadline.passed()):  # a late worker; a limit spent on loading
+        recorded = recording_failures(objective)
+        running: list[optuna.Trial] = []  # this worker's trial, while it runs
+        refused: list[Exception] = []  # a write the storage's disk refused inside a trial
+
+        def one_trial(trial: optuna.Trial) -> float | tuple[float, float]:
+            running[:] = [trial]
+            try:
+                return recorded(trial)
+            except Exception as err:
+                if write_problem(err) is not None:  # every next trial would meet the same full disk
+                    refused.append(err)
+                    trial.study.stop()
+                raise
+
+        start = time.perf_counter()
+        interrupted = False
+        if target and not exhausted and not (shared_from is not None and shared_done(shared_from)) \
+                and not (deadline is not None and deadline.passed()):  # a late worker; a limit spent on loading
+            try:
+                with deferred_interrupts():
+                    study.optimize(one_trial, n_trials=1000 + 100 * target,
+                                   timeout=None if deadline is None else deadline.left(),
+                                   callbacks=[after_trial], catch=(Exception,), gc_after_trial=False,
+                                   show_progress_bar=False)
+                if refused:
+                    raise refused[0]  # storage_writes makes it the storage's one line
+            except KeyboardInterrupt:
+                interrupted = True
+            except Exception as err:
+                why = write_problem(err) or type(err).__name__
+                fail_if_running(running[0] if running else None, f"the run ended: {why}")
+                raise
+            finally:
+                if bar is not None:
+                    bar.close()
+        wall = time.perf_counter() - start
+        this_run = study.get_trials(deepcopy=False)[first:]
+        # A shared run's workers stop as the others take the last trials: the run as a whole is judged by its caller.
+        if not interrupted and not stopped and not exhausted and trained < target and deadline is None \
+                and shared_from is None:
+            stopped = f"sampled {len(this_run)} trials without training {target} architectures"
+        if target < n_trials and run_done() >= target and not exhausted:
+            exhausted = all_trained(len(trained_keys(study)))
+        timed_out = None
+        if deadline is not None and (cut or (deadline.passed() and not interrupted and not stopped and not exhausted
+                                             and run_done() < target)):
+            timed_out = deadline.what
+        return SearchSummary(study=study, storage_url=storage_url, resolution=cfg.resolution or space.resolution,
+                             counts=trial_counts(study), wall_s=wall, interrupted=interrupted, asked=target,
+                             trained=trained, failed=len(failed), last_failure=failed[-1] if failed else None,
+                             untrained_s=untrained_seconds(this_run), stopped=stopped, exhausted=exhausted,
+                             timed_out=timed_out, cut=cut)
+
+
+def fail_if_running(trial: optuna.Trial | None, reason: str) -> None:
+    """Mark this worker's trial failed, with `reason`, when Optuna could not finish it, where the storage still
+    takes these small writes; where not (a full disk), the next worker to start a trial marks it failed once its
+    heartbeats stop (an RDB storage)."""
+    if trial is None:
+        return
+    try:
+        if trial.study.get_trials(deepcopy=False)[trial.number].state != TrialState.RUNNING:
+            return
+    except Exception:  # noqa: BLE001 - best effort: the error that ended the run is what the user must see
+        return
+    for write in (lambda: trial.set_user_attr("status", "failed"), lambda: trial.set_user_attr("reason", reason),
+                  lambda: trial.study.tell(trial, state=TrialState.FAIL)):
         try:
-            with deferred_interrupts():
-                study.optimize(recording_failures(objective), n_trials=1000 + 100 * target,
-                               timeout=None if deadline is None else deadline.left(),
-                               callbacks=[after_trial], catch=(Exception,), gc_after_trial=False,
-                               show_progress_bar=False)
-        except KeyboardInterrupt:
-            interrupted = True
-        finally:
-            if bar is not None:
-                bar.close()
-    wall = time.perf_counter() - start
-    this_run = study.get_trials(deepcopy=False)[first:]
-    # A shared run's workers stop as the others take the last trials: the run as a whole is judged by its caller.
-    if not interrupted and not stopped and not exhausted and trained < target and deadline is None \
-            and shared_from is None:
-        stopped = f"sampled {len(this_run)} trials without training {target} architectures"
-    if target < n_trials and run_done() >= target and not exhausted:
-        exhausted = all_trained(len(trained_keys(study)))
-    timed_out = None
-    if deadline is not None and (cut or (deadline.passed() and not interrupted and not stopped and not exhausted
-                                         and run_done() < target)):
-        timed_out = deadline.what
-    return SearchSummary(study=study, storage_url=storage_url, resolution=cfg.resolution or space.resolution,
-                         counts=trial_counts(study), wall_s=wall, interrupted=interrupted, asked=target,
-                         trained=trained, failed=len(failed), last_failure=failed[-1] if failed else None,
-                         untrained_s=untrained_seconds(this_run), stopped=stopped, exhausted=exhausted,
-                         timed_out=timed_out, cut=cut)
+            write()
+        except Exception:  # noqa: BLE001 - as above
+            pass
 
 
 def _target(study: optuna.Study, space: Space, data: Dataset, cfg: SearchConfig, n_trials: int,

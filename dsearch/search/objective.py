@@ -8,6 +8,7 @@ limit passes is stopped and kept as failed, with the reason.
 """
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +31,13 @@ from .claims import CLAIM_AT, ArchClaims, ClaimRefresher
 from .config import SearchConfig
 from .record import arch_attrs, arch_key, set_constraints
 from .spaces import Space, sample
-from .weights import save_trial_weights
+from .weights import NOT_KEPT_ATTR, WeightsNotKept, save_trial_weights
+
+
+def warn_stderr(msg: str) -> None:
+    """A warning the user must see whatever --quiet says (e.g. weights that could not be kept)."""
+    print(msg, file=sys.stderr, flush=True)
+
 
 TIMED_OUT = "timed_out"  # trial user attr: True on a trial the command's time limit stopped
 
@@ -41,7 +48,7 @@ class Objective:
     def __init__(self, cfg: SearchConfig, space: Space, data: Dataset, device_data: DeviceData,
                  log: Callable[[str], None], progress: Callable[[int, int], None] | None = None,
                  weights_dir: Path | None = None, worker: int | None = None, claims: ArchClaims | None = None,
-                 deadline: Deadline | None = None) -> None:
+                 deadline: Deadline | None = None, warn: Callable[[str], None] = warn_stderr) -> None:
         self.cfg, self.space, self.data, self.device_data = cfg, space, data, device_data
         self.worker = worker  # which worker of a parallel run trains here (None: a standalone run)
         self.claims = claims  # None: this worker alone decides (a study no other process works on, as in tests)
@@ -49,7 +56,7 @@ class Objective:
         self.weights_dir = weights_dir
         self.resolution = cfg.resolution or space.resolution
         self.train_resolution = device_data.size
-        self.log, self.progress = log, progress
+        self.log, self.progress, self.warn = log, progress, warn
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         try:
@@ -157,8 +164,10 @@ class Objective:
         if self.weights_dir is not None and result.state is not None:
             try:
                 save_trial_weights(trial, result.state, self.weights_dir)
-            except OSError as err:  # the accuracy is the result; lost weights can be retrained with `dsearch train`
-                self.log(f"trial {trial.number}: weights not kept: {err}")
+            except WeightsNotKept as err:  # the accuracy is the result; `dsearch train` can train them again
+                self.warn(f"warning: trial {trial.number}: {err}; its result is kept without weights (`dsearch "
+                          f"train {trial.study.study_name} --trial {trial.number}` trains it again and keeps them)")
+                trial.set_user_attr(NOT_KEPT_ATTR, str(err))  # said first: the storage may share the full disk
         self._finish(trial, "complete", None)
         self.log(f"trial {trial.number}: val acc {result.val_acc:.4f} (test {result.test_acc:.4f}), {where} "
                  f"[{train_cost.mflops:.2f} MFLOPs at {self.train_resolution}x{self.train_resolution} trained], "

@@ -6,24 +6,48 @@ recorded on the study, so a copied study folder is self-contained.
 A search keeps every trained proxy's state_dict (trial user attr `weights_artifact`);
 `dsearch train STUDY --trial N` adds the fully trained weights (study user attr `trained.N`).
 `dsearch export` takes the fully trained weights when there are some, else the proxy's.
+
+Each weights file is written whole or not at all (serialized in memory, written to a temporary file in the
+artifact folder, fsynced, renamed into place), and registered on its trial or study only once it is there: a
+full disk leaves neither a partial file nor an artifact that points at one.
 """
 from __future__ import annotations
 
+import io
 import shutil
 import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import optuna
 import torch
 from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_artifact
 
-from ..errors import DsearchError
-from ..paths import artifact_folder, local_storage_file
+from ..errors import DsearchError, write_problem
+from ..paths import artifact_folder, local_storage_file, write_bytes_atomic
 
 ARTIFACTS_ATTR = "dsearch_artifacts"
+NOT_KEPT_ATTR = "weights_not_kept"  # trial user attr: why its trained weights could not be written
+
+
+class WeightsNotKept(DsearchError):
+    """Trained weights that the disk refused (full, over quota, read-only); nothing of them was left or registered."""
+
+
+class _WholeFileStore(FileSystemArtifactStore):
+    """Optuna's file-system artifact store, writing each artifact whole or not at all (Optuna's own writes it in
+    place, so a full disk leaves a truncated file under the artifact's name)."""
+
+    def __init__(self, base_path: Path) -> None:
+        super().__init__(base_path)
+        self.folder = base_path
+        self.written: list[str] = []
+
+    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+        write_bytes_atomic(self.folder / artifact_id, content_body.read())
+        self.written.append(artifact_id)
 
 
 def recorded_artifact_dir(study: optuna.Study, storage_url: str) -> Path:
@@ -42,15 +66,30 @@ def artifact_dir(study: optuna.Study, storage_url: str) -> Path:
 
 
 def upload_weights(folder: Path, state: dict[str, torch.Tensor], target: Any, file_name: str) -> str:
-    # Optuna keeps the uploaded file's name with the artifact: optuna-dashboard offers it for download under it.
-    tmp = Path(tempfile.mkdtemp(prefix=".upload-", dir=folder))
+    """Keep `state` as an artifact of `target` (a trial or a study) in `folder`; its id.
+
+    Raises WeightsNotKept when the disk refuses the weights; an error of the storage while registering them is
+    raised as it is, and the written file removed (an unregistered file would only take space).
+    """
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    store = _WholeFileStore(folder)
     try:
-        path = tmp / file_name
-        torch.save(state, path)
-        return upload_artifact(artifact_store=FileSystemArtifactStore(str(folder)), file_path=str(path),
-                               study_or_trial=target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        # Optuna reads an upload from a file and offers it for download under that file's name.
+        tmp = Path(tempfile.mkdtemp(prefix=".upload-", dir=folder))
+        try:
+            path = tmp / file_name
+            write_bytes_atomic(path, buffer.getvalue())
+            return upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except Exception as err:
+        for artifact in store.written:  # written, but the storage could not register it
+            (folder / artifact).unlink(missing_ok=True)
+        problem = write_problem(err) if not store.written else None
+        if problem is None:
+            raise
+        raise WeightsNotKept(f"the weights {file_name} could not be written to {folder}: {problem}") from None
 
 
 def save_trial_weights(trial: optuna.Trial, state: dict[str, torch.Tensor], folder: Path) -> str:

@@ -24,6 +24,7 @@ from ..checks import check_int, check_number
 from ..errors import Deadline, DsearchError, on_sigterm_raise
 from .config import SearchConfig
 from .driver import SearchSummary, run_search
+from .objective import warn_stderr
 from .storage import storage_url_of
 from .trials import trial_counts, untrained_seconds
 
@@ -65,7 +66,8 @@ def _worker_main(cfg: SearchConfig, study_name: str, storage_url: str, n_trials:
             result = WorkerResult(worker, timed_out=deadline.what)
         else:
             summary = run_search(cfg, study_name, storage_url, n_trials=n_trials, log=_prefixed(worker, quiet),
-                                 worker=worker, shared_from=shared_from, deadline=deadline)
+                                 worker=worker, shared_from=shared_from, deadline=deadline,
+                                 warn=lambda msg: warn_stderr(f"[worker {worker}] {msg}"))
             result = WorkerResult(worker, summary.trained, summary.failed, summary.last_failure,
                                   summary.interrupted, summary.stopped, summary.exhausted,
                                   timed_out=summary.timed_out, cut=summary.cut)
@@ -85,7 +87,7 @@ def run_parallel(cfg: SearchConfig, study_name: str, storage_url: str | None = N
                  progress_factory: Callable[[int], Any] | None = None,
                  trial_progress: Callable[[int, int], None] | None = None,
                  allow_changed_settings: bool = False, quiet: bool = False,
-                 deadline: Deadline | None = None) -> SearchSummary:
+                 deadline: Deadline | None = None, warn: Callable[[str], None] = warn_stderr) -> SearchSummary:
     """Train `n_trials` architectures with `jobs` workers at once (this process is worker 0); one summary for all.
 
     The time limit, `deadline` or else `timeout` seconds from now, is one moment for every worker.
@@ -102,7 +104,7 @@ def run_parallel(cfg: SearchConfig, study_name: str, storage_url: str | None = N
     if jobs == 1:
         return run_search(cfg, study_name, storage_url, n_trials=n_trials, log=log,
                           progress_factory=progress_factory, trial_progress=trial_progress,
-                          allow_changed_settings=allow_changed_settings, deadline=deadline)
+                          allow_changed_settings=allow_changed_settings, deadline=deadline, warn=warn)
     workers = min(jobs, n_trials)
     threads = threads_per_worker(workers)
     context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads
@@ -128,7 +130,7 @@ def run_parallel(cfg: SearchConfig, study_name: str, storage_url: str | None = N
         main = run_search(cfg, study_name, storage_url, n_trials=n_trials, log=log,
                           progress_factory=progress_factory, trial_progress=trial_progress,
                           allow_changed_settings=allow_changed_settings, worker=0, on_study=start_others,
-                          shared_from=-1, deadline=deadline)
+                          shared_from=-1, deadline=deadline, warn=warn)
         if main.interrupted:  # Ctrl-C or SIGTERM stopped this worker's loop: stop the others the same way
             for _worker, process, _conn in children:
                 if process.is_alive():

@@ -6,8 +6,8 @@ weights go to a folder with arch.json, weights.pt and metrics.json).
 """
 from __future__ import annotations
 
+import io
 import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,6 +21,7 @@ from ..cost.memory import TRAINING_ACTIVATION_FACTOR, activation_bytes, free_mem
 from ..data import EMBEDDED_NAME, data_facts, load_dataset, small_split_note
 from ..errors import DsearchError
 from ..model.archspec import ArchSpec
+from ..paths import write_files_atomic
 from .failures import check_finite_state
 from .proxy import (
     DEFAULT_LR,
@@ -139,13 +140,11 @@ def study_defaults(study_config: dict[str, Any], cfg: FullTrainConfig) -> FullTr
 
 
 def write_trained(out_dir: Path, spec: ArchSpec, state: dict, facts: dict[str, Any]) -> Path:
-    """arch.json + weights.pt + metrics.json in `out_dir` (each written whole, then moved into place)."""
+    """arch.json + weights.pt + metrics.json in `out_dir`, all three written whole before any replaces an older one
+    (a full disk leaves the folder as it was)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    stamp = f".tmp-{time.time_ns()}"
-    for name, write in (("arch.json", lambda p: p.write_text(spec.to_json() + "\n")),
-                        ("weights.pt", lambda p: torch.save(state, p)),
-                        ("metrics.json", lambda p: p.write_text(json.dumps(facts, indent=2) + "\n"))):
-        tmp = out_dir / (name + stamp)
-        write(tmp)
-        tmp.replace(out_dir / name)
+    weights = io.BytesIO()
+    torch.save(state, weights)
+    write_files_atomic(out_dir, {"arch.json": (spec.to_json() + "\n").encode(), "weights.pt": weights.getvalue(),
+                                 "metrics.json": (json.dumps(facts, indent=2) + "\n").encode()})
     return out_dir

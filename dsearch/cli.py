@@ -537,7 +537,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def cmd_spaces(args: argparse.Namespace) -> int:
     from .checks import check_int, check_number
     from .cost.count import spec_cost
-    from .search.budget import Budget, budget_share
+    from .search.budget import Budget, budget_share, build, cheapest_params
     from .search.spaces import available_spaces, extreme_spec, load_space, space_size
 
     check_int(args.in_channels, "--in-channels", 1)
@@ -569,7 +569,9 @@ def cmd_spaces(args: argparse.Namespace) -> int:
         dearest = extreme_spec(space, args.in_channels, args.num_classes, cheapest=False)
         print(f"{space.name}: {share.share:.2%} within budget (95% interval {lo_ci:.2%}-{hi_ci:.2%}; "
               f"{share.invalid} invalid samples; {share.seconds:.1f} s)")
-        if not budget.fits(cheapest):
+        closest = build(space, cheapest_params(space, budget, args.in_channels, args.num_classes), args.in_channels,
+                        args.num_classes)[0]
+        if not budget.fits(closest):
             print("  no architecture of this space fits the budget")
         elif share.within == 0:
             print("  none of the samples fit, but the cheapest architecture does: `dsearch run` repairs samples "

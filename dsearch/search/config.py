@@ -95,15 +95,18 @@ def check_fits(space: Space, data: Dataset, cfg: SearchConfig, device) -> None:
 
 
 def check_budget_reachable(space: Space, data: Dataset, cfg: SearchConfig) -> Cost:
-    """Fail at once when no architecture of the space fits the budget; returns the cheapest cost."""
+    """Fail at once when no valid architecture of the space fits a budget; returns the cost of the one with the
+    fewest MACs. Each budget is compared with the valid architecture cheapest in what it counts."""
     cheapest = spec_cost(extreme_spec(space, data.in_channels, data.num_classes, cfg.resolution))
     res = cfg.resolution or space.resolution
     if cfg.budget_mflops is not None and cheapest.mflops > cfg.budget_mflops:
         raise DsearchError(
             f"no architecture of space '{space.name}' fits --budget-mflops {cfg.budget_mflops:g}: the cheapest costs "
             f"{cheapest.mflops:.2f} MFLOPs at {res}x{res}; raise the budget or use a smaller space/resolution")
-    if cfg.budget_mparams is not None and cheapest.mparams > cfg.budget_mparams:
-        raise DsearchError(
-            f"no architecture of space '{space.name}' fits --budget-mparams {cfg.budget_mparams:g}: the cheapest has "
-            f"{cheapest.mparams:.3f} M params; raise the budget or use a smaller space")
+    if cfg.budget_mparams is not None:
+        fewest = spec_cost(extreme_spec(space, data.in_channels, data.num_classes, cfg.resolution, by_params=True))
+        if fewest.mparams > cfg.budget_mparams:
+            raise DsearchError(
+                f"no architecture of space '{space.name}' fits --budget-mparams {cfg.budget_mparams:g}: the smallest "
+                f"has {fewest.mparams:.3f} M params; raise the budget or use a smaller space")
     return cheapest

@@ -7,6 +7,7 @@ that conv kind.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Mapping
@@ -17,10 +18,11 @@ from typing import Any, Protocol
 import yaml
 
 from ...checks import is_int
+from ...cost.count import net_counts, stage_counts
 from ...errors import DsearchError
 from ...model.archspec import ArchSpec, ConvSpec, HeadSpec, StageSpec, StemSpec, stage_blocks
-from ...model.blocks import BLOCKS, conv_units
-from ...model.ops import CONV_TYPES, ConvConfigError, conv_macs, resolve_knobs
+from ...model.blocks import BLOCKS, conv_bn_cost, conv_units
+from ...model.ops import CONV_TYPES, ConvConfigError, check_conv, resolve_knobs
 from ...model.ops.activations import check_activation
 from ...model.ops.registry import out_size
 
@@ -133,6 +135,7 @@ def parse_space(data: Any, source: str = "<space>") -> Space:
         conv_knobs=tuple(conv_knobs),
         path=source,
     )
+    check_some_valid(space)
     return space
 
 
@@ -280,54 +283,157 @@ class _Fixed:
         return self.params[name]
 
 
-def _stage_macs(block: str, kind: str, knobs: dict[str, Any], channels: int, size: int, width: int, depth: int,
-                kernel: int, expansion: float, stride: int) -> int | None:
-    """Analytic MACs of one stage's conv units; None where the knobs don't fit the widths."""
-    total = 0
-    for m, block_stride, h, _ in stage_blocks(channels, width, depth, stride, size):
-        for _, cin, cout, s in conv_units(block, m, width, expansion, block_stride):
-            try:
-                total += conv_macs(kind, cin, cout, kernel, s, (h, h), **knobs)
-            except ConvConfigError:
-                return None
-            h = out_size(h, kernel, s)
-    return total
+@functools.lru_cache(maxsize=200_000)
+def stage_problem(st: StageSpec, in_channels: int) -> str | None:
+    """Why a stage on `in_channels` cannot be built (a conv unit breaks its rule, e.g. SCC groups that do not divide
+    the channels), or None where it can."""
+    try:
+        for channels, stride, _, _ in stage_blocks(in_channels, st.out_channels, st.repeats, st.stride):
+            for _, m, n, s in conv_units(st.block, channels, st.out_channels, st.expansion, stride):
+                check_conv(st.conv.kind, m, n, st.kernel, s, st.conv.knob_dict)
+    except ConvConfigError as err:
+        return str(err)
+    return None
+
+
+@functools.lru_cache(maxsize=200_000)
+def valid_stage_counts(st: StageSpec, in_channels: int, size: int) -> tuple[int, int, int] | None:
+    """`stage_counts` (MACs, params, output size), or None where the stage cannot be built (`stage_problem`)."""
+    return None if stage_problem(st, in_channels) else stage_counts(st, in_channels, size)
+
+
+@dataclass(frozen=True)
+class _Option:
+    """One choice of everything a stage picks: its parameters and the StageSpec they make."""
+
+    params: tuple[tuple[str, Any], ...]
+    stage: StageSpec
+
+
+@functools.lru_cache(maxsize=64)
+def _stage_options(space: Space, index: int) -> tuple[_Option, ...]:
+    """Every choice of stage `index` that can be the cheapest or the dearest of the space.
+
+    Depths are limited to the smallest and the largest: blocks after a stage's first all map its width to its
+    width, so a depth >= 2 is valid exactly when depth 2 is, and cost grows with depth.
+    """
+    st, p = space.stages[index], f"stage{index + 1}"
+    depths = sorted({min(st.depth), max(st.depth)})
+    options = []
+    for kind in st.conv:
+        knob_choices = space.knob_choices(kind)
+        for combo in itertools.product(*knob_choices.values()):
+            knobs = dict(zip(knob_choices, combo, strict=True))
+            conv = ConvSpec.of(kind, **knobs)
+            conv_params = ((f"{p}.conv", kind), *((f"{p}.{kind}_{k}", v) for k, v in knobs.items()))
+            for block, width, depth, kernel, expansion in itertools.product(st.block, st.width, depths, st.kernel,
+                                                                           st.expansion):
+                stage = StageSpec(block=block, out_channels=width, repeats=depth, stride=st.stride, kernel=kernel,
+                                  expansion=float(expansion), conv=conv, activation=st.activation,
+                                  residual=st.residual)
+                params = ((f"{p}.block", block), (f"{p}.width", width), (f"{p}.depth", depth),
+                          (f"{p}.kernel", kernel), (f"{p}.expansion", expansion), *conv_params)
+                options.append(_Option(params, stage))
+    return tuple(options)
+
+
+def check_some_valid(space: Space) -> None:
+    """Refuse a space none of whose architectures can be built; one where some can is fine (the others become
+    `invalid` trials). Names the first stage that no choice of the stage (on any width the stages before it can
+    give) makes valid, and the rule its choices break."""
+    channels = set(space.stem_width)  # the widths that valid choices of the stages so far can end on
+    for i in range(len(space.stages)):
+        reached: set[int] = set()
+        problem: tuple[str, str] | None = None
+        for option in _stage_options(space, i):
+            if option.stage.out_channels in reached:
+                continue
+            for c in sorted(channels):
+                found = stage_problem(option.stage, c)
+                if found is None:
+                    reached.add(option.stage.out_channels)
+                    break
+                problem = problem or (found, option.stage.conv.kind)
+        if not reached:
+            assert problem is not None  # a stage always has at least one option
+            found, kind = problem
+            key = f"stages[{i}]" + (f" with conv_knobs.{kind}" if space.knob_choices(kind) else "")
+            raise SpaceError(
+                f"{space.path}: {key}: no architecture of the space can be built: every choice of this stage "
+                f"breaks a conv rule, e.g. {found}; give the knob a value that fits the widths (or "
+                "widths and expansions that fit it), or offer another conv kind")
+        channels = reached
 
 
 def extreme_spec(space: Space, in_channels: int, num_classes: int, resolution: int | None = None,
-                 cheapest: bool = True) -> ArchSpec:
-    """The cheapest (or dearest) architecture of the space by MACs (see `extreme_params`)."""
-    return sample(space, _Fixed(extreme_params(space, resolution, cheapest)), in_channels, num_classes, resolution)
+                 cheapest: bool = True, by_params: bool = False) -> ArchSpec:
+    """The cheapest (or dearest) valid architecture of the space by MACs (or params; see `extreme_params`)."""
+    return sample(space, _Fixed(extreme_params(space, in_channels, num_classes, resolution, cheapest, by_params)),
+                  in_channels, num_classes, resolution)
 
 
-def extreme_params(space: Space, resolution: int | None = None, cheapest: bool = True) -> dict[str, Any]:
-    """The parameter values of the cheapest (or dearest) architecture of the space by MACs.
+def extreme_params(space: Space, in_channels: int, num_classes: int, resolution: int | None = None,
+                   cheapest: bool = True, by_params: bool = False) -> dict[str, Any]:
+    """The parameter values of the cheapest (or dearest) valid architecture of the space by MACs, ties broken by
+    params (`by_params`: by params, ties broken by MACs).
 
-    Widths, depths, expansions, kernels and head width are monotone in cost, so their extremes
-    are taken directly; the block, conv kind and knobs of each stage are ranked by the analytic
-    MACs of the stage's conv units.
+    Exact, by dynamic programming over the stages: cost adds up stage by stage, and a stage's cost and validity
+    depend on the choices before it only through the width it receives. So for each width a stage can end on,
+    only the cheapest (dearest) valid way there is kept. Invalid choices (e.g. SCC groups that do not divide a
+    width) are never picked; `check_some_valid` has refused spaces where nothing is valid.
     """
-    pick = min if cheapest else max
-    size = out_size(resolution or space.resolution, space.stem_kernel, space.stem_stride)
-    params: dict[str, Any] = {"stem.width": pick(space.stem_width), "head.width": pick(space.head_width)}
-    channels = params["stem.width"]
-    for i, st in enumerate(space.stages, start=1):
-        p = f"stage{i}"
-        width, depth, kernel, expansion = pick(st.width), pick(st.depth), pick(st.kernel), pick(st.expansion)
-        params.update({f"{p}.width": width, f"{p}.depth": depth, f"{p}.kernel": kernel, f"{p}.expansion": expansion})
+    better = (lambda a, b: a < b) if cheapest else (lambda a, b: a > b)
+    size = resolution or space.resolution
 
+    def key(macs: int, params: int) -> tuple[int, int]:
+        return (params, macs) if by_params else (macs, params)
+
+    # Per width a stage ends on: (cost so far, the width the stage received, the stage's choice).
+    stem: dict[int, tuple[tuple[int, int], int, _Option | None]] = {}
+    for w in space.stem_width:
+        stem[w] = (key(*conv_bn_cost(in_channels, w, space.stem_kernel, space.stem_stride, size)), 0, None)
+    size = out_size(size, space.stem_kernel, space.stem_stride)
+    tables = [stem]
+    for i in range(len(space.stages)):
+        table: dict[int, tuple[tuple[int, int], int, _Option | None]] = {}
+        out = size
+        for c, (cost, _, _) in tables[-1].items():
+            for option in _stage_options(space, i):
+                counts = valid_stage_counts(option.stage, c, size)
+                if counts is None:
+                    continue
+                step = key(counts[0], counts[1])
+                total = (cost[0] + step[0], cost[1] + step[1])
+                width, out = option.stage.out_channels, counts[2]
+                if width not in table or better(total, table[width][0]):
+                    table[width] = (total, c, option)
+        if not table:
+            check_some_valid(space)  # names the stage and the rule
+            raise SpaceError(f"{space.path}: stages[{i}]: no architecture of the space can be built")
+        tables.append(table)
+        size = out
+
+    def path(width: int) -> tuple[int, list[_Option]]:
+        """The stem width and the stages' choices of the best way to end the stages on `width`."""
         options = []
-        for block in st.block:
-            for kind in st.conv:
-                knob_choices = space.knob_choices(kind)
-                for combo in itertools.product(*knob_choices.values()):
-                    knobs = dict(zip(knob_choices, combo, strict=True))
-                    macs = _stage_macs(block, kind, knobs, channels, size, width, depth, kernel, expansion, st.stride)
-                    if macs is not None:
-                        options.append((macs, block, kind, knobs))
-        _, block, kind, knobs = pick(options, key=lambda o: o[0])
-        params.update({f"{p}.block": block, f"{p}.conv": kind})
-        params.update({f"{p}.{kind}_{k}": v for k, v in knobs.items()})
-        size = out_size(size, kernel, st.stride)
-        channels = width
-    return params
+        for table in reversed(tables[1:]):
+            _, width, option = table[width]
+            assert option is not None
+            options.append(option)
+        return width, options[::-1]
+
+    best: tuple[tuple[int, int], dict[str, Any]] | None = None
+    for width in tables[-1]:
+        stem_width, options = path(width)
+        stem_spec = StemSpec(stem_width, space.stem_kernel, space.stem_stride, space.stem_activation)
+        for head in space.head_width:  # the head's cost depends only on the last width: counted whole here
+            net = net_counts(in_channels, num_classes, stem_spec, [o.stage for o in options], head,
+                             resolution or space.resolution, stage=valid_stage_counts)
+            assert net is not None  # every stage on the path is valid
+            if best is None or better(key(*net), best[0]):
+                params = {"stem.width": stem_width, "head.width": head}
+                for option in options:
+                    params.update(option.params)
+                best = (key(*net), params)
+    assert best is not None
+    return best[1]

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from .errors import DsearchError, Terminated, on_sigterm_raise, terminated
 from .model.archspec import ArchSpec
 from .model.presets import PRESETS
-from .paths import file_part, write_atomic
+from .paths import file_part, read_user_text, write_atomic
 
 if TYPE_CHECKING:
     import optuna
@@ -443,11 +443,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def _read_metrics(path: Path) -> dict:
     """The facts `dsearch train ARCH.json` wrote beside its weights."""
+    fix = "delete it, or retrain with `dsearch train` to write it again"
     try:
-        facts = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise DsearchError(f"cannot read {path} ({type(err).__name__}); delete it, or retrain with `dsearch train` to "
-                           "write it again") from None
+        facts = json.loads(read_user_text(path, "a metrics file"))
+    except DsearchError as err:
+        raise DsearchError(f"{err}; {fix}") from None
+    except (ValueError, RecursionError) as err:  # not JSON, an integer of over 4300 digits, nesting too deep
+        raise DsearchError(f"cannot read {path} ({type(err).__name__}); {fix}") from None
     if not isinstance(facts, dict):
         raise DsearchError(f"{path} is not a JSON object of facts; delete it, or retrain with `dsearch train`")
     return facts

@@ -2,7 +2,9 @@
 a value, never a traceback, a hang or gigabytes of memory (issue 25)."""
 from __future__ import annotations
 
+import json
 import os
+import random
 import subprocess
 import sys
 import textwrap
@@ -15,7 +17,7 @@ from conftest import TINY_SPACE
 from dsearch import cli, preset
 from dsearch.errors import DsearchError
 from dsearch.paths import MAX_USER_FILE_BYTES
-from dsearch.search.spaces import SpaceError, load_space
+from dsearch.search.spaces import SPACES_DIR, SpaceError, load_space
 
 TINY = textwrap.dedent(TINY_SPACE)
 # Nine levels of nine aliases: 9**9 (387 million) values once expanded; PyYAML builds it shared, and printing or
@@ -153,3 +155,81 @@ def test_a_damaged_metrics_file_is_one_line(tmp_path):
         with pytest.raises(DsearchError) as err:
             cli._read_metrics(path)
         assert one_line(err.value).endswith("retrain with `dsearch train` to write it again")
+
+
+# --- fuzzing: mutated and random bytes into every reader --------------------------------------------------------
+
+YAML_TOKENS = ["&a ", "*a", "&b [*a, *a, *a]", "[", "]", "{", "}", ": ", "- ", "? ", ", ", "<<: *a", "!!binary ",
+               "!!set ", "!!python/object/apply:os.system ['true']", "!!str ", "!!int ", "!!float ", "!!map ",
+               "2024-02-30", "2024-01-01 10:00:00", "1e999", "-1e999", ".nan", ".inf", "-.inf", "0x" + "f" * 40,
+               "9" * 5000, "0o777", "null", "~", "true", "no", "---\n", "...\n", "%YAML 1.1\n", "'", '"', "\\",
+               "\t", "\n", "\n  ", "#", "|\n  ", ">\n  ", "\x00", "\ufeff", "\u2028", "é", "-1", "0", "1.5", "1000000"]
+JSON_TOKENS = ["{", "}", "[", "]", ",", ":", '"', "\\u0000", "\\ud800", "NaN", "Infinity", "-Infinity", "1e999",
+               "9" * 5000, "-0", "null", "true", "false", '"kind"', '"dsc"', '"scc"', '"groups"', "[]", "{}",
+               '"schema"', "0.5", "1000000000", "\x00", "\xff"]
+
+
+def mutate(rng: random.Random, seed: bytes, tokens: list[str]) -> bytes:
+    data = bytearray(seed)
+    for _ in range(rng.randint(1, 6)):
+        op = rng.randrange(6)
+        at = rng.randrange(len(data) + 1)
+        if op == 0 and data:  # flip a byte
+            data[min(at, len(data) - 1)] = rng.randrange(256)
+        elif op == 1:  # insert a token the format gives meaning to
+            data[at:at] = rng.choice(tokens).encode("utf-8", "surrogatepass")
+        elif op == 2:  # delete a span
+            del data[at:at + rng.randint(1, 40)]
+        elif op == 3 and data:  # repeat a span
+            span = data[at:at + rng.randint(1, 60)]
+            data[at:at] = span * rng.randint(1, 8)
+        elif op == 4:  # random bytes
+            data[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 12)))
+        else:  # swap two lines
+            lines = bytes(data).split(b"\n")
+            i, j = rng.randrange(len(lines)), rng.randrange(len(lines))
+            lines[i], lines[j] = lines[j], lines[i]
+            data = bytearray(b"\n".join(lines))
+    return bytes(data)
+
+
+def fuzz_cases(seeds: list[bytes], tokens: list[str], n: int, seed: int) -> list[bytes]:
+    rng = random.Random(seed)  # deterministic: the same cases on every run
+    cases = [bytes(rng.randrange(256) for _ in range(rng.randint(0, 200))) for _ in range(n // 10)]
+    return cases + [mutate(rng, rng.choice(seeds), tokens) for _ in range(n - len(cases))]
+
+
+def only_one_line_errors(read, path: Path, cases: list[bytes]) -> int:
+    """Feed each case to `read(path)`; anything but a value or a one-line DsearchError fails. Returns the errors."""
+    errors = 0
+    for case in cases:
+        path.write_bytes(case)
+        try:
+            read(path)
+        except DsearchError as err:
+            errors += 1
+            assert str(err) and "\n" not in str(err) and len(str(err)) < 600, (case, str(err))
+        except Exception as err:  # noqa: BLE001 - the point: no other exception may escape
+            raise AssertionError(f"{type(err).__name__}: {err} for {case!r}") from None
+    return errors
+
+
+def test_fuzzed_space_files_give_a_space_or_one_line(tmp_path, capfd):
+    seeds = [TINY.encode(), (SPACES_DIR / "mobile.yaml").read_bytes(), (SPACES_DIR / "residual.yaml").read_bytes()]
+    cases = fuzz_cases(seeds, YAML_TOKENS, 400, seed=25)
+    errors = only_one_line_errors(lambda p: load_space(str(p)), tmp_path / "fuzz.yaml", cases)
+    assert 0 < errors < len(cases)  # the mutations both break and keep files
+    for case in cases[:40]:  # and through the CLI command: exit 0 with a table, or exit 2 with one line
+        (tmp_path / "fuzz.yaml").write_bytes(case)
+        code = cli.main(["spaces", str(tmp_path / "fuzz.yaml")])
+        err = capfd.readouterr().err
+        assert (code, err) == (0, "") or (code == 2 and len(err.strip().splitlines()) == 1), err
+
+
+def test_fuzzed_arch_and_metrics_files_give_a_value_or_one_line(tmp_path):
+    arch_seeds = [preset(name).to_json(indent=i).encode() for name, i in (("resnet20", 1), ("mobilenet_v2", None))]
+    cases = fuzz_cases(arch_seeds, JSON_TOKENS, 300, seed=26)
+    errors = only_one_line_errors(lambda p: cli.load_arch(str(p)), tmp_path / "fuzz.json", cases)
+    assert 0 < errors < len(cases)
+    metrics = json.dumps({"dataset": "embedded", "epochs": 10, "test_acc": 0.9, "train_resolution": 28}).encode()
+    only_one_line_errors(cli._read_metrics, tmp_path / "metrics.json", fuzz_cases([metrics], JSON_TOKENS, 200, 27))

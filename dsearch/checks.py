@@ -14,6 +14,14 @@ from .errors import DsearchError
 
 MIN_RESOLUTION = 8
 MAX_SEED = 2**31 - 1
+# Bounds on an architecture far beyond any network dsearch can search or train, so that a typo or a hostile file
+# (a depth of 10**9, a width of 10**30) is one clear line rather than a hang or an overflow deep inside torch.
+MAX_RESOLUTION = 1 << 20  # far past memory: a larger one is refused for it (dsearch.cost.memory)
+MAX_CHANNELS = 1 << 16
+MAX_REPEATS = 256
+MAX_EXPANSION = 64
+MAX_STAGES = 64
+MAX_CLASSES = 1_000_000
 
 
 def check_number(value: float, flag: str, *, low: float = -math.inf, high: float = math.inf,

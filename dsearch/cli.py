@@ -16,7 +16,7 @@ from .checks import check_int
 from .errors import Deadline, DsearchError, Terminated, TimedOut, on_sigterm_raise, terminated, write_problem
 from .model.archspec import ArchSpec
 from .model.presets import PRESETS
-from .paths import file_part, write_atomic, writing
+from .paths import file_part, read_user_text, write_atomic, writing
 
 if TYPE_CHECKING:
     import optuna
@@ -472,11 +472,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def _read_metrics(path: Path) -> dict:
     """The facts `dsearch train ARCH.json` wrote beside its weights."""
+    fix = "delete it, or retrain with `dsearch train` to write it again"
     try:
-        facts = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise DsearchError(f"cannot read {path} ({type(err).__name__}); delete it, or retrain with `dsearch train` to "
-                           "write it again") from None
+        facts = json.loads(read_user_text(path, "a metrics file"))
+    except DsearchError as err:
+        raise DsearchError(f"{err}; {fix}") from None
+    except (ValueError, RecursionError) as err:  # not JSON, an integer of over 4300 digits, nesting too deep
+        raise DsearchError(f"cannot read {path} ({type(err).__name__}); {fix}") from None
     if not isinstance(facts, dict):
         raise DsearchError(f"{path} is not a JSON object of facts; delete it, or retrain with `dsearch train`")
     return facts
@@ -571,7 +573,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def cmd_spaces(args: argparse.Namespace) -> int:
     from .checks import check_int, check_number
     from .cost.count import spec_cost
-    from .search.budget import Budget, budget_share
+    from .search.budget import Budget, budget_share, build, cheapest_params
     from .search.spaces import available_spaces, extreme_spec, load_space, space_size
 
     check_int(args.in_channels, "--in-channels", 1)
@@ -603,7 +605,9 @@ def cmd_spaces(args: argparse.Namespace) -> int:
         dearest = extreme_spec(space, args.in_channels, args.num_classes, cheapest=False)
         print(f"{space.name}: {share.share:.2%} within budget (95% interval {lo_ci:.2%}-{hi_ci:.2%}; "
               f"{share.invalid} invalid samples; {share.seconds:.1f} s)")
-        if not budget.fits(cheapest):
+        closest = build(space, cheapest_params(space, budget, args.in_channels, args.num_classes), args.in_channels,
+                        args.num_classes)[0]
+        if not budget.fits(closest):
             print("  no architecture of this space fits the budget")
         elif share.within == 0:
             print("  none of the samples fit, but the cheapest architecture does: `dsearch run` repairs samples "

@@ -46,6 +46,18 @@ def write_problem(err: BaseException | None) -> str | None:
     return None
 
 
+def clip(text: str, limit: int = 80) -> str:
+    """`text` on one line and at most `limit` characters: error lines quote what a user's file holds, which may be
+    a megabyte of anything."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def shown(value: Any) -> str:
+    """`repr(value)` for an error line: one line, at most 80 characters."""
+    return clip(repr(value))
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (sent by `timeout`, `kill`, systemd, batch schedulers), handled like Ctrl-C: the running trial is
     marked failed with this reason, every finished one is kept, and the command exits 143 (128 + SIGTERM)."""

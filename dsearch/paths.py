@@ -23,6 +23,8 @@ STUDY_NAME_RULE = "1 to 64 characters from A-Z, a-z, 0-9, '.', '_' and '-', star
 _STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 STUDIES_ROOT = Path("studies")
 SQLITE_PREFIX = "sqlite:///"
+# Space files, ArchSpec JSON and metrics files are a few kilobytes: a larger one is the wrong file (or a bomb).
+MAX_USER_FILE_BYTES = 1 << 20
 
 
 def check_study_name(name: str) -> str:
@@ -167,3 +169,23 @@ def on_read_only_media(path: Path) -> bool:
         return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
     except OSError:
         return False
+
+
+def read_user_text(path: Path, what: str) -> str:
+    """The text of a small file the user gave (`what`: "a space file", ...); any problem is one line naming it.
+
+    At most MAX_USER_FILE_BYTES are read, whatever the file claims to be (a FIFO or /dev/zero never ends);
+    a UTF-8 byte-order mark is dropped.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_USER_FILE_BYTES + 1)
+    except OSError as err:
+        raise DsearchError(f"{path}: cannot read {what}: {err.strerror or type(err).__name__}") from None
+    if len(data) > MAX_USER_FILE_BYTES:
+        raise DsearchError(f"{path}: larger than {MAX_USER_FILE_BYTES >> 20} MiB, too large for {what} (a few "
+                           "kilobytes); is it the right file?")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DsearchError(f"{path}: not UTF-8 text (byte {err.start}); save it as UTF-8") from None

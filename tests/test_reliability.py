@@ -2,6 +2,7 @@
 diverging training, corrupt artifacts, Ctrl-C, and a worker killed with SIGKILL mid-trial."""
 import math
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -155,7 +156,7 @@ def test_a_study_made_before_the_binding_is_checked_on_what_it_recorded(tiny_spa
     (("--timeout", "-3"), "--timeout must be a finite number > 0"),
     (("--seed", "-1"), "--seed must be an integer from 0 to"),
     (("--device", "bogus"), "--device 'bogus' is not a device"),
-    (("--resolution", "100000"), "--resolution 100000 needs about"),
+    (("--resolution", "100000", "--budget-mflops", "1e12"), "--resolution 100000 needs about"),  # budget first
     (("--train-resolution", "6000"), "--train-resolution 6000 needs about"),
     (("--storage", "/proc/dsearch/journal.log"), "storage /proc/dsearch/journal.log"),
     (("--storage", "FOLDER"), "is a folder; give a file path"),
@@ -185,6 +186,66 @@ def test_cost_refuses_a_resolution_that_cannot_fit(capfd):
     one_line_error(*dsearch(capfd, "cost", "resnet20", "--resolution", "0")[::2],
                    "--resolution must be an integer >= 8")
     one_line_error(*dsearch(capfd, "cost", "resnet20", "--width", "inf")[::2], "--width must be a finite number > 0")
+
+
+def test_an_unreachable_budget_is_said_before_memory(tiny_space, tmp_path, monkeypatch, capfd):
+    monkeypatch.chdir(tmp_path)
+    args = ("--space", tiny_space, *RUN, "--budget-mflops", "0.0001", "--train-resolution", "6000")
+    code, _, err = dsearch(capfd, "run", *args)
+    one_line_error(code, err, "no architecture of space 'tiny' fits --budget-mflops 0.0001: the cheapest costs")
+    assert "--train-resolution" not in err and not (tmp_path / "studies").exists()
+
+
+def memory_facts(tiny_space):
+    """The tiny space's largest candidate and the embedded data: what a run's memory check weighs."""
+    from dsearch.cost.memory import TRAINING_ACTIVATION_FACTOR
+    from dsearch.data import EMBEDDED_NAME, load_dataset
+    from dsearch.search.spaces import extreme_spec, load_space
+
+    space, data = load_space(str(tiny_space)), load_dataset(EMBEDDED_NAME)
+    largest = extreme_spec(space, data.in_channels, data.num_classes, cheapest=False)
+    per_image = activation_bytes(largest, data.image_size[0], 1) * TRAINING_ACTIVATION_FACTOR
+    return space, data, per_image, data.train_x[:1].numel()  # uint8 images: one byte a value
+
+
+def test_a_batch_too_large_is_named_with_one_that_fits(tiny_space, tmp_path, monkeypatch, capfd):
+    from dsearch.cost import memory
+
+    monkeypatch.chdir(tmp_path)
+    _, data, per_image, _ = memory_facts(tiny_space)
+    monkeypatch.setattr(memory, "free_memory", lambda _device: 40 * per_image)  # room for 40 images' training
+    fast = ("--budget-mflops", str(BUDGET), "--epochs", "1", "--quiet", "--no-finals")
+    code, _, err = dsearch(capfd, "run", "--space", tiny_space, *fast, "--batch-size", "64", "--train-subset", "128")
+    one_line_error(code, err, "--batch-size 64 is too large: training of tiny at batch 64 needs about")
+    assert re.search(r"use --batch-size 32 \(about [\d.]+ MiB\) or a smaller --train-resolution$", err.strip()), err
+    code, _, err = dsearch(capfd, "run", "--space", tiny_space, *fast, "--batch-size", "100000")
+    n = len(data.train_x)
+    one_line_error(code, err, f"--batch-size 100000 is too large: training of tiny at batch {n} (a step takes at "
+                              f"most the {n} training images)")
+    assert "use --batch-size 32 " in err and "resolution 28" not in err
+    assert not (tmp_path / "studies").exists()
+
+
+def test_training_images_held_on_the_device_are_named_with_a_subset_that_fits(tiny_space, monkeypatch):
+    from dsearch.cost import memory
+    from dsearch.search.config import check_fits
+
+    space, data, per_image, image = memory_facts(tiny_space)
+    other = (len(data.val_x) + len(data.test_x)) * image
+    room = {"cpu": 10**12}
+    monkeypatch.setattr(memory, "free_memory", lambda device: room.get(device.type, room["device"]))
+    # A device (here "meta": not the CPU, so the images are copied there) with room for a batch of 64, the
+    # validation and test images and 1000 training images, not all of them.
+    room["device"] = 64 * per_image + other + 1000 * image
+    assert len(data.train_x) > 1000
+    with pytest.raises(DsearchError, match=r"training images held on meta .* use --train-subset 1000 or fewer"):
+        check_fits(space, data, cfg(tiny_space, proxy=ProxyConfig(batch_size=64)), torch.device("meta"))
+    check_fits(space, data, cfg(tiny_space, proxy=ProxyConfig(batch_size=64, train_subset=1000)),
+               torch.device("meta"))  # the subset it named fits
+    room["device"] = per_image // 2  # not even one image's activations
+    with pytest.raises(DsearchError, match=r"^--train-resolution 28 needs about .* on one 28x28 image, .*; use a "
+                                           r"smaller --train-resolution$"):
+        check_fits(space, data, cfg(tiny_space, proxy=ProxyConfig(batch_size=64)), torch.device("meta"))
 
 
 def test_activation_estimate_matches_a_real_forward_pass():

@@ -56,13 +56,65 @@ def free_memory(device: torch.device) -> int:
         return 2**63  # unknown: do not refuse
 
 
+def _gib(n: float) -> str:
+    """Bytes as people read them: GiB, or MiB below one GiB (a small net's image is a fraction of a MiB)."""
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
 def check_fits_memory(spec: ArchSpec, resolution: int, batch: int, device: torch.device, flag: str,
-                      training: bool = False) -> None:
-    """Refuse a resolution whose estimated activations exceed the memory free on `device`."""
-    need = activation_bytes(spec, resolution, batch) * (TRAINING_ACTIVATION_FACTOR if training else 1)
-    free = free_memory(device)
-    if need > free:
-        what = f"training at batch {batch}" if training else "one forward pass at batch 1"
+                      training: bool = False, *, free: int | None = None, train_images: int | None = None,
+                      train_bytes: int = 0, other_bytes: int = 0, can_subset: bool = True) -> None:
+    """Refuse a size and batch whose activations, with the data held on `device`, exceed the memory free there.
+
+    The error names what is too large and the setting that fixes it: the size (`flag`, e.g. --train-resolution)
+    when one image's activations alone do not fit, --train-subset when the training images held on the device
+    are what leaves too little, else --batch-size with a batch that fits. `train_images`: how many training
+    images a step can draw from (a batch never holds more); `train_bytes`, `other_bytes`: the training images and
+    the validation and test images kept on the device (0 where they live in host memory anyway); `can_subset`:
+    whether the command has --train-subset. `free`: bytes free on `device` (default: `free_memory`).
+    """
+    used = batch if train_images is None else max(1, min(batch, train_images))
+    per_image = activation_bytes(spec, resolution, 1) * (TRAINING_ACTIVATION_FACTOR if training else 1)
+    free = free_memory(device) if free is None else free
+    data = train_bytes + other_bytes
+    if per_image * used + data <= free:
+        return
+    name = spec.name or "the architecture"
+    what = "training" if training else "one forward pass"
+    r = f"{resolution}x{resolution}"
+    if per_image > free or not training:
         raise DsearchError(
-            f"{flag} {resolution} needs about {need / 2**30:.1f} GiB for {what} of {spec.name or 'the architecture'} "
-            f"({resolution}x{resolution}), but {device} has {free / 2**30:.1f} GiB free; use a smaller {flag}")
+            f"{flag} {resolution} needs about {_gib(per_image)} for {what} of {name} on one {r} image, but {device} "
+            f"has {_gib(free)} free; use a smaller {flag}")
+    if 2 * per_image > free:  # --batch-size is at least 2
+        raise DsearchError(
+            f"{flag} {resolution} needs about {_gib(2 * per_image)} for {what} of {name} at the smallest batch (2) "
+            f"of {r} images, but {device} has {_gib(free)} free; use a smaller {flag}")
+    if other_bytes + 2 * per_image > free:
+        raise DsearchError(
+            f"the validation and test images held on {device} ({_gib(other_bytes)}) leave too little of its "
+            f"{_gib(free)} free for {what} of {name} at {r} ({_gib(2 * per_image)} at the smallest batch, 2); "
+            "use --device cpu or a smaller --train-resolution")
+    held = f" besides the {_gib(data)} of images held there" if data else ""
+    fits = int((free - data) // per_image)
+    fits = 1 << (fits.bit_length() - 1) if fits >= 1 else 0  # a power of two
+    smaller_batch = f"--batch-size {fits} (about {_gib(per_image * fits)})"
+    subset = 0  # how many training images could stay on the device beside this batch (a subset holds a batch)
+    if train_bytes and train_images and can_subset and used == batch:
+        subset = int((free - per_image * batch - other_bytes) // (train_bytes / train_images))
+    if subset >= batch:
+        raise DsearchError(
+            f"the {train_images} training images held on {device} ({_gib(train_bytes)}) leave too little of its "
+            f"{_gib(free)} free for {what} of {name} at batch {batch} ({_gib(per_image * batch)} at {r}); use "
+            f"--train-subset {subset} or fewer" + (f", or {smaller_batch}" if fits >= 2 else ""))
+    if fits < 2:  # the smallest batch fits beside the validation and test images: the training images do not
+        fix = "a smaller --train-subset and --batch-size" if can_subset else "--device cpu"
+        raise DsearchError(
+            f"the {train_images} training images held on {device} ({_gib(train_bytes)}) leave too little of its "
+            f"{_gib(free)} free for {what} of {name} at the smallest batch (2: {_gib(2 * per_image)} at {r}); "
+            f"use {fix}")
+    whole = f" (a step takes at most the {train_images} training images)" if used < batch else ""
+    raise DsearchError(
+        f"--batch-size {batch} is too large: {what} of {name} at batch {used}{whole} needs about "
+        f"{_gib(per_image * used)} at {r} ({_gib(per_image)} per image){held}, but {device} has {_gib(free)} free; "
+        f"use {smaller_batch} or a smaller {flag}")

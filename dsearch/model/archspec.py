@@ -24,8 +24,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..checks import is_int, is_positive_int
-from ..errors import DsearchError
+from ..checks import MAX_CHANNELS, MAX_CLASSES, MAX_EXPANSION, MAX_REPEATS, MAX_RESOLUTION, MAX_STAGES, is_int
+from ..errors import DsearchError, clip, shown
 from .blocks import BLOCKS, conv_units
 from .heads import DEFAULT_CLASSIFIER, classifier_problem
 from .ops import ConvConfigError, check_conv, resolve_knobs
@@ -67,7 +67,7 @@ class ConvSpec:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], path: str = "conv") -> ConvSpec:
         if not isinstance(data, Mapping):
-            raise ArchSpecError(f"{path}: must be an object like {{\"kind\": \"dsc\"}}, got {data!r}")
+            raise ArchSpecError(f"{path}: must be an object like {{\"kind\": \"dsc\"}}, got {shown(data)}")
         data = dict(data)
         kind = data.pop("kind", None)
         if not isinstance(kind, str):
@@ -141,7 +141,7 @@ class ArchSpec:
         data = dict(data)
         schema = data.pop("schema", SCHEMA)
         if schema != SCHEMA:
-            raise ArchSpecError(f"schema: {schema!r} is not supported; this dsearch reads {SCHEMA!r}")
+            raise ArchSpecError(f"schema: {shown(schema)} is not supported; this dsearch reads {SCHEMA!r}")
         return _from_plain(cls, data, "")
 
     @classmethod
@@ -150,6 +150,9 @@ class ArchSpec:
             data = json.loads(text)
         except json.JSONDecodeError as err:
             raise ArchSpecError(f"not valid JSON: {err}") from None
+        except (ValueError, RecursionError) as err:  # an integer of over 4300 digits; nesting Python cannot follow
+            what = "nested too deeply" if isinstance(err, RecursionError) else str(err).split(";")[0]
+            raise ArchSpecError(f"not valid JSON: {what}") from None
         return cls.from_dict(data)
 
     def replace(self, **changes: Any) -> ArchSpec:
@@ -179,8 +182,8 @@ class ArchSpec:
 def _knob_summary(conv: ConvSpec) -> str:
     """The kind's knobs that have a summary abbreviation, e.g. `(g2,o0.5)` (implicit ones only away from default)."""
     kn = conv.knob_dict
-    shown = [(k.short, kn[k.name]) for k in conv_type(conv.kind).knobs if k.short and k.name in kn]
-    parts = [f"{short}{value:.2g}" if isinstance(value, float) else f"{short}{value}" for short, value in shown]
+    pairs = [(k.short, kn[k.name]) for k in conv_type(conv.kind).knobs if k.short and k.name in kn]
+    parts = [f"{short}{value:.2g}" if isinstance(value, float) else f"{short}{value}" for short, value in pairs]
     return f"({','.join(parts)})" if parts else ""
 
 
@@ -204,7 +207,7 @@ def _from_plain(cls: type, data: Any, path: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ArchSpecError(f"{where}: unknown field(s) {', '.join(unknown)}; valid: {', '.join(fields)}")
+        raise ArchSpecError(f"{where}: unknown field(s) {clip(', '.join(unknown))}; valid: {', '.join(fields)}")
     kwargs = {}
     for name, f in fields.items():
         sub = f"{path}.{name}" if path else name
@@ -234,7 +237,7 @@ def _convert(hint: Any, value: Any, path: str) -> Any:
     if hint in (int, str, bool) and type(value) is hint:
         return value
     name = {int: "an integer", str: "a string", bool: "true or false", float: "a number"}.get(hint, str(hint))
-    raise ArchSpecError(f"{path}: must be {name}, got {value!r}")
+    raise ArchSpecError(f"{path}: must be {name}, got {shown(value)}")
 
 
 def _require(ok: bool, path: str, rule: str) -> None:
@@ -243,26 +246,30 @@ def _require(ok: bool, path: str, rule: str) -> None:
 
 
 def _validate(spec: ArchSpec) -> None:
-    _require(is_positive_int(spec.in_channels), "in_channels", "must be a positive integer")
-    _require(is_int(spec.num_classes, 2), "num_classes", "must be an integer >= 2")
-    _require(is_positive_int(spec.resolution), "resolution", "must be a positive integer (the deployment input size)")
-    _require(is_positive_int(spec.stem.out_channels), "stem.out_channels", "must be a positive integer")
+    channels = f"must be an integer from 1 to {MAX_CHANNELS}"
+    _require(is_int(spec.in_channels, 1, MAX_CHANNELS), "in_channels", channels)
+    _require(is_int(spec.num_classes, 2, MAX_CLASSES), "num_classes", f"must be an integer >= 2 and <= {MAX_CLASSES}")
+    _require(is_int(spec.resolution, 1, MAX_RESOLUTION), "resolution",
+             f"must be an integer from 1 to {MAX_RESOLUTION} (the deployment input size)")
+    _require(is_int(spec.stem.out_channels, 1, MAX_CHANNELS), "stem.out_channels", channels)
     _require(spec.stem.kernel in (1, 3, 5, 7), "stem.kernel", "must be 1, 3, 5 or 7")
     _require(spec.stem.stride in (1, 2), "stem.stride", "must be 1 or 2")
     _check_activation(spec.stem.activation, "stem.activation")
-    _require(len(spec.stages) >= 1, "stages", "needs at least one stage")
+    _require(1 <= len(spec.stages) <= MAX_STAGES, "stages", f"needs from 1 to {MAX_STAGES} stages")
     for i, st in enumerate(spec.stages):
         p = f"stages[{i}]"
-        _require(st.block in BLOCKS, f"{p}.block", f"unknown block {st.block!r}; valid: {', '.join(sorted(BLOCKS))}")
-        _require(is_positive_int(st.out_channels), f"{p}.out_channels", "must be a positive integer")
-        _require(is_positive_int(st.repeats), f"{p}.repeats", "must be a positive integer")
+        _require(st.block in BLOCKS, f"{p}.block",
+                 f"unknown block {shown(st.block)}; valid: {', '.join(sorted(BLOCKS))}")
+        _require(is_int(st.out_channels, 1, MAX_CHANNELS), f"{p}.out_channels", channels)
+        _require(is_int(st.repeats, 1, MAX_REPEATS), f"{p}.repeats", f"must be an integer from 1 to {MAX_REPEATS}")
         _require(st.stride in (1, 2), f"{p}.stride", "must be 1 or 2")
         _require(st.kernel in (1, 3, 5, 7), f"{p}.kernel", "must be 1, 3, 5 or 7")
-        _require(isinstance(st.expansion, (int, float)) and st.expansion > 0, f"{p}.expansion", "must be > 0")
+        _require(isinstance(st.expansion, (int, float)) and 0 < st.expansion <= MAX_EXPANSION, f"{p}.expansion",
+                 f"must be > 0 and <= {MAX_EXPANSION}")
         _check_activation(st.activation, f"{p}.activation")
         _require(isinstance(st.residual, bool), f"{p}.residual", "must be true or false")
-    _require(isinstance(spec.head.channels, int) and spec.head.channels >= 0, "head.channels",
-             "must be an integer >= 0 (0: no 1x1 conv before pooling)")
+    _require(is_int(spec.head.channels, 0, MAX_CHANNELS), "head.channels",
+             f"must be an integer from 0 to {MAX_CHANNELS} (0: no 1x1 conv before pooling)")
     _check_activation(spec.head.activation, "head.activation")
     _require(isinstance(spec.head.dropout, (int, float)) and 0 <= spec.head.dropout < 1, "head.dropout",
              "must be in [0, 1)")

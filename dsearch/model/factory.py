@@ -15,6 +15,7 @@ from torch import nn
 
 from ..checks import is_positive_int
 from ..errors import DsearchError
+from ..paths import read_user_text
 from .archspec import ArchSpec
 from .builder import build_model
 from .presets import PRESETS, preset, with_conv
@@ -50,8 +51,9 @@ def resolve_arch(arch: str | Path | ArchSpec, *, num_classes: int | None = None,
         if not path.is_file():
             raise DsearchError(f"{str(arch)!r} is neither a preset ({', '.join(sorted(PRESETS))}) nor an ArchSpec "
                                "JSON file")
+        text = read_user_text(path, "an ArchSpec JSON file")
         try:
-            spec = ArchSpec.from_json(path.read_text())
+            spec = ArchSpec.from_json(text)
         except DsearchError as err:
             raise DsearchError(f"{path}: {err}") from None
     else:

@@ -9,8 +9,8 @@ block, a conv kind with its knobs, the head's classifier kind, or a smaller widt
 kernel, stem or head width) and measures the result against the budget as r = max(MFLOPs / MFLOPs
 budget, M params / params budget). If some change brings r <= 1, it takes the one of those with the
 highest r (the least shrinkage); otherwise it takes the change with the lowest r (the largest
-saving), and repeats. If no change lowers r, it falls back to the space's cheapest architecture,
-which is known to fit.
+saving), and repeats. If no change lowers r, it falls back to the space's cheapest valid architecture
+(by MFLOPs or by params, whichever is further within the budget), which the run checked fits.
 """
 from __future__ import annotations
 
@@ -23,11 +23,9 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..cost.count import net_counts, spec_cost, stage_counts
-from ..model.archspec import ArchSpec, ArchSpecError, ConvSpec, StageSpec, StemSpec, stage_blocks
-from ..model.blocks import conv_units
-from ..model.ops import ConvConfigError, check_conv
-from .spaces import Choices, Space, extreme_params, sample
+from ..cost.count import net_counts, spec_cost
+from ..model.archspec import ArchSpec, ArchSpecError, ConvSpec, StageSpec, StemSpec
+from .spaces import Choices, Space, extreme_params, sample, valid_stage_counts
 
 Params = dict[str, Any]
 
@@ -90,18 +88,6 @@ def _value(params: Mapping[str, Any], name: str, choices: Choices) -> Any:
     return choices[0] if len(choices) == 1 else params[name]
 
 
-@functools.lru_cache(maxsize=200_000)
-def _valid_stage_counts(st: StageSpec, in_channels: int, size: int) -> tuple[int, int, int] | None:
-    """`stage_counts`, or None where the stage's conv units break a rule (e.g. SCC groups that do not divide)."""
-    try:
-        for channels, stride, _, _ in stage_blocks(in_channels, st.out_channels, st.repeats, st.stride):
-            for _, m, n, s in conv_units(st.block, channels, st.out_channels, st.expansion, stride):
-                check_conv(st.conv.kind, m, n, st.kernel, s, st.conv.knob_dict)
-    except ConvConfigError:
-        return None
-    return stage_counts(st, in_channels, size)
-
-
 def params_counts(space: Space, params: Mapping[str, Any], in_channels: int, num_classes: int,
                   resolution: int | None = None) -> tuple[int, int] | None:
     """(MACs, params) of the architecture `params` pick, equal to spec_cost of it, without validating an ArchSpec.
@@ -123,7 +109,7 @@ def params_counts(space: Space, params: Mapping[str, Any], in_channels: int, num
     stem = StemSpec(_value(params, "stem.width", space.stem_width), space.stem_kernel, space.stem_stride,
                     space.stem_activation)
     return net_counts(in_channels, num_classes, stem, stages, _value(params, "head.width", space.head_width),
-                      resolution or space.resolution, stage=_valid_stage_counts,
+                      resolution or space.resolution, stage=valid_stage_counts,
                       classifier=_value(params, "head.classifier", space.head_classifier))
 
 
@@ -199,9 +185,20 @@ def repair(space: Space, params: Mapping[str, Any], budget: Budget, in_channels:
             break
         ratio, params = lowest[0], build(space, lowest[1], in_channels, num_classes, budget.resolution)[1]
     if ratio > 1.0:
-        spec, params = build(space, extreme_params(space, budget.resolution, num_classes=num_classes), in_channels,
+        spec, params = build(space, cheapest_params(space, budget, in_channels, num_classes), in_channels,
                              num_classes, budget.resolution)
     return spec, params, steps
+
+
+def cheapest_params(space: Space, budget: Budget, in_channels: int, num_classes: int) -> Params:
+    """The space's valid architecture with the fewest MACs or the one with the fewest params, whichever is
+    further within `budget` (with one budget set, the one cheapest in what it counts)."""
+    def ratio(params: Params) -> float:
+        counts = params_counts(space, params, in_channels, num_classes, budget.resolution)
+        return math.inf if counts is None else budget.counts_ratio(*counts)
+
+    return min((extreme_params(space, in_channels, num_classes, budget.resolution, by_params=by_params)
+                for by_params in (False, True)), key=ratio)
 
 
 @dataclass(frozen=True)

@@ -86,24 +86,36 @@ def check_config(cfg: SearchConfig) -> None:
     check_proxy(cfg.proxy)
 
 
-def check_fits(space: Space, data: Dataset, cfg: SearchConfig, device) -> None:
-    """Refuse resolutions whose activations cannot fit: counting the largest candidate, and training it."""
+def check_fits(space: Space, data: Dataset, cfg: SearchConfig, device: torch.device) -> None:
+    """Refuse settings whose activations cannot fit, on the space's largest candidate: counting its cost at the
+    deployment resolution (on the CPU, at batch 1), and training it (with the images the trainer keeps on the
+    device). Call after `check_budget_reachable`: a budget nothing fits is the first thing to say."""
     largest = extreme_spec(space, data.in_channels, data.num_classes, cfg.resolution, cheapest=False)
     check_fits_memory(largest, cfg.resolution or space.resolution, 1, torch.device("cpu"), "--resolution")
+    train_images = len(data.train_x) if cfg.proxy.train_subset is None else min(cfg.proxy.train_subset,
+                                                                                len(data.train_x))
+    train_bytes = other_bytes = 0
+    if device.type != "cpu":  # DeviceData copies the images there; on the CPU they are in host memory already
+        image = data.train_x[:1].numel() * data.train_x.element_size()
+        train_bytes, other_bytes = train_images * image, (len(data.val_x) + len(data.test_x)) * image
     check_fits_memory(largest, cfg.proxy.train_resolution or data.image_size[0], cfg.proxy.batch_size, device,
-                      "--train-resolution", training=True)
+                      "--train-resolution", training=True, train_images=train_images, train_bytes=train_bytes,
+                      other_bytes=other_bytes)
 
 
 def check_budget_reachable(space: Space, data: Dataset, cfg: SearchConfig) -> Cost:
-    """Fail at once when no architecture of the space fits the budget; returns the cheapest cost."""
+    """Fail at once when no valid architecture of the space fits a budget; returns the cost of the one with the
+    fewest MACs. Each budget is compared with the valid architecture cheapest in what it counts."""
     cheapest = spec_cost(extreme_spec(space, data.in_channels, data.num_classes, cfg.resolution))
     res = cfg.resolution or space.resolution
     if cfg.budget_mflops is not None and cheapest.mflops > cfg.budget_mflops:
         raise DsearchError(
             f"no architecture of space '{space.name}' fits --budget-mflops {cfg.budget_mflops:g}: the cheapest costs "
             f"{cheapest.mflops:.2f} MFLOPs at {res}x{res}; raise the budget or use a smaller space/resolution")
-    if cfg.budget_mparams is not None and cheapest.mparams > cfg.budget_mparams:
-        raise DsearchError(
-            f"no architecture of space '{space.name}' fits --budget-mparams {cfg.budget_mparams:g}: the cheapest has "
-            f"{cheapest.mparams:.3f} M params; raise the budget or use a smaller space")
+    if cfg.budget_mparams is not None:
+        fewest = spec_cost(extreme_spec(space, data.in_channels, data.num_classes, cfg.resolution, by_params=True))
+        if fewest.mparams > cfg.budget_mparams:
+            raise DsearchError(
+                f"no architecture of space '{space.name}' fits --budget-mparams {cfg.budget_mparams:g}: the smallest "
+                f"has {fewest.mparams:.3f} M params; raise the budget or use a smaller space")
     return cheapest

@@ -150,8 +150,8 @@ def run_search(cfg: SearchConfig, study_name: str, storage_url: str | None = Non
         device = select_device(cfg.device)
     except (ValueError, RuntimeError) as err:
         raise DsearchError(str(err).splitlines()[0]) from None
+    check_budget_reachable(space, data, cfg)  # before memory: an unreachable budget is what to fix first
     check_fits(space, data, cfg, device)
-    check_budget_reachable(space, data, cfg)
     identity = cfg.identity(space, cfg.proxy.train_resolution or data.image_size[0])
     with storage_writes(storage_url):  # a full disk under the storage: one line, whichever write met it
         study = prepare_study(cfg, study_name, storage_url, identity, allow_changed_settings, worker or 0)

@@ -17,7 +17,7 @@ import torch
 
 from ..checks import check_device, check_resolution
 from ..cost.count import spec_cost
-from ..cost.memory import TRAINING_ACTIVATION_FACTOR, activation_bytes, free_memory
+from ..cost.memory import check_fits_memory, free_memory
 from ..data import EMBEDDED_NAME, data_facts, load_dataset, small_split_note
 from ..errors import DsearchError
 from ..model.archspec import ArchSpec
@@ -57,18 +57,18 @@ def check_fits_data(spec: ArchSpec, in_channels: int, num_classes: int, dataset:
             "(--dataset) or edit in_channels/num_classes in the ArchSpec")
 
 
-def check_fits_training(spec: ArchSpec, size: int, batch: int, device: torch.device) -> None:
-    """Refuse a training size and batch whose activations exceed the free memory, naming a batch size that fits."""
-    per_image = activation_bytes(spec, size, 1) * TRAINING_ACTIVATION_FACTOR  # activations grow linearly with batch
-    free = free_memory(device)
-    if per_image * batch <= free:
-        return
-    fits = 1 << (int(free // per_image).bit_length() - 1) if free >= per_image else 0  # a power of two
-    fix = (f"use --batch-size {fits} (about {fits * per_image / 2**30:.1f} GiB) or a smaller --train-resolution"
-           if fits else "use a smaller --train-resolution")
-    raise DsearchError(f"--train-resolution {size} needs about {per_image * batch / 2**30:.1f} GiB for training at "
-                       f"batch {batch} of {spec.name or 'the architecture'} ({size}x{size}), but {device} has "
-                       f"{free / 2**30:.1f} GiB free; {fix}")
+def check_fits_training(spec: ArchSpec, size: int, batch: int, device: torch.device, data=None) -> None:
+    """Refuse a training size and batch whose activations (with the images kept on the device) exceed the free
+    memory, naming what is too large: the size, the batch (with one that fits) or the images held there."""
+    train_images = train_bytes = other_bytes = None
+    if data is not None:
+        train_images = len(data.train_x)
+        if device.type != "cpu":  # DeviceData copies the images there; on the CPU they are in host memory already
+            image = data.train_x[:1].numel() * data.train_x.element_size()
+            train_bytes, other_bytes = train_images * image, (len(data.val_x) + len(data.test_x)) * image
+    check_fits_memory(spec, size, batch, device, "--train-resolution", training=True, free=free_memory(device),
+                      train_images=train_images, train_bytes=train_bytes or 0, other_bytes=other_bytes or 0,
+                      can_subset=False)  # `dsearch train` trains on the whole training split
 
 
 def train_full(spec: ArchSpec, cfg: FullTrainConfig, progress: Callable[[int, int], None] | None = None,
@@ -88,7 +88,7 @@ def train_full(spec: ArchSpec, cfg: FullTrainConfig, progress: Callable[[int, in
         device = select_device(cfg.device)
     except (ValueError, RuntimeError) as err:
         raise DsearchError(str(err).splitlines()[0]) from None
-    check_fits_training(spec, cfg.train_resolution or data.image_size[0], proxy.batch_size, device)
+    check_fits_training(spec, cfg.train_resolution or data.image_size[0], proxy.batch_size, device, data)
     device_data = DeviceData(data, device, None, cfg.train_resolution)
     log(f"training {spec.summary()} for {proxy.epochs} epochs on {dataset} "
         f"({len(data.train_x)} images at {device_data.size}x{device_data.size}, {device})")

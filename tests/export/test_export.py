@@ -587,7 +587,7 @@ def test_training_that_does_not_fit_in_memory_names_a_batch_size_that_does(monke
     need = {b: activation_bytes(spec, 224, b) * TRAINING_ACTIVATION_FACTOR for b in (16, 32, 128)}
     monkeypatch.setattr(fulltrain, "free_memory", lambda _device: (need[16] + need[32]) // 2)
     cfg = fulltrain.FullTrainConfig(train_resolution=224, device="cpu")
-    with pytest.raises(DsearchError, match=r"--train-resolution 224 needs about .* batch 128 .*use --batch-size 16 "):
+    with pytest.raises(DsearchError, match=r"^--batch-size 128 is too large: .* at batch 128 .*use --batch-size 16 "):
         fulltrain.train_full(spec, cfg, log=lambda _msg: None)
     monkeypatch.setattr(fulltrain, "free_memory", lambda _device: need[16] // 20)
     with pytest.raises(DsearchError, match="; use a smaller --train-resolution$"):

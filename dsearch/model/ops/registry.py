@@ -8,7 +8,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from ...checks import is_positive_int
-from ...errors import DsearchError
+from ...errors import DsearchError, clip, shown
 
 
 class ConvConfigError(DsearchError, ValueError):
@@ -101,22 +101,22 @@ def conv_type(kind: str) -> ConvType:
         return CONV_TYPES[kind]
     except KeyError:
         valid = ", ".join(sorted(CONV_TYPES))
-        raise ConvConfigError(f"unknown conv kind {kind!r}; valid kinds: {valid}") from None
+        raise ConvConfigError(f"unknown conv kind {shown(kind)}; valid kinds: {valid}") from None
 
 
 def resolve_knobs(kind: str, knobs: Mapping[str, Any]) -> dict[str, Any]:
     """Fill defaults and check each knob on its own (no channel counts needed)."""
     ct = conv_type(kind)
-    unknown = sorted(set(knobs) - ct.knob_names)
+    unknown = sorted(str(k) for k in knobs if k not in ct.knob_names)
     if unknown:
         valid = ", ".join(sorted(ct.knob_names)) or "none"
-        raise ConvConfigError(f"{kind}: unknown knob(s) {', '.join(unknown)}; valid knobs: {valid}")
+        raise ConvConfigError(f"{kind}: unknown knob(s) {clip(', '.join(unknown))}; valid knobs: {valid}")
     resolved = {}
     for knob in ct.knobs:
         value = knobs.get(knob.name, knob.default)
         problem = knob.check(value)
         if problem:
-            raise ConvConfigError(f"{kind}.{knob.name}={value!r}: {problem}")
+            raise ConvConfigError(f"{kind}.{knob.name}={shown(value)}: {problem}")
         resolved[knob.name] = value
     return resolved
 

@@ -93,7 +93,7 @@ def _overlap(value: Any) -> str | None:
 def _scc_check(m: int, n: int, k: int, s: int, kn: Mapping[str, Any]) -> str | None:
     groups, overlap = kn["groups"], kn["overlap"]
     if m % groups:
-        divisors = [d for d in range(1, m + 1) if m % d == 0 and d <= 64]
+        divisors = [d for d in range(1, min(m, 64) + 1) if m % d == 0]  # up to 64: a line, not all of them
         return f"groups={groups} must divide in_channels={m}; valid groups: {', '.join(map(str, divisors))}"
     window = m // groups
     if (1 - overlap) * window < 1 - SCC_FLOAT_SLACK:

@@ -192,7 +192,9 @@ def _pending_finals(name: str, storage: str | None, cfg) -> tuple[optuna.Study, 
         study, url = open_study(name, storage, read_only=True)  # the search opens it for writing, and says so
     except DsearchError:
         return None  # no such study yet: the search makes it
-    return (study, url) if pending_finals(study, asdict(cfg)) is not None else None
+    if pending_finals(study, asdict(cfg)) is None:
+        return None
+    return open_study(name, storage)  # the finals write: opened for writing (on read-only media, one line)
 
 
 def print_summary(summary, study_name: str, cfg) -> None:

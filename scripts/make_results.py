@@ -208,12 +208,25 @@ def stored_key(run_key: str, schedule: dict[str, Any]) -> str:
                                                  else f"/n{schedule['train_subset']}")
 
 
+def same_schedule(stored: dict[str, Any] | None, schedule: dict[str, Any]) -> bool:
+    """Whether a stored run's schedule is `schedule`. A setting the stored run predates counts as its default:
+    ProxyConfig's settings are added with a default that trains as before (bn_recompute=0: no recomputation)."""
+    from dataclasses import fields
+
+    from dsearch.training.proxy import ProxyConfig
+
+    if not isinstance(stored, dict):
+        return False
+    defaults = json.loads(json.dumps({f.name: f.default for f in fields(ProxyConfig)}))
+    return all(stored.get(k, defaults.get(k)) == v for k, v in schedule.items()) and set(stored) <= set(schedule)
+
+
 def done_runs(results: dict[str, Any], runs: Sequence[Run], schedule: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The stored records of `runs` made with `schedule`, by run key."""
     found = {}
     for run in runs:
         record = results["runs"].get(stored_key(run.key, schedule))
-        if record is not None and record.get("schedule") == schedule:
+        if record is not None and same_schedule(record.get("schedule"), schedule):
             found[run.key] = record
     return found
 
@@ -526,7 +539,7 @@ def other_schedules(results: dict[str, Any], schedule: dict[str, Any]) -> str:
     counts: dict[str, int] = {}
     for rec in results["runs"].values():
         other = rec.get("schedule") or {}
-        if other != schedule:
+        if not same_schedule(other, schedule):
             subset = "" if other.get("train_subset") is None else f" on {other['train_subset']} images"
             name = f"{other.get('epochs')} epochs{subset}"
             counts[name] = counts.get(name, 0) + 1

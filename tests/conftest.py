@@ -3,6 +3,8 @@ from pathlib import Path
 
 import pytest
 
+from dsearch import cli
+
 TINY_SPACE = """
 name: tiny
 description: two small stages, for tests
@@ -16,6 +18,19 @@ stages:
 conv_knobs:
   scc: {groups: [2, 4], overlap: [0.0, 0.5]}
 """
+
+
+def dsearch(capfd, *args):
+    """`dsearch ARGS` in this process: (exit code, stdout, stderr)."""
+    code = cli.main([str(a) for a in args])
+    out, err = capfd.readouterr()
+    return code, out, err
+
+
+def one_line_error(code, err, needle):
+    assert code == 2, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert needle in err, err
 
 
 @pytest.fixture

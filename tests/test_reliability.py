@@ -15,6 +15,7 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
+from conftest import dsearch, one_line_error
 from optuna.trial import TrialState
 
 from dsearch import cli, preset
@@ -40,19 +41,6 @@ def quiet(_msg):
 
 def cfg(space, **kw):
     return SearchConfig(space=str(space), budget_mflops=BUDGET, sampler="random", **{"proxy": FAST, **kw})
-
-
-def dsearch(capfd, *args):
-    """`dsearch ARGS` in this process: (exit code, stdout, stderr)."""
-    code = cli.main([str(a) for a in args])
-    out, err = capfd.readouterr()
-    return code, out, err
-
-
-def one_line_error(code, err, needle):
-    assert code == 2, err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    assert needle in err, err
 
 
 # --- 1. names are not paths -----------------------------------------------------------------------------------

@@ -227,3 +227,19 @@ def test_survey_kinds_are_compared_with_dsc_at_equal_cost(mr, tmp_path):
     assert "**holds** here" not in claim_sentence(md)  # the BSConv verdict counts BSConv rows only
     runs = mr.plan_runs(configs, 1)
     assert [r.config.experiment for r in runs] == ["equal-cost"] * 3 + ["survey"] * 5
+
+
+def test_a_setting_a_stored_run_predates_counts_as_its_default(mr):
+    """Runs stored before ProxyConfig gained bn_recompute trained without it: they are done for bn_recompute=0
+    (the default, which trains as before) and not for a schedule that recomputes."""
+    from dataclasses import fields
+
+    from dsearch.training.proxy import ProxyConfig
+
+    default = next(f.default for f in fields(ProxyConfig) if f.name == "bn_recompute")
+    old = {"epochs": 10, "train_subset": None, "lr": None}
+    now = {**old, "bn_recompute": default}
+    assert mr.same_schedule(old, now)
+    assert not mr.same_schedule(old, {**now, "bn_recompute": default + 64})
+    assert not mr.same_schedule({**old, "lr": 0.1}, now)
+    assert not mr.same_schedule({**now, "mixup": 0.2}, now)  # a setting the script does not know: another schedule

@@ -24,7 +24,7 @@ import optuna
 import pytest
 import sqlalchemy
 import torch
-from conftest import TINY_SPACE
+from conftest import TINY_SPACE, dsearch, one_line_error
 from optuna.trial import TrialState
 
 from dsearch import cli, paths
@@ -36,19 +36,6 @@ CODE = str(Path(cli.__file__).resolve().parents[1])  # the code under test, not 
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [CODE, os.environ.get("PYTHONPATH")])),
        "OMP_NUM_THREADS": "1"}
 DSEARCH = f"{shlex.quote(sys.executable)} -m dsearch"
-
-
-def dsearch(capfd, *args):
-    """`dsearch ARGS` in this process: (exit code, stdout, stderr)."""
-    code = cli.main([str(a) for a in args])
-    out, err = capfd.readouterr()
-    return code, out, err
-
-
-def one_line_error(code, err, needle):
-    assert code == 2, err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    assert needle in err, err
 
 
 @cache

@@ -21,7 +21,7 @@ import torch
 from ..checks import check_int
 from ..errors import Deadline, DsearchError, TimedOut, on_sigterm_raise
 from ..search.storage import open_study
-from ..search.workers import threads_per_worker
+from ..search.workers import stop_processes, threads_per_worker
 from .finals import FinalsConfig, run_finals
 
 Log = Callable[[str], None]
@@ -93,15 +93,8 @@ def run_finals_parallel(study: optuna.Study, url: str, cfg: FinalsConfig, *, job
                 log(f"finals: worker {process.name} ended early ({report.error if report else 'no report'}); "
                     "the other workers trained its share")
         return verdict
-    except BaseException:
-        for process, _conn in children:  # Ctrl-C, SIGTERM or an error here: stop the workers too, leave none behind
-            if process.is_alive():
-                process.terminate()
-        for process, _conn in children:
-            process.join(timeout=30)
-            if process.is_alive():
-                process.kill()
-                process.join()
+    except BaseException:  # Ctrl-C, SIGTERM or an error here: stop the workers too, leave none behind
+        stop_processes([process for process, _conn in children])
         raise
     finally:
         torch.set_num_threads(previous)

@@ -136,19 +136,25 @@ def run_parallel(cfg: SearchConfig, study_name: str, storage_url: str | None = N
                 if process.is_alive():
                     process.terminate()
         results = [_collect(worker, process, conn) for worker, process, conn in children]
-    except BaseException:
-        for _worker, process, _conn in children:  # Ctrl-C, SIGTERM or an error here: stop the workers too
-            if process.is_alive():
-                process.terminate()  # SIGTERM: each marks its running trial failed and exits
-        for _worker, process, _conn in children:  # and leave none behind
-            process.join(timeout=30)
-            if process.is_alive():
-                process.kill()
-                process.join()
+    except BaseException:  # Ctrl-C, SIGTERM or an error here: stop the workers too
+        stop_processes([process for _worker, process, _conn in children])
         raise
     finally:
         torch.set_num_threads(previous_threads)
     return _merge(main, results, time.perf_counter() - start, first_trial[0], n_trials, deadline)
+
+
+def stop_processes(processes: list[Any], grace_s: float = 30) -> None:
+    """SIGTERM to each live process (a dsearch worker then marks its running trial failed and exits), then wait,
+    killing any still alive after `grace_s`: none is left behind."""
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(timeout=grace_s)
+        if process.is_alive():
+            process.kill()
+            process.join()
 
 
 def _collect(worker: int, process: Any, conn: Connection) -> WorkerResult:

@@ -530,7 +530,8 @@ def test_sigterm_ends_a_run_like_ctrl_c_and_leaves_nothing_running(tiny_space, t
             study = optuna.load_study(study_name="term", storage=f"sqlite:///{db}")
         except KeyError:  # not created yet
             continue
-        if len(study.get_trials(states=(optuna.trial.TrialState.RUNNING,))) >= jobs:
+        running = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+        if sum(t.user_attrs.get("status") == "training" for t in running) >= jobs:  # not merely sampling
             break
     children = children_of(proc.pid)
     proc.send_signal(signal.SIGTERM)

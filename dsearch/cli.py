@@ -730,7 +730,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--final-epochs", type=int, help="final rung's epochs (default: dsearch train's)")
     g.add_argument("--final-jobs", type=int,
                    help="processes sharing the finals' trainings, each with cores/N CPU threads (default: one per "
-                        "CPU core on a CPU, 1 on a GPU)")
+                        "CPU core on a CPU, at most 4; 1 on a GPU)")
 
     def study_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--storage", help="Optuna storage URL or journal file "

@@ -27,12 +27,17 @@ from .finals import FinalsConfig, run_finals
 Log = Callable[[str], None]
 
 
+AUTO_MAX_JOBS = 4  # a rung has a few to a few dozen trainings; more cores go to threads within each worker
+
+
 def auto_final_jobs(device: str) -> int:
-    """Workers for the finals when not told: one per CPU core on a CPU, one on an accelerator."""
+    """Workers for the finals when not told: one per CPU core on a CPU (at most AUTO_MAX_JOBS, each then with
+    cores / N threads), one on an accelerator."""
     if device != "cpu" and (device.startswith("cuda") or device == "mps" or
                             (device == "auto" and (torch.cuda.is_available() or torch.backends.mps.is_available()))):
         return 1
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, AUTO_MAX_JOBS))
 
 
 @dataclass(frozen=True)

@@ -253,3 +253,12 @@ def test_finals_on_two_processes_give_exactly_the_verdict_of_one(searched, tmp_p
     records = _records(study)
     assert records and all(r["cpu_threads"] == 1 for r in records.values())
     assert not multiprocessing.active_children()
+
+
+def test_the_finals_default_to_a_worker_per_core_up_to_four_and_one_on_a_gpu(monkeypatch):
+    from dsearch.analysis import finals_workers
+
+    for cores, jobs in ((1, 1), (2, 2), (3, 3), (16, 4)):
+        monkeypatch.setattr(finals_workers.os, "sched_getaffinity", lambda _pid, n=cores: set(range(n)))
+        assert finals_workers.auto_final_jobs("cpu") == jobs
+    assert finals_workers.auto_final_jobs("cuda") == 1 and finals_workers.auto_final_jobs("cuda:1") == 1

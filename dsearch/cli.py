@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .checks import check_int
+from .checks import check_int, check_number, check_resolution
 from .errors import Deadline, DsearchError, Terminated, TimedOut, on_sigterm_raise, terminated, write_problem
 from .model.archspec import ArchSpec
 from .model.presets import PRESETS
@@ -44,7 +44,6 @@ def load_arch(arch: str, *, width: float | None = None, num_classes: int | None 
 def cmd_cost(args: argparse.Namespace) -> int:
     import torch
 
-    from .checks import check_int, check_number, check_resolution
     from .cost.count import cost_table, count_cost
     from .cost.memory import check_fits_memory
     from .model.builder import build_model
@@ -101,7 +100,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .analysis.finals import FinalsConfig, check_finals
     from .analysis.finals_workers import auto_final_jobs, run_finals_parallel
     from .analysis.verdict import verdict_lines
-    from .checks import check_number
     from .paths import default_storage
     from .search.config import SearchConfig
     from .search.workers import run_parallel
@@ -119,9 +117,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     finals = None if args.no_finals else FinalsConfig(eta=args.eta, proxy_seeds=args.proxy_seeds,
                                                        seeds=args.final_seeds, epochs=args.final_epochs,
                                                        device=args.device)
-    final_jobs = auto_final_jobs(args.device) if args.final_jobs is None else args.final_jobs
+    final_jobs = 1
     if finals is not None:
         check_finals(finals)  # before anything is written
+        final_jobs = auto_final_jobs(args.device) if args.final_jobs is None else args.final_jobs
         check_int(final_jobs, "--final-jobs", 1)
     deadline = None
     if args.timeout is not None:  # the whole command's limit, counted from here: the search and the finals
@@ -551,7 +550,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 @command
 def cmd_audit(args: argparse.Namespace) -> int:
     from .analysis.audit import AUDIT_ATTR, report_lines, run_audit
-    from .checks import check_int
 
     check_int(args.k, "--k", 3)
     check_int(args.epochs, "--epochs", 1)
@@ -573,7 +571,6 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 @command
 def cmd_spaces(args: argparse.Namespace) -> int:
-    from .checks import check_int, check_number
     from .cost.count import spec_cost
     from .search.budget import Budget, budget_share, build, cheapest_params
     from .search.spaces import available_spaces, extreme_spec, load_space, space_size

@@ -570,6 +570,62 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 @command
+def cmd_latency(args: argparse.Namespace) -> int:
+    from .latency import LatencyModel, parse_target
+    from .search.latency import table_from_space
+
+    target = parse_target(args.target, "--target")
+    model = LatencyModel.for_target(target, table=Path(args.table) if args.table else None,
+                                    log=None if args.json else print)
+    if args.space:
+        if args.arch:
+            raise DsearchError("give an architecture to measure or --space to build a table, not both")
+        report = table_from_space(model, args.space, args.samples, args.budget_mflops, args.in_channels,
+                                  args.num_classes, args.seed, log=None if args.json else print)
+        print(json.dumps(report) if args.json else f"table {model.table.path}: {report['parts']} parts, "
+              f"{report['networks']} whole networks ({model.table.describe()})")
+        return 0
+    if not args.arch:
+        raise DsearchError("give an architecture (preset, ArchSpec JSON or study) to measure, or --space SPACE to "
+                           "build a table")
+    if _is_study_target(args.arch):
+        from .analysis.pareto import arch_of
+        from .analysis.pick import pick_trial
+
+        study, _ = _open(args.arch, args.storage, read_only=True)
+        spec = arch_of(study, pick_trial(study, args.trial, flag="--trial"))
+    else:
+        spec = load_arch(args.arch)
+    if args.resolution is not None:
+        check_resolution(args.resolution, "--resolution")
+        spec = spec.replace(resolution=args.resolution)
+    model.predict(spec)  # measures the parts the table lacks
+    measured = model.measure(spec, again=args.again) if model.local else None
+    prediction = model.predict(spec, leave_out=True)  # not fitted on its own measurement
+    others = sum(1 for key in model.table.networks if key != model.network_key(spec))
+    size = target.size(spec.resolution)
+    if args.json:
+        print(json.dumps({"arch": spec.summary(), "target": target.name, "resolution": size,
+                          "predicted_ms": prediction.ms, "parts_ms": prediction.parts_ms,
+                          "overhead_ms": prediction.overhead_ms,
+                          "measured": measured.to_dict() if measured else None, "table": str(model.table.path),
+                          "machine": model.table.header["machine"], "versions": model.table.header["versions"]}))
+        return 0
+    print(f"{spec.summary()}")
+    print(f"latency on {target.short} at {size}x{size}, batch {target.batch}, {target.threads} thread(s) "
+          f"({model.table.describe()}):")
+    print(f"  predicted {prediction.ms:.3f} ms  (sum of {len(model.parts(spec))} parts {prediction.parts_ms:.3f} ms, "
+          f"overhead {prediction.overhead_ms:+.3f} ms, a factor fitted on {others} other network(s) measured whole)")
+    if measured is None:
+        print("  measured  - (the table was made on another machine: measure there)")
+    else:
+        error = 100 * (prediction.ms - measured.median_ms) / measured.median_ms
+        print(f"  measured  {measured.describe()}; prediction error {error:+.1f}%")
+    print(f"table: {model.table.path}")
+    return 0
+
+
+@command
 def cmd_spaces(args: argparse.Namespace) -> int:
     from .cost.count import spec_cost
     from .search.budget import Budget, budget_share, build, cheapest_params
@@ -806,6 +862,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the hand-designed baselines at the budget (trained with the proxy and the full schedule)")
     p.add_argument("--json", action="store_true", help="print the stored audit as one JSON object, nothing else")
     p.add_argument("--device", default=full.device, help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, ...")
+
+    p = command_parser("latency", "predicted and measured latency of an architecture on a latency target; "
+                                  "with --space, build a target's latency table (to copy to the machine that searches)")
+    p.add_argument("arch", metavar="ARCH|STUDY", nargs="?",
+                   help=f"preset ({presets}), ArchSpec JSON file, or study name (with --trial)")
+    p.add_argument("--target", default="ort-cpu",
+                   help="RUNTIME[:threads=N,batch=N,resolution=N], runtimes: ort-cpu, torch-cpu, torch-cuda")
+    p.add_argument("--table", metavar="FILE",
+                   help="a latency table file (e.g. copied from the machine a model ships on; default: this "
+                        "machine's table of the target in DSEARCH_LATENCY_DIR or ~/.cache/dsearch/latency)")
+    study_args(p)
+    p.add_argument("--trial", default="best", help="'best' or a trial number (study targets)")
+    p.add_argument("--resolution", type=int, help="deployment resolution to time at (default: the spec's)")
+    p.add_argument("--again", action="store_true", help="measure the whole network again, not from the table")
+    p.add_argument("--space", help="build the table: measure the parts of --samples architectures of this space "
+                                   "(name or YAML file), and a few of them whole")
+    p.add_argument("--samples", type=int, default=100, help="architectures sampled with --space")
+    p.add_argument("--budget-mflops", type=float, help="with --space: sample only architectures within it")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --space samples")
+    p.add_argument("--in-channels", type=int, default=1, help="input channels of the --space samples")
+    p.add_argument("--num-classes", type=int, default=10, help="classes of the --space samples")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = command_parser("spaces", "list the search spaces with their size and MFLOPs range; with a budget, the "
                                  "share of each space within it")

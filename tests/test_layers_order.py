@@ -18,7 +18,7 @@ PACKAGE = Path(dsearch.__file__).resolve().parent
 LAYERS = {
     "errors": 0, "version": 0, "checks": 0, "paths": 0,
     "model": 1,
-    "cost": 2,
+    "cost": 2, "latency": 2,
     "data": 3,
     "training": 4,
     "search": 5,

@@ -11,7 +11,6 @@ written model.py, loads the weights and compares its outputs with dsearch's own 
 from __future__ import annotations
 
 import ast
-import contextlib
 import functools
 import importlib.util
 import io
@@ -37,11 +36,12 @@ from ..checks import is_positive_int
 from ..cost.count import spec_cost
 from ..errors import DsearchError
 from ..model import layers
-from ..model.archspec import ArchSpec, cumulative_strides
+from ..model.archspec import ArchSpec
 from ..model.blocks import BLOCKS
 from ..model.builder import build_model
 from ..model.heads import CLASSIFIERS
 from ..model.ops import CONV_TYPES
+from ..model.programs import SizeRange, dynamic_shapes, export_sizes, write_onnx
 from ..paths import write_bytes_atomic
 from ..version import __version__
 
@@ -478,48 +478,6 @@ def export_spec(spec: ArchSpec, out_dir: Path, state: dict[str, torch.Tensor] | 
     return ExportResult(out_dir=out_dir, files=files, max_abs_diff=diff, notes=tuple(notes), warning=warning)
 
 
-@dataclass(frozen=True)
-class SizeRange:
-    """The image sizes (pixels, each of height and width) an exported program takes: lo..hi, hi None: no limit."""
-
-    lo: int
-    hi: int | None
-
-    def __contains__(self, size: object) -> bool:
-        return isinstance(size, int) and self.lo <= size and (self.hi is None or size <= self.hi)
-
-    def describe(self) -> str:
-        if self.hi is None:
-            return f"height and width each {self.lo} or more"
-        if self.lo == self.hi:
-            return f"height and width {self.lo} only"
-        return f"height and width each from {self.lo} to {self.hi}"
-
-
-def export_sizes(spec: ArchSpec, size: int) -> SizeRange:
-    """The input sizes the ONNX and .pt2 programs traced at `size` x `size` take, per axis.
-
-    torch.export (which the ONNX exporter runs too) specialises every feature map that is 1 pixel on an axis,
-    since broadcasting (a residual addition) asks whether a size is 1, and fails to export a dynamic range in
-    which some map is 1 pixel at one end and more at the other. A map at total stride S is ceil(H / S) pixels
-    (cumulative_strides), 1 exactly when H <= S; so the program covers the sizes between the two total strides
-    around `size`, S_j < H <= S_j+1: above the net's total stride S that is every H > S (e.g. 33 and more for
-    stride 32), below it a bounded range (17..32 for a 28-pixel input at stride 32).
-    """
-    strides = cumulative_strides(spec)
-    lo = max((s + 1 for s in strides if s < size), default=1)
-    return SizeRange(lo, min((s for s in strides if s >= size), default=None))
-
-
-def _dynamic_shapes(sizes: SizeRange) -> tuple[dict[int, Any]]:
-    """Batch free; height and width each free in `sizes` (fixed where it holds one size)."""
-    shapes: dict[int, Any] = {0: torch.export.Dim("batch", min=1)}
-    if sizes.hi != sizes.lo:
-        bounds = {"min": sizes.lo} if sizes.hi is None else {"min": sizes.lo, "max": sizes.hi}
-        shapes[2], shapes[3] = torch.export.Dim("height", **bounds), torch.export.Dim("width", **bounds)
-    return (shapes,)
-
-
 def _check_input(example: torch.Tensor, sizes: SizeRange) -> torch.Tensor:
     """Another batch and image size than the traced example (within `sizes`), so that the axes are checked free."""
     size = example.shape[2]
@@ -532,11 +490,7 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, facts: dic
     """model.onnx in one file with dsearch's facts as metadata; checked against torch with onnxruntime if installed."""
     import onnx
 
-    # Under no_grad SCC layers run from their dense eval weight, so the graph holds dense weights and no scatter.
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # the exporter prints and warns about its progress
-        torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["logits"],
-                          dynamic_shapes=_dynamic_shapes(sizes), external_data=False)
+    write_onnx(model, example, path, sizes)
     proto = onnx.load(str(path))
     for key in ONNX_METADATA:
         if facts.get(key) is not None or (key in ALWAYS_IN_METADATA and key in facts):
@@ -562,7 +516,7 @@ def _export_pt2(model: nn.Module, example: torch.Tensor, path: Path, sizes: Size
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         # A batch of 2: torch.export specialises a size-1 dimension, which would fix the batch at 1.
-        program = torch.export.export(model, (example.repeat(2, 1, 1, 1),), dynamic_shapes=_dynamic_shapes(sizes))
+        program = torch.export.export(model, (example.repeat(2, 1, 1, 1),), dynamic_shapes=dynamic_shapes(sizes))
     torch.export.save(program, str(path))
     x = _check_input(example, sizes)
     with torch.no_grad():

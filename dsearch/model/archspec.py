@@ -18,6 +18,7 @@ resolutions"); training may run at another size.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import typing
 from collections.abc import Iterator, Mapping
@@ -325,3 +326,8 @@ def cumulative_strides(spec: ArchSpec) -> tuple[int, ...]:
         if total != strides[-1]:
             strides.append(total)
     return tuple(strides)
+
+
+def fingerprint(spec: ArchSpec) -> str:
+    """A short fingerprint of an architecture: equal ArchSpecs, equal fingerprints (a study's `arch_key`)."""
+    return hashlib.sha256(json.dumps(spec.to_dict(), sort_keys=True).encode()).hexdigest()[:16]

@@ -355,7 +355,7 @@ def stride_specs() -> dict[str, ArchSpec]:
 @pytest.mark.parametrize("name", ["resnet20 (4)", "separable-mixed (8)", "registry (16)", "mobilenet_v2 (32)",
                                   "stem stride 1 (16)"])
 def test_export_sizes_are_the_sizes_whose_one_pixel_maps_match(name):
-    from dsearch.export.writer import export_sizes
+    from dsearch.model.programs import export_sizes
 
     spec = stride_specs()[name]
     model = build_model(spec).eval()

@@ -1,4 +1,5 @@
-"""Latency in the search: building a target's table over a space's architectures.
+"""Latency in the search: building a target's table over a space's architectures, and repairing an architecture
+over a latency budget.
 
 A table built here on the machine a model ships on (`dsearch latency --space SPACE`) holds the parts of the
 architectures a search of that space is likely to meet, and a few of them measured whole to fit the overhead;
@@ -6,16 +7,19 @@ copied to the machine that searches, it predicts there without measuring.
 """
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from ..checks import check_int, check_number
+from ..cost.count import spec_cost
 from ..errors import check_interrupted
 from ..latency import LatencyModel
 from ..model.archspec import ArchSpec, ArchSpecError
-from .budget import Budget, random_recorder
-from .spaces import load_space, sample
+from .budget import Budget, Params, build, random_recorder, repair
+from .spaces import Space, extreme_params, load_space, sample
 
 SAMPLE_TRIES = 200  # random draws per wanted architecture before a budget is taken as too tight for sampling
 
@@ -57,3 +61,30 @@ def table_from_space(model: LatencyModel, space: str, samples: int, budget_mflop
                 f"({measured} measured now), {len(model.table.networks)} whole networks")
     return {"architectures": len(specs), "parts": len(model.table.parts), "measured_now": measured,
             "networks": len(model.table.networks), "table": str(model.table.path)}
+
+
+REPAIR_ROUNDS = 8  # tightened-MFLOPs repairs tried before the space's cheapest architecture
+REPAIR_MARGIN = 0.97  # each round aims this far below the MFLOPs the latency budget suggests
+
+
+def latency_repair(space: Space, params: Params, budget: Budget, ms_budget: float, model: LatencyModel,
+                   in_channels: int, num_classes: int) -> tuple[ArchSpec, Params, int]:
+    """An architecture of the space within `budget` and `ms_budget` (predicted), made from `params`.
+
+    Latency follows MFLOPs closely along one repair path, so an architecture over the latency budget is repaired
+    by the MFLOPs rule (dsearch.search.budget.repair) under a tightened MFLOPs budget, its MFLOPs x budget ms /
+    predicted ms x REPAIR_MARGIN, until its predicted latency fits (at most REPAIR_ROUNDS rounds; only the parts of
+    each round's result are measured); then the space's cheapest architecture. Returns (spec, params, changes).
+    """
+    spec, params, steps = repair(space, params, budget, in_channels, num_classes)
+    for _ in range(REPAIR_ROUNDS):
+        ms = model.predict_ms(spec)
+        if ms <= ms_budget:
+            return spec, params, steps
+        mflops = spec_cost(spec, budget.resolution).mflops * ms_budget / ms * REPAIR_MARGIN
+        tighter = replace(budget, mflops=min(mflops, budget.mflops or math.inf))
+        spec, params, more = repair(space, params, tighter, in_channels, num_classes)
+        steps += more
+    cheapest = extreme_params(space, in_channels, num_classes, budget.resolution)
+    spec, params = build(space, cheapest, in_channels, num_classes, budget.resolution)
+    return spec, params, steps

@@ -388,7 +388,9 @@ def _trial_note(study, number: int, doing: str) -> str | None:
     if status == "complete":
         chance = trials[number].user_attrs.get("at_chance")
         if chance and f"trained.{number}" not in study.user_attrs:  # fully trained weights would say otherwise
-            return f"warning: trial {number}'s validation {chance}; {doing} anyway"
+            cause = trials[number].user_attrs.get("chance_cause")  # absent from studies made before issue 34
+            return f"warning: trial {number}'s validation {chance}; " + (f"{cause}; " if cause else "") + \
+                f"{doing} anyway"
         return None
     reason = failure_reason(trials[number]) if status == "failed" else trials[number].user_attrs.get("reason")
     reason = None if status == "running" else reason

@@ -68,6 +68,8 @@ def test_run_with_a_batch_larger_than_the_data_clamps_it_and_scales_the_lr_by_it
     chance = next(line for line in err.splitlines() if "scored chance accuracy" in line)
     assert "likely cause: " in chance and "only 1 step per epoch" in chance and "70x the sgd default" in chance
     assert "train longer" not in chance  # the old advice, which named a cause it could not see
+    code, out, _ = dsearch(capfd, "export", "default", "--trial", "best", "--out", "e")
+    assert code == 0 and "indistinguishable from guessing" in out and "likely cause: only 1 step per epoch" in out
 
 
 def test_train_with_a_batch_larger_than_the_data_records_the_batch_and_lr_used(

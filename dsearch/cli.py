@@ -250,6 +250,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     from .analysis.pareto import (
         COSTS,
         chance_line,
+        failure_lines,
         hypervolume,
         pareto_front,
         reference_point,
@@ -272,6 +273,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"study '{study.study_name}' ({url}): {len(frame)} trials: {c['complete']} trained, {c['rejected']} "
           f"rejected by the budget, {c['invalid']} invalid, {c['pruned']} pruned, {c['failed']} failed, "
           f"{c['running']} running; budget: {budget_text(budget) or 'none'}")
+    for line in failure_lines(frame):  # why they failed (a diverged loss, a crash): before any table
+        print(f"  {line}")
     cost = args.by
     if cost == "latency_ms" and frame["latency_ms"].isna().all():
         raise DsearchError("no trial has a measured latency; use --by mflops or --by mparams")
@@ -385,7 +388,9 @@ def _trial_note(study, number: int, doing: str) -> str | None:
     if status == "complete":
         chance = trials[number].user_attrs.get("at_chance")
         if chance and f"trained.{number}" not in study.user_attrs:  # fully trained weights would say otherwise
-            return f"warning: trial {number}'s validation {chance}; {doing} anyway"
+            cause = trials[number].user_attrs.get("chance_cause")  # absent from studies made before issue 34
+            return f"warning: trial {number}'s validation {chance}; " + (f"{cause}; " if cause else "") + \
+                f"{doing} anyway"
         return None
     reason = failure_reason(trials[number]) if status == "failed" else trials[number].user_attrs.get("reason")
     reason = None if status == "running" else reason
@@ -506,6 +511,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                           device=args.device, proxy=proxy)
     steps = None if args.quiet else _StepBar()
     log = (lambda _msg: None) if args.quiet else print
+    warn = lambda msg: print(msg, file=sys.stderr)  # noqa: E731 - said even under --quiet
     if _is_study_target(args.target):
         from .analysis.pareto import arch_of
         from .analysis.pick import pick_trial
@@ -518,7 +524,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if note:
             print(note)  # even with --quiet: the user asked for a trial the search did not train
         cfg = study_defaults(study.user_attrs.get("dsearch_config") or {}, cfg)
-        result, facts = train_full(spec, cfg, steps, log)
+        result, facts = train_full(spec, cfg, steps, log, warn)
         try:
             save_full_weights(study, number, kept_state(result), artifact_dir(study, url), facts)
         except WeightsNotKept as err:
@@ -531,7 +537,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.trial != "best":
             raise DsearchError("--trial applies to a study; an ArchSpec JSON file is one architecture")
         spec = load_arch(args.target)
-        result, facts = train_full(spec, cfg, steps, log)
+        result, facts = train_full(spec, cfg, steps, log, warn)
         out = Path(args.out or Path("trained") / file_part(Path(args.target).stem))
         with writing(out, "--out"):
             write_trained(out, spec, kept_state(result), facts)
@@ -709,7 +715,8 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help, description=help, formatter_class=HelpFormatter)
 
     presets = ", ".join(sorted(PRESETS))
-    lr_help = (f"peak learning rate at batch 128, scaled linearly with --batch-size (default: {_lr_defaults()})")
+    lr_help = (f"peak learning rate, used as given (default: {_lr_defaults()} at batch 128, scaled linearly to the "
+               "batch used: --batch-size, or the training split where that is smaller)")
 
     p = command_parser("cost", "MFLOPs and parameters of an architecture (preset or ArchSpec JSON)")
     p.add_argument("arch", metavar="ARCH", help=f"preset ({presets}) or ArchSpec JSON file")

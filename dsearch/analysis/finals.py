@@ -41,9 +41,10 @@ from ..search.spaces import load_space
 from ..search.storage import heartbeat_seconds
 from ..search.trials import study_split_seed
 from ..search.weights import artifact_dir, keep_full_weights, upload_weights
+from ..training.advice import clamp_warning, steps_warning
 from ..training.failures import check_finite_state
 from ..training.full import FullTrainConfig, full_proxy
-from ..training.proxy import DeviceData, ProxyConfig, TrainingDiverged, select_device, train_proxy
+from ..training.proxy import DeviceData, ProxyConfig, TrainingDiverged, fit_batch, select_device, train_proxy
 from ..training.schedule import settings_key
 from .baselines import KINDS, Baseline, baseline_specs, study_deployment_budget, study_search_config
 from .pareto import arch_of, study_budget, trained_within, trials_frame
@@ -178,9 +179,11 @@ class _Trainer:
                  full: ProxyConfig, log: Log, progress: Callable[[int, int], None] | None,
                  deadline: Deadline | None = None, lane: int = 0) -> None:
         self.study, self.url, self.log, self.progress, self.deadline = study, url, log, progress, deadline
-        self.proxy, self.full = proxy, full
         self.proxy_data = DeviceData(data, device, proxy.train_subset, proxy.train_resolution)
         self.full_data = DeviceData(data, device, None, proxy.train_resolution)
+        # The batches used (a larger one is clamped to the split, as train_proxy does): what each record's config says.
+        self.proxy = fit_batch(proxy, len(self.proxy_data.train_x))
+        self.full = fit_batch(full, len(self.full_data.train_x))
         self.worker = uuid.uuid4().hex
         self.lane = lane  # workers started together take different free trainings first, so claims rarely collide
 
@@ -282,8 +285,11 @@ def run_finals(study: optuna.Study, url: str, cfg: FinalsConfig = FinalsConfig()
     identity = study.user_attrs.get(IDENTITY_ATTR) or {}
     proxy = replace(search.proxy, train_resolution=identity.get("train_resolution") or search.proxy.train_resolution)
     full_cfg = FullTrainConfig().proxy
-    full = replace(full_proxy(full_cfg if cfg.epochs is None else replace(full_cfg, epochs=cfg.epochs)),
-                   train_resolution=proxy.train_resolution)
+    asked = full_cfg if cfg.epochs is None else replace(full_cfg, epochs=cfg.epochs)
+    full = replace(full_proxy(asked, len(data.train_x)), train_resolution=proxy.train_resolution)
+    for note in (clamp_warning(asked, len(data.train_x)), steps_warning(full, len(data.train_x), subset=False)):
+        if note:  # the full schedule's batch against all the training images (the search said the proxy's)
+            log(f"finals: warning: full schedule: {note}")
     trainer = _Trainer(study, url, data, device, proxy, full, log, progress, deadline, lane)
 
     trials = _candidates(study, frame, list(plan["trials"]))

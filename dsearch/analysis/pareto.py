@@ -18,12 +18,13 @@ from ..errors import DsearchError
 from ..model.archspec import ArchSpec, iter_conv_units
 from ..model.ops import CONV_TYPES
 from ..search.record import trial_arch
+from ..training.advice import chance_advice
 from .verdict import rung_reached
 
 BASE_COLUMNS = ["trial", "state", "status", "pareto", "rung", "val_acc", "test_acc", "mflops", "mparams", "latency_ms",
-                "resolution", "mflops_train", "train_resolution", "train_time_s", "epochs", "device", "at_chance",
-                "arch",
-                "dominant_conv", "reason", "datetime_start", "datetime_complete"]
+                "resolution", "mflops_train", "train_resolution", "train_time_s", "epochs", "batch_size", "lr",
+                "device", "at_chance", "chance_cause", "arch", "dominant_conv", "reason", "datetime_start",
+                "datetime_complete"]
 # cost column -> (label with unit, what the axis means)
 COSTS = {
     "mflops": "MFLOPs (millions of multiply-accumulates)",
@@ -61,8 +62,9 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             "val_acc": a.get("val_acc"), "test_acc": a.get("test_acc"), "mflops": a.get("mflops"),
             "mparams": a.get("mparams"), "latency_ms": a.get("latency_ms"), "resolution": a.get("resolution"),
             "mflops_train": a.get("mflops_train"), "train_resolution": a.get("train_resolution"),
-            "train_time_s": a.get("train_time_s"), "epochs": a.get("epochs"), "device": a.get("device"),
-            "arch": a.get("arch_summary"), "dominant_conv": None, "at_chance": a.get("at_chance") is not None,
+            "train_time_s": a.get("train_time_s"), "epochs": a.get("epochs"), "batch_size": a.get("batch_size"),
+            "lr": a.get("lr"), "device": a.get("device"), "arch": a.get("arch_summary"), "dominant_conv": None,
+            "at_chance": a.get("at_chance") is not None, "chance_cause": a.get("chance_cause"),
             "reason": a.get("reason") or t.system_attrs.get("fail_reason"),
             "datetime_start": t.datetime_start, "datetime_complete": t.datetime_complete,
         }
@@ -108,7 +110,27 @@ def chance_line(frame: pd.DataFrame) -> str | None:
     numbers = ", ".join(str(int(n)) for n in done.loc[done["at_chance"].astype(bool), "trial"][:10])
     every = "every trained trial" if count == len(done) else f"{count} of {len(done)} trained trials"
     return (f"{every} scored chance accuracy (trial(s) {numbers}{', ...' if count > 10 else ''}): such a result says "
-            "nothing about the architecture; train longer (--epochs, more data than --train-subset) or check the data")
+            f"nothing about the architecture; {chance_cause_of(done[done['at_chance'].astype(bool)])}")
+
+
+def chance_cause_of(at_chance: pd.DataFrame) -> str:
+    """The likely cause the first of these trials at chance recorded (a study's trials share their settings), or
+    the general advice where none did (a study made before causes were recorded)."""
+    causes = at_chance.sort_values("trial")["chance_cause"].dropna()
+    if causes.empty:
+        return chance_advice([])
+    first = at_chance.loc[causes.index[0], "trial"]
+    return causes.iloc[0] if len(at_chance) == 1 else f"trial {int(first)}'s {causes.iloc[0]}"
+
+
+def failure_lines(frame: pd.DataFrame, most: int = 5) -> list[str]:
+    """One line per failed trial with the reason it was kept with (the first `most`, then how many more)."""
+    failed = frame[(frame["state"] == "FAIL") | (frame["status"] == "failed")] if not frame.empty else frame
+    lines = [f"trial {int(row.trial)} failed: {row.reason or 'no reason recorded'}"
+             for row in failed.head(most).itertuples()]
+    if len(failed) > most:
+        lines.append(f"... and {len(failed) - most} more failed trial(s) (--csv writes every trial's reason)")
+    return lines
 
 
 def trained(frame: pd.DataFrame, score: str = "val_acc") -> pd.DataFrame:

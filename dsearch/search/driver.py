@@ -32,6 +32,7 @@ from ..data import Dataset, data_facts, load_dataset, small_split_note
 from ..errors import Deadline, DsearchError, check_interrupted, deferred_interrupts, write_problem
 from ..model.archspec import ArchSpecError
 from ..paths import default_storage
+from ..training.advice import clamp_warning, steps_warning
 from ..training.failures import failure_reason, optuna_log_level, recording_failures
 from ..training.proxy import DeviceData, select_device
 from .budget import build, feasible_count, feasible_params, random_recorder, repair
@@ -166,6 +167,8 @@ def run_search(cfg: SearchConfig, study_name: str, storage_url: str | None = Non
         if "dsearch_data" not in study.user_attrs:
             study.set_user_attr("dsearch_data", data_facts(data))
         device_data = DeviceData(data, device, cfg.proxy.train_subset, cfg.proxy.train_resolution)
+        if not worker:  # every worker trains with the same settings on the same images: said once
+            say_batch_warnings(cfg, len(device_data.train_x), log, warn)
         claims = ArchClaims(study, lambda params: params_key(space, data, cfg, params))
         objective = Objective(cfg, space, data, device_data, log, trial_progress, artifact_dir(study, storage_url),
                               worker, claims, deadline, warn)
@@ -293,6 +296,17 @@ def run_search(cfg: SearchConfig, study_name: str, storage_url: str | None = Non
                              trained=trained, failed=len(failed), last_failure=failed[-1] if failed else None,
                              untrained_s=untrained_seconds(this_run), stopped=stopped, exhausted=exhausted,
                              timed_out=timed_out, cut=cut)
+
+
+def say_batch_warnings(cfg: SearchConfig, n_train: int, log: Callable[[str], None],
+                       warn: Callable[[str], None]) -> None:
+    """Before training: a batch the split cannot fill (whatever --quiet says: it overrides a setting), too few steps."""
+    clamped = clamp_warning(cfg.proxy, n_train)
+    if clamped:
+        warn(f"warning: {clamped}")
+    few = steps_warning(cfg.proxy, n_train)
+    if few:
+        log(f"warning: {few}")
 
 
 def fail_if_running(trial: optuna.Trial | None, reason: str) -> None:

@@ -23,8 +23,9 @@ from ..data import Dataset
 from ..errors import Deadline, TimedOut
 from ..model.archspec import ArchSpecError
 from ..training import native
+from ..training.advice import chance_advice, chance_causes
 from ..training.failures import check_finite_state
-from ..training.proxy import DeviceData, TrainingDiverged, chance_note, train_proxy
+from ..training.proxy import DeviceData, TrainingDiverged, chance_note, fit_batch, peak_lr, steps_per_epoch, train_proxy
 from ..version import __version__
 from .budget import repair
 from .claims import CLAIM_AT, ArchClaims, ClaimRefresher
@@ -109,6 +110,12 @@ class Objective:
             trial.set_user_attr("worker", self.worker)
         # What the result depends on besides the study's settings: the same values give the same numbers.
         trial.set_user_attr("train_seed", self.cfg.proxy.seed)
+        # How it is trained, as the trainer does it: the batch used (clamped to the split) and the lr it sets.
+        n_train = len(self.device_data.train_x)
+        used = fit_batch(self.cfg.proxy, n_train)
+        trial.set_user_attr("batch_size", used.batch_size)
+        trial.set_user_attr("lr", peak_lr(used))
+        trial.set_user_attr("steps_per_epoch", steps_per_epoch(used, n_train))
         trial.set_user_attr("versions", {"dsearch": __version__, "torch": torch.__version__})
         if self.cfg.measure_latency:
             trial.set_user_attr("latency_ms", round(measure_latency(spec, self.device_data.device), 3))
@@ -154,13 +161,16 @@ class Objective:
             raise
         for key, value in (("val_acc", result.val_acc), ("test_acc", result.test_acc),
                            ("train_time_s", round(result.train_time_s, 2)), ("device", result.device),
-                           ("images_per_s", round(result.images_per_s, 1)), ("epochs", result.epochs)):
+                           ("images_per_s", round(result.images_per_s, 1)), ("epochs", result.epochs),
+                           ("train_loss", result.train_loss), ("peak_loss", result.peak_loss)):
             trial.set_user_attr(key, value)
         trial.set_user_attr("trained", True)
         chance = chance_note(result.val_acc, len(self.device_data.val_y), self.data.num_classes)
         if chance is not None:  # a result that says nothing: kept, but marked and said so wherever it is shown
+            advice = chance_advice(chance_causes(result, self.cfg.proxy, self.data.num_classes))
             trial.set_user_attr("at_chance", chance)
-            self.log(f"trial {trial.number}: warning: validation {chance}")
+            trial.set_user_attr("chance_cause", advice)
+            self.log(f"trial {trial.number}: warning: validation {chance}; {advice}")
         if self.weights_dir is not None and result.state is not None:
             try:
                 save_trial_weights(trial, result.state, self.weights_dir)

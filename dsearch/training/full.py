@@ -22,6 +22,7 @@ from ..data import EMBEDDED_NAME, data_facts, load_dataset, small_split_note
 from ..errors import DsearchError
 from ..model.archspec import ArchSpec
 from ..paths import write_files_atomic
+from .advice import chance_advice, chance_causes, clamp_warning, steps_warning
 from .failures import check_finite_state
 from .proxy import (
     DEFAULT_LR,
@@ -29,7 +30,9 @@ from .proxy import (
     ProxyConfig,
     TrainingDiverged,
     TrainResult,
+    chance_note,
     check_proxy,
+    fit_batch,
     select_device,
     train_proxy,
 )
@@ -72,18 +75,29 @@ def check_fits_training(spec: ArchSpec, size: int, batch: int, device: torch.dev
 
 
 def train_full(spec: ArchSpec, cfg: FullTrainConfig, progress: Callable[[int, int], None] | None = None,
-               log: Callable[[str], None] = print) -> tuple[TrainResult, dict[str, Any]]:
-    """Train `spec` on the whole training split; returns the result and the facts to keep with the weights."""
+               log: Callable[[str], None] = print,
+               warn: Callable[[str], None] | None = None) -> tuple[TrainResult, dict[str, Any]]:
+    """Train `spec` on the whole training split; returns the result and the facts to keep with the weights.
+
+    `warn` (default: `log`) hears what must be said even where `log` is silenced: a clamped batch, chance accuracy.
+    """
+    say = warn or log
     dataset = cfg.dataset or EMBEDDED_NAME
     check_proxy(cfg.proxy)
     check_resolution(cfg.train_resolution, "--train-resolution")
     check_device(cfg.device)
-    proxy = full_proxy(cfg.proxy)
     data = load_dataset(dataset, cfg.data_dir, seed=cfg.proxy.seed)
     check_fits_data(spec, data.in_channels, data.num_classes, dataset)
     small = small_split_note(data)
     if small:
         log(f"warning: {small}")
+    proxy = full_proxy(cfg.proxy, len(data.train_x))
+    clamped = clamp_warning(cfg.proxy, len(data.train_x))
+    if clamped:
+        say(f"warning: {clamped}")
+    few = steps_warning(proxy, len(data.train_x), subset=False)  # `dsearch train` trains on the whole split
+    if few:
+        log(f"warning: {few}")
     try:
         device = select_device(cfg.device)
     except (ValueError, RuntimeError) as err:
@@ -101,11 +115,17 @@ def train_full(spec: ArchSpec, cfg: FullTrainConfig, progress: Callable[[int, in
         check_finite_state(result.state)
     except TrainingDiverged as err:
         raise DsearchError(f"training diverged ({err}); lower --lr or try --optimizer adamw") from None
-    # Both sizes: the weights work at train_resolution; the architecture's cost is counted at resolution.
+    chance = chance_note(result.val_acc, len(device_data.val_y), data.num_classes)
+    if chance is not None:
+        advice = chance_advice(chance_causes(result, cfg.proxy, data.num_classes, subset=False), subset=False)
+        say(f"warning: validation {chance}; {advice}")
+    # Both sizes: the weights work at train_resolution; the architecture's cost is counted at resolution. The
+    # batch and lr are those used (config holds the batch clamped to the split and the lr filled in for it).
     facts = {"epochs": result.epochs, "dataset": dataset, "val_acc": result.val_acc, "test_acc": result.test_acc,
              "train_resolution": device_data.size, "resolution": spec.resolution,
              "mflops": spec_cost(spec).mflops, "train_time_s": round(result.train_time_s, 1),
-             "device": result.device, "history": result.history, **data_facts(data),
+             "device": result.device, "history": result.history, "batch_size": result.batch_size, "lr": result.lr,
+             "steps_per_epoch": result.steps_per_epoch, "train_loss": result.train_loss, **data_facts(data),
              "config": settings_key(proxy)}
     return result, facts
 
@@ -117,8 +137,11 @@ def kept_state(result: TrainResult) -> dict[str, torch.Tensor]:
     return result.state
 
 
-def full_proxy(proxy: ProxyConfig) -> ProxyConfig:
-    """The settings full training runs with: SGD's unset learning rate is the full schedule's, not the proxy's."""
+def full_proxy(proxy: ProxyConfig, n_train: int | None = None) -> ProxyConfig:
+    """The settings full training runs with: the batch clamped to `n_train` training images (when given), and SGD's
+    unset learning rate the full schedule's, not the proxy's, scaled to that batch."""
+    if n_train is not None:
+        proxy = fit_batch(proxy, n_train)
     if proxy.lr is None and proxy.optimizer == "sgd":
         return replace(proxy, lr=FULL_TRAIN_SGD_LR * proxy.batch_size / 128)
     return proxy

@@ -11,7 +11,7 @@ import math
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from typing import Any
 
@@ -38,7 +38,7 @@ class ProxyConfig:
     train_subset: int | None = None  # use at most this many training images
     train_resolution: int | None = None  # None: the data's own size
     optimizer: str = "sgd"  # sgd | adamw
-    lr: float | None = None  # None: 0.04 for sgd, 0.002 for adamw (at batch 128, scaled linearly)
+    lr: float | None = None  # None: 0.04 for sgd, 0.002 for adamw at batch 128, scaled linearly to the batch used
     weight_decay: float | None = None  # None: 5e-4 for sgd, 0.05 for adamw
     label_smoothing: float = 0.0
     bsconv_alpha: float = 0.1
@@ -54,6 +54,31 @@ OPTIMIZERS = ("sgd", "adamw")
 # architectures collapsed (10 sampled architectures x 3 seeds: 3 runs 8-27 points below their other seeds, none
 # at 0.04), and the mean validation accuracy was 3 points lower (benchmarks/bench_reliability.py, docs/benchmarks.md).
 DEFAULT_LR = {"sgd": 0.04, "adamw": 0.002}
+# A training whose mean cross-entropy over a few steps exceeds this many times guessing's (ln of the class count)
+# has diverged even while it stays finite: --lr 50 on the embedded data climbs to ~1e5 and ends at chance, where
+# default runs stay near 1x from the first step, and the worst spike seen to recover (--lr 5) averaged 8.4x over
+# its first epoch (8 steps of batch 128).
+DIVERGED_LOSS_FACTOR = 10.0
+
+
+def fit_batch(cfg: ProxyConfig, n_train: int) -> ProxyConfig:
+    """`cfg` with its batch clamped to the `n_train` training images: the trainer can hand over no more at once."""
+    return cfg if cfg.batch_size <= n_train else replace(cfg, batch_size=max(1, n_train))
+
+
+def peak_lr(cfg: ProxyConfig) -> float:
+    """The schedule's peak learning rate: cfg.lr as given, else the optimizer's default scaled to cfg.batch_size."""
+    return cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.optimizer] * cfg.batch_size / 128
+
+
+def steps_per_epoch(cfg: ProxyConfig, n_train: int) -> int:
+    """Optimizer steps per epoch over `n_train` images (the last partial batch is dropped)."""
+    return max(1, n_train // fit_batch(cfg, n_train).batch_size)
+
+
+def diverged_loss(num_classes: int) -> float:
+    """The mean cross-entropy above which a training has diverged: DIVERGED_LOSS_FACTOR times guessing's."""
+    return DIVERGED_LOSS_FACTOR * math.log(max(2, num_classes))
 
 
 def check_proxy(p: ProxyConfig) -> None:
@@ -82,6 +107,11 @@ class TrainResult:
     test_acc: float
     history: list[float] = field(default_factory=list)  # validation accuracy after each epoch
     epochs: int = 0
+    batch_size: int = 0  # the batch used: the requested one, or the whole training split when that is smaller
+    lr: float = 0.0  # the peak learning rate used
+    steps_per_epoch: int = 0
+    train_loss: list[float] = field(default_factory=list)  # mean training cross-entropy of each epoch
+    peak_loss: float = 0.0  # the highest mean cross-entropy over one check's steps (at most 25)
     train_time_s: float = 0.0
     images_per_s: float = 0.0
     device: str = "cpu"
@@ -142,7 +172,10 @@ def random_shift_flip(x: Tensor, pad: int, generator: torch.Generator) -> Tensor
 
 
 def _optimizer(model: nn.Module, cfg: ProxyConfig) -> torch.optim.Optimizer:
-    scale = cfg.batch_size / 128
+    """The optimizer at peak_lr(cfg); cfg.batch_size must be the batch used (see fit_batch)."""
+    if cfg.optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+    lr = peak_lr(cfg)
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
     for p in model.parameters():
@@ -152,13 +185,10 @@ def _optimizer(model: nn.Module, cfg: ProxyConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         wd = 5e-4 if cfg.weight_decay is None else cfg.weight_decay
         groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
-        return torch.optim.SGD(groups, lr=cfg.lr or DEFAULT_LR["sgd"] * scale, momentum=0.9, nesterov=True,
-                               fused=fused)
-    if cfg.optimizer == "adamw":
-        wd = 0.05 if cfg.weight_decay is None else cfg.weight_decay
-        groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=cfg.lr or DEFAULT_LR["adamw"] * scale, fused=fused)
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True, fused=fused)
+    wd = 0.05 if cfg.weight_decay is None else cfg.weight_decay
+    groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, fused=fused)
 
 
 def warmup_cosine(total_steps: int, warmup_share: float = 0.15) -> Callable[[int], float]:
@@ -320,10 +350,13 @@ def train_proxy(
 ) -> TrainResult:
     """Train `spec` for cfg.epochs; `on_epoch(epoch, val_acc)` may raise to stop (e.g. Optuna pruning).
 
-    `progress(step, total_steps)` is called after each step (for progress bars). Raises
-    TrainingDiverged on a NaN/inf loss, and TimedOut ("stopped by --timeout 5 s after 3 of 10 epochs") at the
-    first step after `deadline` (the command's time limit).
+    `progress(step, total_steps)` is called after each step (for progress bars). Raises TrainingDiverged on a
+    NaN/inf loss or one that exploded (diverged_loss), and TimedOut ("stopped by --timeout 5 s after 3 of 10
+    epochs") at the first step after `deadline` (the command's time limit). A batch larger than the training split
+    is clamped to it (fit_batch), and the default learning rate follows the batch used.
     """
+    n = len(data.train_x)
+    cfg = fit_batch(cfg, n)
     device = data.device
     if device.type == "cpu":
         keep_freed_memory()
@@ -336,26 +369,33 @@ def train_proxy(
         model.train()
         model = graph_training_step(model, data.prepare(data.train_x[:cfg.batch_size]))
     optimizer = _optimizer(model, cfg)
-    n = len(data.train_x)
-    steps_per_epoch = max(1, n // cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
+    steps = steps_per_epoch(cfg, n)
+    total = steps * cfg.epochs
+    limit = diverged_loss(spec.num_classes)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total))
     pad = max(1, data.train_x.shape[-1] // 8)  # in native pixels: augmentation runs before resizing
     history: list[float] = []
+    train_loss: list[float] = []
+    peak = 0.0
     start = time.perf_counter()
     step = 0
     for epoch in range(cfg.epochs):
         model.train()
         order = torch.randperm(n, device=device, generator=generator)
         loss_sum = torch.zeros((), device=device)
-        for i in range(steps_per_epoch):
+        # Cross-entropy alone (regularisers left out), summed over the epoch and over the steps since the last check.
+        ce_sum = torch.zeros((), device=device)
+        window = torch.zeros((), device=device)
+        since = 0
+        for i in range(steps):
             idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
             x = data.train_x[idx]
             if cfg.augment:
                 x = random_shift_flip(x, pad, generator)
             x = data.prepare(x)
             with _autocast(device):
-                loss = F.cross_entropy(model(x), data.train_y[idx], label_smoothing=cfg.label_smoothing)
+                ce = F.cross_entropy(model(x), data.train_y[idx], label_smoothing=cfg.label_smoothing)
+            loss = ce
             for term, modules, weight in terms:
                 loss = loss + term(modules, weight)
             optimizer.zero_grad(set_to_none=True)
@@ -363,9 +403,14 @@ def train_proxy(
             optimizer.step()
             schedule.step()
             loss_sum += loss.detach()
+            window += ce.detach()
             step += 1
-            if step % 25 == 0 or i == steps_per_epoch - 1:
-                _check_finite(loss_sum, epoch, i)
+            since += 1
+            if step % 25 == 0 or i == steps - 1:  # one host sync per check, not per step
+                ce_sum += window
+                peak = max(peak, _check_loss(loss_sum, window, since, limit, epoch, i))
+                window.zero_()
+                since = 0
             if terminated():  # a SIGTERM whose first Terminated a library swallowed (e.g. in a gc callback)
                 raise Terminated()
             check_interrupted()  # a Ctrl-C or SIGTERM that arrived inside `deferred_interrupts`
@@ -373,6 +418,7 @@ def train_proxy(
                 deadline.check(f"after {epoch} of {cfg.epochs} epochs")
             if progress is not None:
                 progress(step, total)
+        train_loss.append(round(ce_sum.item() / steps, 4))
         if cfg.bn_recompute:
             recompute_bn_stats(model, data, cfg.bn_recompute, cfg.batch_size, cfg.seed)
         acc = evaluate(model, data, data.val_x, data.val_y)
@@ -382,12 +428,19 @@ def train_proxy(
     elapsed = time.perf_counter() - start
     return TrainResult(
         val_acc=history[-1], test_acc=evaluate(model, data, data.test_x, data.test_y), history=history,
-        epochs=cfg.epochs, train_time_s=elapsed, images_per_s=total * cfg.batch_size / max(elapsed, 1e-9),
+        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=peak_lr(cfg), steps_per_epoch=steps, train_loss=train_loss,
+        peak_loss=round(peak, 4), train_time_s=elapsed, images_per_s=total * cfg.batch_size / max(elapsed, 1e-9),
         device=str(device), state={k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
     )
 
 
-def _check_finite(loss_sum: Tensor, epoch: int, step: int) -> None:
-    value = loss_sum.item()
-    if not math.isfinite(value):
-        raise TrainingDiverged(f"loss became {value} in epoch {epoch + 1} by step {step + 1}")
+def _check_loss(loss_sum: Tensor, window: Tensor, steps: int, limit: float, epoch: int, step: int) -> float:
+    """The mean cross-entropy of the last `steps` steps; TrainingDiverged for a non-finite loss or one over `limit`."""
+    total, recent = torch.stack([loss_sum, window]).tolist()
+    if not math.isfinite(total):
+        raise TrainingDiverged(f"loss became {total} in epoch {epoch + 1} by step {step + 1}")
+    mean = recent / steps
+    if mean > limit:
+        raise TrainingDiverged(f"loss exploded to {mean:.4g} in epoch {epoch + 1} by step {step + 1} (over "
+                               f"{limit:.3g}, {DIVERGED_LOSS_FACTOR:g}x the loss of guessing)")
+    return mean

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from ..checks import check_int, check_number, check_resolution, check_seed
 from ..errors import Deadline, DsearchError, Terminated, check_interrupted, terminated
+from ..latency.cpu_lock import training_shared
 from ..model.archspec import ArchSpec
 from ..model.builder import build_model
 from ..model.ops import CONV_TYPES
@@ -380,51 +381,53 @@ def train_proxy(
     start = time.perf_counter()
     step = 0
     for epoch in range(cfg.epochs):
-        model.train()
-        order = torch.randperm(n, device=device, generator=generator)
-        loss_sum = torch.zeros((), device=device)
-        # Cross-entropy alone (regularisers left out), summed over the epoch and over the steps since the last check.
-        ce_sum = torch.zeros((), device=device)
-        window = torch.zeros((), device=device)
-        since = 0
-        for i in range(steps):
-            idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-            x = data.train_x[idx]
-            if cfg.augment:
-                x = random_shift_flip(x, pad, generator)
-            x = data.prepare(x)
-            with _autocast(device):
-                ce = F.cross_entropy(model(x), data.train_y[idx], label_smoothing=cfg.label_smoothing)
-            loss = ce
-            for term, modules, weight in terms:
-                loss = loss + term(modules, weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            loss_sum += loss.detach()
-            window += ce.detach()
-            step += 1
-            since += 1
-            if step % 25 == 0 or i == steps - 1:  # one host sync per check, not per step
-                ce_sum += window
-                peak = max(peak, _check_loss(loss_sum, window, since, limit, epoch, i))
-                window.zero_()
-                since = 0
-            if terminated():  # a SIGTERM whose first Terminated a library swallowed (e.g. in a gc callback)
-                raise Terminated()
-            check_interrupted()  # a Ctrl-C or SIGTERM that arrived inside `deferred_interrupts`
-            if deadline is not None and deadline.passed():  # the user's limit holds inside one long training too
-                deadline.check(f"after {epoch} of {cfg.epochs} epochs")
-            if progress is not None:
-                progress(step, total)
-        train_loss.append(round(ce_sum.item() / steps, 4))
-        if cfg.bn_recompute:
-            recompute_bn_stats(model, data, cfg.bn_recompute, cfg.batch_size, cfg.seed)
-        acc = evaluate(model, data, data.val_x, data.val_y)
-        history.append(acc)
-        if on_epoch is not None:
-            on_epoch(epoch, acc)
+        # Held per epoch, so that a latency measurement of another worker waits at most an epoch.
+        with training_shared():
+            model.train()
+            order = torch.randperm(n, device=device, generator=generator)
+            loss_sum = torch.zeros((), device=device)
+            # Cross-entropy alone (regularisers left out), summed over the epoch and the steps since the last check.
+            ce_sum = torch.zeros((), device=device)
+            window = torch.zeros((), device=device)
+            since = 0
+            for i in range(steps):
+                idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+                x = data.train_x[idx]
+                if cfg.augment:
+                    x = random_shift_flip(x, pad, generator)
+                x = data.prepare(x)
+                with _autocast(device):
+                    ce = F.cross_entropy(model(x), data.train_y[idx], label_smoothing=cfg.label_smoothing)
+                loss = ce
+                for term, modules, weight in terms:
+                    loss = loss + term(modules, weight)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                loss_sum += loss.detach()
+                window += ce.detach()
+                step += 1
+                since += 1
+                if step % 25 == 0 or i == steps - 1:  # one host sync per check, not per step
+                    ce_sum += window
+                    peak = max(peak, _check_loss(loss_sum, window, since, limit, epoch, i))
+                    window.zero_()
+                    since = 0
+                if terminated():  # a SIGTERM whose first Terminated a library swallowed (e.g. in a gc callback)
+                    raise Terminated()
+                check_interrupted()  # a Ctrl-C or SIGTERM that arrived inside `deferred_interrupts`
+                if deadline is not None and deadline.passed():  # the user's limit holds inside one long training too
+                    deadline.check(f"after {epoch} of {cfg.epochs} epochs")
+                if progress is not None:
+                    progress(step, total)
+            train_loss.append(round(ce_sum.item() / steps, 4))
+            if cfg.bn_recompute:
+                recompute_bn_stats(model, data, cfg.bn_recompute, cfg.batch_size, cfg.seed)
+            acc = evaluate(model, data, data.val_x, data.val_y)
+            history.append(acc)
+            if on_epoch is not None:
+                on_epoch(epoch, acc)
     elapsed = time.perf_counter() - start
     return TrainResult(
         val_acc=history[-1], test_acc=evaluate(model, data, data.test_x, data.test_y), history=history,

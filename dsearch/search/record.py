@@ -15,6 +15,10 @@ One definition for every writer (study) and reader (pareto, dashboard, export, w
   Read them by name with `named_constraints`.
 - study metric names (`study.set_metric_names`): what Optuna's plots and optuna-dashboard label
   the objectives with.
+- user attrs of a study: every key is a constant below (the settings `IDENTITY_ATTR` and `CONFIG_ATTR`, the data
+  facts, the finals' plan, rung records and verdict, the baselines, the audit, kept weights). The stored settings
+  are read back only through `stored_settings` (and `study_budget`, the budget inside the identity), which checks
+  their shape: a damaged record reads as one DsearchError naming the study, the record and what to do.
 """
 from __future__ import annotations
 
@@ -29,11 +33,32 @@ import optuna
 from ..errors import DsearchError
 from ..model.archspec import ArchSpec
 from ..version import __version__
+from .budget import Budget
 
+# Trial user attrs.
 ARCH = "arch"
 ARCH_SUMMARY = "arch_summary"
+ARCH_KEY = "arch_key"
 STATUS = "status"
 REASON = "reason"
+TRAINED = "trained"  # True once the trial trained an architecture (even when pruned after it)
+DUPLICATE_OF = "duplicate_of"
+REPAIR_OF = "repair_of"
+AT_CHANCE = "at_chance"
+# Study user attrs.
+IDENTITY_ATTR = "dsearch_identity"  # the settings a study is bound to (dsearch.search.resume)
+CONFIG_ATTR = "dsearch_config"  # the SearchConfig of the run that made it, as a dict
+CHANGES_ATTR = "dsearch_changes"  # allowed changes of the bound settings
+DATA_ATTR = "dsearch_data"  # the dataset's facts an export needs (dsearch.data.data_facts)
+ARTIFACTS_ATTR = "dsearch_artifacts"  # where kept weights live when the storage is not a local file
+PLAN_ATTR = "dsearch_finals"  # the finals' plan
+VERDICT_ATTR = "dsearch_verdict"  # the finals' verdict
+RUNG_PREFIX = "dsearch_rung"  # + "<rung>.<target>.s<seed>": one training of the finals
+FINALS_CLAIM_PREFIX = "dsearch_claim."  # + a rung record's key: which worker trains it
+AUDIT_ATTR = "dsearch_audit"
+AUDIT_CLAIM_PREFIX = "dsearch_audit_claim."  # + trial number: which worker is training it for an audit
+BASELINE_PREFIX = "baseline."  # + label: one hand-designed reference net and its trainings
+TRAINED_PREFIX = "trained."  # + trial number: the facts of its full training and its kept weights
 STATUSES = ("complete", "rejected", "invalid", "duplicate", "pruned", "failed", "running", "waiting")
 CONSTRAINT_KEYS = ("mflops_over_budget", "mparams_over_budget", "invalid")
 DASHBOARD_CONSTRAINTS = "constraints"  # optuna-dashboard reads a trial's constraints as this one list
@@ -65,7 +90,7 @@ def arch_key(spec: ArchSpec) -> str:
 
 def trial_arch_key(trial: optuna.trial.FrozenTrial) -> str | None:
     """The trial's architecture fingerprint (computed from its stored ArchSpec for studies made before keys)."""
-    key = trial.user_attrs.get("arch_key")
+    key = trial.user_attrs.get(ARCH_KEY)
     if key is None:
         try:
             spec = trial_arch(trial.user_attrs)
@@ -110,3 +135,51 @@ def made_by() -> str:
     from datetime import UTC, datetime
 
     return f"dsearch {__version__}, {datetime.now(UTC).isoformat(timespec='seconds')}"
+
+
+class UnreadableJSON(str):
+    """A study user attr whose stored text is not JSON (an edited database), kept as that text so that its reader
+    says which record is damaged while every other record still reads (see dsearch.search.storage.open_study)."""
+
+
+def kind_of(value: Any) -> str:
+    """What a stored value is, for an error: "text that is not valid JSON", "a list", "a str", ..."""
+    return "text that is not valid JSON" if isinstance(value, UnreadableJSON) else f"a {type(value).__name__}"
+
+
+SETTINGS = (IDENTITY_ATTR, CONFIG_ATTR)
+SETTINGS_FIX = ("restore the study's storage from a copy, or search again under a new --study-name (a study made by "
+                "`dsearch run` holds them)")
+
+
+def damaged(study: optuna.Study, key: str, what: str, fix: str) -> DsearchError:
+    """The one-line error for a study record that cannot be read: the study, the record, what is wrong, the fix."""
+    return DsearchError(f"study '{study.study_name}': its stored {key} record {what}; {fix}")
+
+
+def stored_settings(study: optuna.Study, key: str) -> dict[str, Any]:
+    """The study's stored settings `key` (IDENTITY_ATTR or CONFIG_ATTR) as a dict; {} when it holds none.
+
+    The one read-back of them: a record that is not a JSON object, or whose proxy settings are not one, raises a
+    one-line DsearchError (see `damaged`).
+    """
+    if key not in SETTINGS:
+        raise ValueError(f"{key!r} is not a stored settings record; valid: {', '.join(SETTINGS)}")
+    value = study.user_attrs.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise damaged(study, key, f"is not a JSON object (it holds {kind_of(value)})", SETTINGS_FIX)
+    if key == CONFIG_ATTR and not isinstance(value.get("proxy") or {}, Mapping):
+        raise damaged(study, key, "has proxy settings that are not a JSON object", SETTINGS_FIX)
+    return dict(value)
+
+
+def study_budget(study: optuna.Study) -> Budget:
+    """The budget the study was created with, counted at its deployment resolution (no limit: None)."""
+    identity = stored_settings(study, IDENTITY_ATTR)
+    try:
+        return Budget.from_stored(identity, f"study '{study.study_name}'")
+    except DsearchError as err:
+        raise DsearchError(f"{err} (record {IDENTITY_ATTR}); {SETTINGS_FIX}") from None
+

@@ -371,7 +371,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 def _trial_note(study, number: int, doing: str) -> str | None:
     """A note when trial `number` is not a trained trial within budget (its status and reason), else None."""
-    from .search.record import AT_CHANCE, REASON, TRAINED_PREFIX
+    from .search.record import AT_CHANCE, REASON, full_training
     from .search.trials import trial_status
     from .training.failures import failure_reason
 
@@ -381,7 +381,7 @@ def _trial_note(study, number: int, doing: str) -> str | None:
     status = trial_status(trials[number])
     if status == "complete":
         chance = trials[number].user_attrs.get(AT_CHANCE)
-        if chance and f"{TRAINED_PREFIX}{number}" not in study.user_attrs:  # fully trained weights would say otherwise
+        if chance and full_training(study, number) is None:  # fully trained weights would say otherwise
             return f"warning: trial {number}'s validation {chance}; {doing} anyway"
         return None
     reason = failure_reason(trials[number]) if status == "failed" else trials[number].user_attrs.get(REASON)
@@ -407,7 +407,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         if args.weights:
             raise DsearchError("--weights is for an ArchSpec JSON target; a study's weights are found by trial")
         from .analysis.pick import pick_trial
-        from .search.record import DATA_ATTR
+        from .search.record import study_data_facts
         from .search.weights import NOT_KEPT_ATTR, trial_weights
 
         study, url = _open(args.target, args.storage, read_only=True)
@@ -418,7 +418,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             print(note)
         found = trial_weights(study, number, url)
         state, source = found if found is not None else (None, None)
-        data = study.user_attrs.get(DATA_ATTR) or {}
+        data = study_data_facts(study)
         info = {"study": study.study_name, "trial": number, **{k: data[k] for k in ("mean", "std", "classes")
                                                                   if k in data}}
         if found is not None:
@@ -485,9 +485,9 @@ def _read_metrics(path: Path) -> dict:
 
 def _study_weights_facts(study, number: int, source: str) -> dict:
     """How trial `number`'s kept weights were made: the full training's facts, else its proxy's (INFO entries)."""
-    from .search.record import CONFIG_ATTR, TRAINED_PREFIX, stored_settings
+    from .search.record import CONFIG_ATTR, full_training, stored_settings
 
-    full = study.user_attrs.get(f"{TRAINED_PREFIX}{number}")
+    full = full_training(study, number)
     made = full if full is not None else study.get_trials(deepcopy=False)[number].user_attrs
     dataset = stored_settings(study, CONFIG_ATTR).get("dataset")
     facts = {"weights": source, "dataset": made.get("dataset", dataset), "epochs": made.get("epochs"),

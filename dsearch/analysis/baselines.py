@@ -37,15 +37,7 @@ from ..model.ops import CONV_TYPES
 from ..model.presets import mobilenet_v2, with_conv
 from ..search.budget import Budget
 from ..search.config import SearchConfig
-from ..search.record import (
-    BASELINE_PREFIX,
-    CONFIG_ATTR,
-    TRAINED_PREFIX,
-    damaged,
-    made_by,
-    stored_settings,
-    study_budget,
-)
+from ..search.record import BASELINE_PREFIX, CONFIG_ATTR, damaged, full_training, made_by, stored_settings, study_budget
 from ..search.resume import plain
 from ..training.failures import check_finite_state
 from ..training.full import FullTrainConfig, study_full_config, train_full
@@ -340,7 +332,7 @@ def comparison_lines(study: optuna.Study, frame: pd.DataFrame) -> list[str]:
     full = [b for b in baselines if trained_ok(b.get("full"))]
     if not full:
         return lines
-    mine = study.user_attrs.get(f"{TRAINED_PREFIX}{number}") or {}
+    mine = full_training(study, number) or {}
     same = [b for b in full if _same_full(mine, b["full"])]
     if same:
         ref = max(same, key=lambda b: (b["full"]["val_acc"], -b["mflops"]))

@@ -17,8 +17,9 @@ One definition for every writer (study) and reader (pareto, dashboard, export, w
   the objectives with.
 - user attrs of a study: every key is a constant below (the settings `IDENTITY_ATTR` and `CONFIG_ATTR`, the data
   facts, the finals' plan, rung records and verdict, the baselines, the audit, kept weights). The stored settings
-  are read back only through `stored_settings` (and `study_budget`, the budget inside the identity), which checks
-  their shape: a damaged record reads as one DsearchError naming the study, the record and what to do.
+  are read back only through `stored_settings` (and `study_budget`, the budget inside the identity; the data facts
+  through `study_data_facts`, a trial's full training through `full_training`), which check their shape: a
+  damaged record reads as one DsearchError naming the study, the record and what to do.
 """
 from __future__ import annotations
 
@@ -183,3 +184,46 @@ def study_budget(study: optuna.Study) -> Budget:
     except DsearchError as err:
         raise DsearchError(f"{err} (record {IDENTITY_ATTR}); {SETTINGS_FIX}") from None
 
+
+
+def _numbers(value: Any) -> bool:
+    """True for a non-empty list of finite numbers (a bool is not one)."""
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) and v == v and abs(v) != float("inf") for v in value)
+
+
+def study_data_facts(study: optuna.Study) -> dict[str, Any]:
+    """The dataset's facts the study's run stored (DATA_ATTR: mean, std, classes, image size); {} without them.
+
+    An export copies them into model.py, so a damaged record raises a one-line DsearchError instead."""
+    facts = study.user_attrs.get(DATA_ATTR)
+    if facts is None:
+        return {}
+    fix = "delete the record or restore the study's storage from a copy (`dsearch run` on the study writes it again)"
+    if not isinstance(facts, Mapping):
+        raise damaged(study, DATA_ATTR, f"is {kind_of(facts)}, not a JSON object", fix)
+    classes = facts.get("classes", [])
+    if not (_numbers(facts.get("mean", [0])) and _numbers(facts.get("std", [1])) and isinstance(classes, list)
+            and all(isinstance(c, str) for c in classes)):
+        raise damaged(study, DATA_ATTR, "has a mean, std or class list that is not one", fix)
+    return dict(facts)
+
+
+def full_training(study: optuna.Study, number: int) -> dict[str, Any] | None:
+    """The facts of trial `number`'s full training kept on the study (TRAINED_PREFIX), None without one.
+
+    A damaged record raises a one-line DsearchError that says to train the trial again."""
+    key = f"{TRAINED_PREFIX}{number}"
+    facts = study.user_attrs.get(key)
+    if facts is None:
+        return None
+    fix = f"train it again with `dsearch train {study.study_name} --trial {number}` (it replaces the record)"
+    if not isinstance(facts, Mapping):
+        raise damaged(study, key, f"is {kind_of(facts)}, not a JSON object", fix)
+    if not isinstance(facts.get("weights_artifact"), str):
+        raise damaged(study, key, "names no weights artifact", fix)
+    for name in ("test_acc", "val_acc", "epochs", "train_resolution"):
+        value = facts.get(name)
+        if value is not None and not _numbers([value]):
+            raise damaged(study, key, f"has a {name} that is not a number ({value!r})", fix)
+    return dict(facts)

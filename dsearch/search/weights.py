@@ -27,7 +27,7 @@ from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_
 
 from ..errors import DsearchError, write_problem
 from ..paths import artifact_folder, local_storage_file, write_bytes_atomic
-from .record import ARTIFACTS_ATTR, TRAINED_PREFIX
+from .record import ARTIFACTS_ATTR, TRAINED_PREFIX, full_training
 
 NOT_KEPT_ATTR = "weights_not_kept"  # trial user attr: why its trained weights could not be written
 
@@ -140,7 +140,7 @@ def load_state(path: Path, what: str, fix: str) -> dict[str, torch.Tensor]:
 
 def trial_weights(study: optuna.Study, number: int, storage_url: str) -> tuple[dict[str, torch.Tensor], str] | None:
     """The best weights kept for trial `number` and where they come from; None when none were kept."""
-    full = study.user_attrs.get(f"{TRAINED_PREFIX}{number}")
+    full = full_training(study, number)
     trial = study.get_trials(deepcopy=False)[number]
     proxy = trial.user_attrs.get("weights_artifact")
     artifact = full["weights_artifact"] if full is not None else proxy

@@ -147,8 +147,7 @@ def deployment_resolution(frame: pd.DataFrame, study: optuna.Study | None = None
     values = frame["resolution"].dropna() if "resolution" in frame else pd.Series(dtype=float)
     if not values.empty:
         return int(values.mode().iloc[0])
-    identity = stored_settings(study, IDENTITY_ATTR) if study is not None else {}
-    return int(identity["resolution"]) if identity.get("resolution") else None
+    return study_budget(study).resolution if study is not None else None  # the budget's: checked when read
 
 
 def cost_label(cost: str, resolution: int | None) -> str:

@@ -18,7 +18,7 @@ from ..errors import DsearchError
 from ..model.archspec import ArchSpec, iter_conv_units
 from ..model.ops import CONV_TYPES
 from ..search.budget import Budget
-from ..search.record import REASON, STATUS, trial_arch
+from ..search.record import ARCH_SUMMARY, AT_CHANCE, FACT_KEYS, REASON, STATUS, trial_arch
 from ..search.record import study_budget as study_budget  # where readers of a study have found it
 from .verdict import rung_reached
 
@@ -60,11 +60,8 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         a = t.user_attrs
         row: dict[str, Any] = {
             "trial": t.number, "state": t.state.name, "status": a.get(STATUS, t.state.name.lower()),
-            "val_acc": a.get("val_acc"), "test_acc": a.get("test_acc"), "mflops": a.get("mflops"),
-            "mparams": a.get("mparams"), "latency_ms": a.get("latency_ms"), "resolution": a.get("resolution"),
-            "mflops_train": a.get("mflops_train"), "train_resolution": a.get("train_resolution"),
-            "train_time_s": a.get("train_time_s"), "epochs": a.get("epochs"), "device": a.get("device"),
-            "arch": a.get("arch_summary"), "dominant_conv": None, "at_chance": a.get("at_chance") is not None,
+            **{key: a.get(key) for key in FACT_KEYS},
+            "arch": a.get(ARCH_SUMMARY), "dominant_conv": None, "at_chance": a.get(AT_CHANCE) is not None,
             "reason": a.get(REASON) or t.system_attrs.get("fail_reason"),
             "datetime_start": t.datetime_start, "datetime_complete": t.datetime_complete,
         }

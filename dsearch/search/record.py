@@ -46,6 +46,9 @@ TRAINED = "trained"  # True once the trial trained an architecture (even when pr
 DUPLICATE_OF = "duplicate_of"
 REPAIR_OF = "repair_of"
 AT_CHANCE = "at_chance"
+# The trial facts the objective records and readers take as they are (a column each in pareto.trials_frame).
+FACT_KEYS = ("val_acc", "test_acc", "mflops", "mparams", "latency_ms", "resolution", "mflops_train",
+             "train_resolution", "train_time_s", "epochs", "device")
 # Study user attrs.
 IDENTITY_ATTR = "dsearch_identity"  # the settings a study is bound to (dsearch.search.resume)
 CONFIG_ATTR = "dsearch_config"  # the SearchConfig of the run that made it, as a dict
@@ -209,19 +212,20 @@ def study_data_facts(study: optuna.Study) -> dict[str, Any]:
     return dict(facts)
 
 
+TRAINED_FIX = "train it again with `dsearch train {study} --trial {number}` (it replaces the record)"
+
+
 def full_training(study: optuna.Study, number: int) -> dict[str, Any] | None:
     """The facts of trial `number`'s full training kept on the study (TRAINED_PREFIX), None without one.
 
-    A damaged record raises a one-line DsearchError that says to train the trial again."""
+    A damaged record raises a one-line DsearchError that says to train the trial again (TRAINED_FIX)."""
     key = f"{TRAINED_PREFIX}{number}"
     facts = study.user_attrs.get(key)
     if facts is None:
         return None
-    fix = f"train it again with `dsearch train {study.study_name} --trial {number}` (it replaces the record)"
+    fix = TRAINED_FIX.format(study=study.study_name, number=number)
     if not isinstance(facts, Mapping):
         raise damaged(study, key, f"is {kind_of(facts)}, not a JSON object", fix)
-    if not isinstance(facts.get("weights_artifact"), str):
-        raise damaged(study, key, "names no weights artifact", fix)
     for name in ("test_acc", "val_acc", "epochs", "train_resolution"):
         value = facts.get(name)
         if value is not None and not _numbers([value]):

@@ -27,7 +27,7 @@ from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_
 
 from ..errors import DsearchError, write_problem
 from ..paths import artifact_folder, local_storage_file, write_bytes_atomic
-from .record import ARTIFACTS_ATTR, TRAINED_PREFIX, full_training
+from .record import ARTIFACTS_ATTR, TRAINED_FIX, TRAINED_PREFIX, damaged, full_training
 
 NOT_KEPT_ATTR = "weights_not_kept"  # trial user attr: why its trained weights could not be written
 
@@ -143,7 +143,10 @@ def trial_weights(study: optuna.Study, number: int, storage_url: str) -> tuple[d
     full = full_training(study, number)
     trial = study.get_trials(deepcopy=False)[number]
     proxy = trial.user_attrs.get("weights_artifact")
-    artifact = full["weights_artifact"] if full is not None else proxy
+    artifact = full.get("weights_artifact") if full is not None else proxy
+    if full is not None and not isinstance(artifact, str):
+        raise damaged(study, f"{TRAINED_PREFIX}{number}", "names no weights artifact",
+                      TRAINED_FIX.format(study=study.study_name, number=number))
     if artifact is None:
         return None
     store = recorded_artifact_dir(study, storage_url)  # reading: nothing to create or record

@@ -191,3 +191,17 @@ def test_budget_is_stored_with_the_identity_keys_of_existing_studies():
     for bad in ({"budget_mflops": "300"}, {"budget_mparams": -1}, {"budget_ms": float("inf")}, {"resolution": 2.5}):
         with pytest.raises(DsearchError, match="stored"):
             Budget.from_stored(bad)
+
+
+def test_a_rejected_trial_keeps_its_reason_text_and_constraint_values(searched_study):
+    """The objective's rejection, as it was written before the Budget type: the same text, the same numbers."""
+    from dsearch.search.record import named_constraints
+
+    rejected = [t for t in searched_study["study"].get_trials() if t.user_attrs.get("status") == "rejected"]
+    assert rejected
+    for t in rejected:
+        mflops, mparams, res = t.user_attrs["mflops"], t.user_attrs["mparams"], t.user_attrs["resolution"]
+        assert t.user_attrs["reason"] == (f"over budget: {mflops:.1f} MFLOPs at {res}x{res}, {mparams:.2f} M params "
+                                          f"(> {searched_study['budget']:g} MFLOPs)")
+        assert named_constraints(t) == {"mflops_over_budget": mflops - searched_study["budget"],
+                                        "mparams_over_budget": -1.0, "invalid": 0.0}

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import numbers
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -67,9 +68,11 @@ class Budget:
         return bool(self.limits())
 
     def _cost(self, costs: Mapping[str, Any], key: str) -> float | None:
-        """The cost `key` of `costs` as a float; None when absent or NaN (a latency limit cannot do without it)."""
+        """The cost `key` of `costs` as a float; None when absent, NaN or not a number (a latency limit cannot do
+        without it)."""
         value = costs.get(key)
-        if value is None or value != value:  # NaN: a DataFrame row's missing value
+        # NaN: a DataFrame row's missing value; not a number: a damaged record, which fits no limit either
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value:
             if key == LATENCY_MS:
                 target = self.latency_target or "its target"
                 raise DsearchError(f"the budget limits latency to {self.ms:g} ms on {target}, but no latency"

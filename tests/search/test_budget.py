@@ -156,6 +156,7 @@ def test_budget_checks_counts_records_and_latency_by_the_max_ratio_rule():
     assert both.fits_record({"mflops": 300.0, "mparams": 2.0})
     assert not both.fits_record({"mflops": 300.1, "mparams": 1.0})
     assert not both.fits_record({"mflops": 100.0})  # a cost the record lacks does not fit
+    assert not both.fits_record({"mflops": "100", "mparams": 1.0})  # nor one that is no number (a damaged record)
     assert Budget().counts_ratio(10**12, 10**12) == 0.0 and Budget().fits_record({})
     fast = Budget(300, ms=5.0, latency_target="ort-cpu")
     assert fast.counts_ratio(150_000_000, 0, ms=10.0) == pytest.approx(2.0)  # latency dominates: 10 / 5

@@ -16,7 +16,7 @@ import time
 from dsearch.cost import spec_cost
 from dsearch.search.config import SearchConfig
 from dsearch.search.driver import run_search
-from dsearch.search.record import trial_arch
+from dsearch.search.record import STATUS, trial_arch
 from dsearch.training.proxy import ProxyConfig
 
 CASES = [("mobile", b) for b in (60, 80, 150, 300, 600)] + [("residual", b) for b in (5, 40, 300)]
@@ -38,7 +38,7 @@ def main() -> None:
             start = time.perf_counter()
             summary = run_search(cfg, "b", f"sqlite:///{tmp}/b.db", n_trials=args.n_trials, log=lambda _m: None)
             wall = time.perf_counter() - start
-            trained = [t for t in summary.study.get_trials() if t.user_attrs.get("status") == "complete"]
+            trained = [t for t in summary.study.get_trials() if t.user_attrs.get(STATUS) == "complete"]
             worst = max(spec_cost(trial_arch(t.user_attrs)).mflops for t in trained)
             c = summary.counts
             print(f"{space:<9} {budget:>13g} {summary.trained:>7} {worst:>10.1f} {c['rejected']:>8} "

@@ -108,11 +108,12 @@ def audited_archs(study_name: str, storage: str | None) -> list[Arch]:
 def study_proxy(study_name: str, storage: str | None) -> tuple[str, dict[str, dict[str, Any]]]:
     """The study's own proxy setting as RES:EPOCHS[:SUBSET], and the val acc the search recorded per audited trial."""
     from dsearch.analysis.audit import study_audit
+    from dsearch.search.record import CONFIG_ATTR, IDENTITY_ATTR, stored_settings
     from dsearch.search.storage import open_study
 
     study, _ = open_study(study_name, storage)
-    proxy = study.user_attrs["dsearch_config"]["proxy"]
-    identity = study.user_attrs.get("dsearch_identity") or {}
+    proxy = stored_settings(study, CONFIG_ATTR)["proxy"]
+    identity = stored_settings(study, IDENTITY_ATTR)
     setting = f"{identity['train_resolution']}:{proxy['epochs']}" + (
         f":{proxy['train_subset']}" if proxy.get("train_subset") else "")
     audit = study_audit(study) or {"trials": {}}

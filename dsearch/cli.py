@@ -254,10 +254,9 @@ def cmd_show(args: argparse.Namespace) -> int:
         hypervolume,
         pareto_front,
         reference_point,
-        study_budget,
         trials_frame,
     )
-    from .analysis.pick import budget_text
+    from .search.record import study_budget
     from .search.trials import trial_counts
 
     if args.parquet:
@@ -272,7 +271,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     budget = study_budget(study)
     print(f"study '{study.study_name}' ({url}): {len(frame)} trials: {c['complete']} trained, {c['rejected']} "
           f"rejected by the budget, {c['invalid']} invalid, {c['pruned']} pruned, {c['failed']} failed, "
-          f"{c['running']} running; budget: {budget_text(budget) or 'none'}")
+          f"{c['running']} running; budget: {budget.describe() if budget.limited else 'none'}")
     for line in failure_lines(frame):  # why they failed (a diverged loss, a crash): before any table
         print(f"  {line}")
     cost = args.by
@@ -283,7 +282,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         print("no trained trial yet: run `dsearch run` (or wait for the running workers)")
         return 0
     res = int(front["resolution"].iloc[0])
-    ref = reference_point(frame, budget.get(cost), cost)
+    ref = reference_point(frame, budget.limits().get(cost), cost)
     print(f"Pareto-optimal trials, validation accuracy vs {COSTS[cost]} at {res}x{res} "
           f"(test accuracy is reported only):")
     table = front[["trial", "val_acc", "test_acc", "mflops", "mparams", "rung", "dominant_conv", "arch"]].rename(
@@ -304,7 +303,11 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"warning: {chance}")
     from .analysis.verdict import study_verdict, verdict_lines
 
-    verdict = study_verdict(study)
+    try:
+        verdict = study_verdict(study)
+    except DsearchError as err:  # the trials above stand on their own; say what is wrong with the verdict
+        print(f"dsearch show: warning: {err}", file=sys.stderr)
+        return 0
     if verdict is None:
         print("no verdict: the study's finals have not run (`dsearch run` without --no-finals ends with them); "
               "every accuracy above is a single proxy training")
@@ -378,6 +381,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 def _trial_note(study, number: int, doing: str) -> str | None:
     """A note when trial `number` is not a trained trial within budget (its status and reason), else None."""
+    from .search.record import AT_CHANCE, CHANCE_CAUSE, REASON, full_training
     from .search.trials import trial_status
     from .training.failures import failure_reason
 
@@ -386,13 +390,13 @@ def _trial_note(study, number: int, doing: str) -> str | None:
         return None  # arch_of says which numbers exist
     status = trial_status(trials[number])
     if status == "complete":
-        chance = trials[number].user_attrs.get("at_chance")
-        if chance and f"trained.{number}" not in study.user_attrs:  # fully trained weights would say otherwise
-            cause = trials[number].user_attrs.get("chance_cause")  # absent from studies made before issue 34
+        chance = trials[number].user_attrs.get(AT_CHANCE)
+        if chance and full_training(study, number) is None:  # fully trained weights would say otherwise
+            cause = trials[number].user_attrs.get(CHANCE_CAUSE)  # absent from studies made before issue 34
             return f"warning: trial {number}'s validation {chance}; " + (f"{cause}; " if cause else "") + \
                 f"{doing} anyway"
         return None
-    reason = failure_reason(trials[number]) if status == "failed" else trials[number].user_attrs.get("reason")
+    reason = failure_reason(trials[number]) if status == "failed" else trials[number].user_attrs.get(REASON)
     reason = None if status == "running" else reason
     what = {"rejected": "was rejected by the budget before training", "failed": "failed",
             "running": "is still running"}.get(status, f"is {status}")
@@ -415,6 +419,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         if args.weights:
             raise DsearchError("--weights is for an ArchSpec JSON target; a study's weights are found by trial")
         from .analysis.pick import pick_trial
+        from .search.record import study_data_facts
         from .search.weights import NOT_KEPT_ATTR, trial_weights
 
         study, url = _open(args.target, args.storage, read_only=True)
@@ -425,7 +430,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             print(note)
         found = trial_weights(study, number, url)
         state, source = found if found is not None else (None, None)
-        data = study.user_attrs.get("dsearch_data") or {}
+        data = study_data_facts(study)
         info = {"study": study.study_name, "trial": number, **{k: data[k] for k in ("mean", "std", "classes")
                                                                   if k in data}}
         if found is not None:
@@ -492,9 +497,11 @@ def _read_metrics(path: Path) -> dict:
 
 def _study_weights_facts(study, number: int, source: str) -> dict:
     """How trial `number`'s kept weights were made: the full training's facts, else its proxy's (INFO entries)."""
-    full = study.user_attrs.get(f"trained.{number}")
+    from .search.record import CONFIG_ATTR, full_training, stored_settings
+
+    full = full_training(study, number)
     made = full if full is not None else study.get_trials(deepcopy=False)[number].user_attrs
-    dataset = (study.user_attrs.get("dsearch_config") or {}).get("dataset")
+    dataset = stored_settings(study, CONFIG_ATTR).get("dataset")
     facts = {"weights": source, "dataset": made.get("dataset", dataset), "epochs": made.get("epochs"),
              "test_acc": made.get("test_acc"), "train_resolution": made.get("train_resolution")}
     return {k: v for k, v in facts.items() if v is not None}
@@ -502,6 +509,7 @@ def _study_weights_facts(study, number: int, source: str) -> dict:
 
 @command
 def cmd_train(args: argparse.Namespace) -> int:
+    from .search.record import CONFIG_ATTR, stored_settings
     from .training.full import FullTrainConfig, kept_state, study_defaults, train_full, write_trained
     from .training.proxy import ProxyConfig
 
@@ -523,7 +531,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         note = _trial_note(study, number, "training it")
         if note:
             print(note)  # even with --quiet: the user asked for a trial the search did not train
-        cfg = study_defaults(study.user_attrs.get("dsearch_config") or {}, cfg)
+        cfg = study_defaults(stored_settings(study, CONFIG_ATTR), cfg)
         result, facts = train_full(spec, cfg, steps, log, warn)
         try:
             save_full_weights(study, number, kept_state(result), artifact_dir(study, url), facts)

@@ -242,3 +242,197 @@ def test_fuzzed_arch_and_metrics_files_give_a_value_or_one_line(tmp_path):
     assert 0 < errors < len(cases)
     metrics = json.dumps({"dataset": "embedded", "epochs": 10, "test_acc": 0.9, "train_resolution": 28}).encode()
     only_one_line_errors(cli._read_metrics, tmp_path / "metrics.json", fuzz_cases([metrics], JSON_TOKENS, 200, 27))
+
+
+# --- a study's own records (issue 32): a damaged verdict, plan, rung record or stored settings ---------------------
+
+BROKEN_VERDICTS = {  # the four edits of issue 32, each a traceback before: JSONDecodeError, KeyError, TypeError, ...
+    "not JSON": None,  # written into the database as text that does not parse
+    "an empty object": {},
+    "rows set to null": {"rows": None},
+    "the pick set to a string": {"pick": "trial 2"},
+}
+
+
+def _set_raw(url: str, key: str, text: str) -> None:
+    """Write `text` as the stored JSON of study user attr `key`, as an edit of the database would."""
+    import sqlite3
+
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
+        assert db.execute("UPDATE study_user_attributes SET value_json = ? WHERE key = ?", (text, key)).rowcount == 1
+
+
+@pytest.fixture
+def verdict_study(searched_study, tmp_path):
+    """A copy of the searched study with a verdict made by `make_verdict` over its trained trials (no training)."""
+    import shutil
+
+    import optuna
+
+    from dsearch.analysis.pareto import trained, trials_frame
+    from dsearch.analysis.verdict import VERDICT_ATTR, Finalist, make_verdict
+    from dsearch.search.resume import plain
+
+    root = tmp_path / "study"
+    shutil.copytree(searched_study["root"], root)
+    url = f"sqlite:///{root}/study.db"
+    study = optuna.load_study(study_name=searched_study["name"], storage=url)
+    done = trained(trials_frame(study)).sort_values("trial")
+    assert len(done) >= 2
+    finalists = [Finalist(f"trial {int(r.trial)}", int(r.trial), r.arch, float(r.mflops), float(r.mparams), True,
+                          (0.5 + 0.1 * i, 0.52 + 0.1 * i), (0.5 + 0.1 * i, 0.5 + 0.1 * i))
+                 for i, r in enumerate(done.itertuples())]
+    verdict = plain(make_verdict(finalists, None, 32, [1, 2]))
+    study.set_user_attr(VERDICT_ATTR, verdict)
+    return {"name": searched_study["name"], "url": url, "root": root, "verdict": verdict, "study": study}
+
+
+def _break_verdict(case: str, verdict_study) -> None:
+    from dsearch.analysis.verdict import VERDICT_ATTR
+
+    edit = BROKEN_VERDICTS[case]
+    text = '{"rows": [' if edit is None else json.dumps(edit if not edit else {**verdict_study["verdict"], **edit})
+    _set_raw(verdict_study["url"], VERDICT_ATTR, text)
+
+
+def test_a_readable_verdict_is_shown_and_picked(verdict_study, capfd, tmp_path):
+    name, url, pick = verdict_study["name"], verdict_study["url"], verdict_study["verdict"]["pick"]
+    code = cli.main(["show", name, "--storage", url])
+    out, err = capfd.readouterr()
+    assert code == 0 and err == "" and "verdict: full-schedule training" in out, err
+    code = cli.main(["export", name, "--storage", url, "--trial", "best", "--out", str(tmp_path / "x")])
+    out, err = capfd.readouterr()
+    assert code == 0 and f"trial {pick}" in out.splitlines()[0], (out, err)
+
+
+@pytest.mark.parametrize("case", list(BROKEN_VERDICTS))
+def test_a_damaged_verdict_reads_as_one_line_and_the_trials_still_show(case, verdict_study, capfd, tmp_path):
+    from dsearch.export import load_trial
+
+    _break_verdict(case, verdict_study)
+    name, url = verdict_study["name"], verdict_study["url"]
+    code = cli.main(["show", name, "--storage", url])
+    out, err = capfd.readouterr()
+    assert code == 0 and "Pareto-optimal trials" in out and "verdict: full-schedule" not in out, (out, err)
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert f"study '{name}'" in err and "dsearch_verdict" in err and "rerun the finals with `dsearch run`" in err
+    page = tmp_path / "d.html"
+    code = cli.main(["dashboard", name, "--storage", url, "--out", str(page)])
+    out, err = capfd.readouterr()
+    assert code == 0 and page.is_file() and "dsearch_verdict" in page.read_text(), (out, err)
+    code = cli.main(["export", name, "--storage", url, "--trial", "best", "--out", str(tmp_path / "x")])
+    out, err = capfd.readouterr()
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "dsearch_verdict" in err and "--trial N" in err, err
+    assert not (tmp_path / "x").exists()
+    code = cli.main(["export", name, "--storage", url, "--trial", "0", "--out", str(tmp_path / "y")])
+    assert code == 0, capfd.readouterr()
+    with pytest.raises(DsearchError) as caught:
+        load_trial(name, "best", storage=url)
+    assert "dsearch_verdict" in one_line(caught.value)
+
+
+def test_the_finals_replan_over_a_damaged_plan_and_retrain_a_damaged_rung_record(verdict_study):
+    from dsearch.analysis.finals import pending_finals, stored_plan
+    from dsearch.analysis.verdict import record_key, rung_reached
+    from dsearch.search.record import CONFIG_ATTR, PLAN_ATTR
+
+    study = verdict_study["study"]
+    plan = {"id": "p1", "trials": [0, 1], "seed": 1, "config": {"eta": 3, "proxy_seeds": 3, "seeds": 3}}
+    study.set_user_attr(PLAN_ATTR, plan)
+    assert stored_plan(study) == plan and pending_finals(study, study.user_attrs[CONFIG_ATTR]) == plan
+    for bad in ({**plan, "trials": None}, {**plan, "seed": "1"}, {**plan, "config": {"eta": "x"}}, [plan]):
+        study.set_user_attr(PLAN_ATTR, bad)
+        assert stored_plan(study) is None and pending_finals(study, study.user_attrs[CONFIG_ATTR]) is None
+    good = {"rung": 1, "status": "complete", "val_acc": 0.5, "test_acc": 0.5, "train_time_s": 1.0,
+            "train_resolution": 28, "config": {}}
+    study.set_user_attr(record_key(1, "trial0", 2), good)
+    study.set_user_attr(record_key(2, "trial0", 2), {**good, "val_acc": None})  # damaged: not counted
+    assert rung_reached(study) == {0: 1}
+
+
+STUDY_RECORD_TOKENS = JSON_TOKENS + ['"rows"', '"pick"', '"trials"', '"seed"', '"status"', '"complete"',
+                                     '"budget_mflops"', '"resolution"', '"proxy"', "-1", "0", "2.5", '"x"']
+
+
+def test_fuzzed_study_records_give_a_result_or_one_line(verdict_study, capfd):
+    """Every record show, dashboard, export and load_trial read, mutated: a value or one DsearchError line."""
+    from dsearch.analysis.baselines import comparison_lines
+    from dsearch.analysis.dashboard import build_dashboard
+    from dsearch.analysis.finals import pending_finals, stored_plan
+    from dsearch.analysis.pareto import arch_of, best_within_budget, trials_frame
+    from dsearch.analysis.pick import pick_trial
+    from dsearch.analysis.verdict import record_key, rung_record_problem, study_verdict, verdict_lines
+    from dsearch.search.record import (
+        CONFIG_ATTR,
+        DATA_ATTR,
+        IDENTITY_ATTR,
+        PLAN_ATTR,
+        TRAINED_PREFIX,
+        VERDICT_ATTR,
+        stored_settings,
+        study_budget,
+        study_data_facts,
+    )
+    from dsearch.search.storage import open_study
+    from dsearch.search.weights import trial_weights
+
+    name, url, study = verdict_study["name"], verdict_study["url"], verdict_study["study"]
+    rung = record_key(2, "trial0", 1)
+    study.set_user_attr(PLAN_ATTR, {"id": "p1", "trials": [0, 1], "seed": 1, "config": {"eta": 3}})
+    study.set_user_attr(rung, {"rung": 2, "status": "complete", "val_acc": 0.5, "test_acc": 0.5,
+                               "train_time_s": 1.0, "train_resolution": 28, "config": {}})
+    pick = verdict_study["verdict"]["pick"]
+    proxy_weights = study.get_trials(deepcopy=False)[pick].user_attrs["weights_artifact"]
+    study.set_user_attr(f"{TRAINED_PREFIX}{pick}", {"weights_artifact": proxy_weights, "epochs": 1, "test_acc": 0.5,
+                                                     "dataset": "fashion-mnist-embedded", "train_resolution": 28})
+    originals = {key: json.dumps(study.user_attrs[key]) for key in
+                 (VERDICT_ATTR, PLAN_ATTR, rung, CONFIG_ATTR, IDENTITY_ATTR, DATA_ATTR, f"{TRAINED_PREFIX}{pick}")}
+
+    errors: dict[str, int] = dict.fromkeys(originals, 0)
+    # The finals' own records are never an error: a damaged plan or rung record is planned or trained again.
+    dropped = {PLAN_ATTR: lambda s: stored_plan(s) is None,
+               rung: lambda s: rung_record_problem(s.user_attrs.get(rung)) is not None}
+
+    def read_all() -> None:
+        opened, _ = open_study(name, url, read_only=True)
+        frame = trials_frame(opened)
+        comparison_lines(opened, frame)
+        pending_finals(opened, stored_settings(opened, CONFIG_ATTR))
+        verdict = study_verdict(opened)
+        if verdict is not None:
+            verdict_lines(verdict)
+        number = pick_trial(opened, "best")
+        # 'best' is what the records say: the readable verdict's pick, else the best proxy trial within the budget
+        assert number == (verdict["pick"] if verdict is not None else
+                          int(best_within_budget(frame, study_budget(opened))["trial"]))
+        arch_of(opened, number)
+        study_data_facts(opened)
+        found = trial_weights(opened, number, url)  # what export and load_trial read next
+        if found is not None:
+            cli._study_weights_facts(opened, number, found[1])
+
+    read_all()  # the records as written read cleanly, the finals' own among them
+    unmutated = open_study(name, url, read_only=True)[0]
+    assert not any(check(unmutated) for check in dropped.values())
+    rng = random.Random(32)  # deterministic: the same cases on every run
+    for key, text in originals.items():
+        for i, case in enumerate([mutate(rng, text.encode(), STUDY_RECORD_TOKENS) for _ in range(40)]):
+            _set_raw(url, key, case.decode("utf-8", "replace"))
+            try:
+                read_all()
+                if i < 3:  # the whole page, for a few cases per record (each takes a second)
+                    build_dashboard(open_study(name, url, read_only=True)[0])
+                if key in dropped and dropped[key](open_study(name, url, read_only=True)[0]):
+                    errors[key] += 1
+            except DsearchError as err:
+                assert key not in dropped, (key, case, str(err))
+                errors[key] += 1
+                assert str(err) and "\n" not in str(err) and len(str(err)) < 600, (key, case, str(err))
+            except Exception as err:  # noqa: BLE001 - the point: no other exception may escape
+                raise AssertionError(f"{type(err).__name__}: {err} for {key} = {case!r}") from None
+            if i < 2:  # and through the CLI: exit 0, or exit 2 with one line
+                code = cli.main(["show", name, "--storage", url])
+                err_text = capfd.readouterr().err
+                assert code in (0, 2) and len(err_text.strip().splitlines()) <= 1, err_text
+        _set_raw(url, key, text)
+    assert all(n > 0 for n in errors.values()) and sum(errors.values()) < 40 * len(errors), errors

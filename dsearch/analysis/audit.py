@@ -29,8 +29,8 @@ from ..checks import check_device
 from ..data import EMBEDDED_NAME
 from ..errors import DsearchError, check_interrupted, deferred_interrupts
 from ..search.claims import Claim, claim_is_live
-from ..search.record import made_by
-from ..search.resume import CONFIG_ATTR, IDENTITY_ATTR
+from ..search.record import AUDIT_ATTR as AUDIT_ATTR
+from ..search.record import AUDIT_CLAIM_PREFIX, CONFIG_ATTR, IDENTITY_ATTR, made_by, stored_settings
 from ..search.storage import heartbeat_seconds
 from ..search.trials import trained_trials
 from ..search.weights import artifact_dir, save_full_weights
@@ -40,8 +40,7 @@ from .baselines import run_baselines, trained_ok
 from .pareto import arch_of, pareto_front, trained, trials_frame
 from .rank import LEVEL, RESAMPLES, SEED, agreement, average_ranks, paired_difference
 
-AUDIT_ATTR = "dsearch_audit"
-CLAIM_PREFIX = "dsearch_audit_claim."  # + trial number: which worker is training it for an audit, and when it said so
+CLAIM_PREFIX = AUDIT_CLAIM_PREFIX  # + trial number: which worker is training it for an audit, and when it said so
 DEFAULT_K = 6
 MIN_TRIALS = 3  # fewer points have no ranking worth an interval
 # predictor -> (column of the audited trials, how a report names it)
@@ -120,12 +119,12 @@ def select_trials(frame: pd.DataFrame, k: int = DEFAULT_K) -> list[int]:
 
 def audit_config(study: optuna.Study, epochs: int | None = None, device: str = "auto") -> FullTrainConfig:
     """The full schedule of `dsearch train` for this study (its dataset and training resolution)."""
-    return study_full_config(study.user_attrs.get(CONFIG_ATTR) or {}, epochs, device)
+    return study_full_config(stored_settings(study, CONFIG_ATTR), epochs, device)
 
 
 def schedule_of(study: optuna.Study, cfg: FullTrainConfig) -> dict[str, Any]:
     """The facts a kept full training must have to count for this audit, in the form `trained.N` records them."""
-    identity = study.user_attrs.get(IDENTITY_ATTR) or {}
+    identity = stored_settings(study, IDENTITY_ATTR)
     # train_full records the learning rate it filled in
     return schedule_key(full_proxy(cfg.proxy), "config", dataset=cfg.dataset or EMBEDDED_NAME,
                         train_resolution=cfg.train_resolution or identity.get("train_resolution"))

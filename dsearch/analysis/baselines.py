@@ -37,14 +37,14 @@ from ..model.ops import CONV_TYPES
 from ..model.presets import mobilenet_v2, with_conv
 from ..search.budget import Budget
 from ..search.config import SearchConfig
-from ..search.record import made_by
-from ..search.resume import CONFIG_ATTR, IDENTITY_ATTR, plain
+from ..search.record import BASELINE_PREFIX, CONFIG_ATTR, damaged, full_training, made_by, stored_settings, study_budget
+from ..search.resume import plain
 from ..training.failures import check_finite_state
 from ..training.full import FullTrainConfig, study_full_config, train_full
 from ..training.proxy import DeviceData, ProxyConfig, TrainingDiverged, check_proxy, select_device, train_proxy
 from ..training.schedule import schedule_key
 
-ATTR_PREFIX = "baseline."
+ATTR_PREFIX = BASELINE_PREFIX
 WIDTH_STEP = 0.05
 WIDTHS = tuple(round(k * WIDTH_STEP, 2) for k in range(2, 41))  # 0.1, 0.15, ..., 2.0
 # The conv kinds swapped into MobileNetV2, from the registry (ConvType.baseline); `dsc` is the net as published.
@@ -114,24 +114,27 @@ def baseline_specs(budget: Budget, in_channels: int, num_classes: int, resolutio
 
 def study_search_config(study: optuna.Study) -> SearchConfig:
     """The settings a study was searched with, as stored on it by `dsearch run`."""
-    stored = study.user_attrs.get(CONFIG_ATTR)
-    if not isinstance(stored, Mapping):
+    stored = stored_settings(study, CONFIG_ATTR)
+    if not stored:
         raise DsearchError(f"study '{study.study_name}' holds no dsearch settings ({CONFIG_ATTR}); baselines need a "
                            "study made by `dsearch run`")
     proxy_fields = {f.name for f in dataclasses.fields(ProxyConfig)}
-    proxy = ProxyConfig(**{k: v for k, v in (stored.get("proxy") or {}).items() if k in proxy_fields})
     fields = {f.name for f in dataclasses.fields(SearchConfig)} - {"proxy"}
-    return SearchConfig(**{k: v for k, v in stored.items() if k in fields}, proxy=proxy)
+    try:
+        proxy = ProxyConfig(**{k: v for k, v in (stored.get("proxy") or {}).items() if k in proxy_fields})
+        return SearchConfig(**{k: v for k, v in stored.items() if k in fields}, proxy=proxy)
+    except TypeError as err:  # a key that is no field name (not a string) in a hand-edited record
+        raise damaged(study, CONFIG_ATTR, f"cannot be read ({err})", "restore the study's storage from a copy") \
+            from None
 
 
 def study_deployment_budget(study: optuna.Study) -> tuple[Budget, int]:
     """The study's budget and the deployment resolution it is counted at."""
-    identity = study.user_attrs.get(IDENTITY_ATTR) or {}
-    resolution = identity.get("resolution")
-    if not resolution:
+    budget = study_budget(study)
+    if not budget.resolution:
         raise DsearchError(f"study '{study.study_name}' records no deployment resolution; baselines need a study made "
                            "by `dsearch run`")
-    return Budget(identity.get("budget_mflops"), identity.get("budget_mparams"), int(resolution)), int(resolution)
+    return budget, budget.resolution
 
 
 def study_baselines(study: optuna.Study) -> list[dict[str, Any]]:
@@ -185,7 +188,7 @@ def run_baselines(study: optuna.Study, storage_url: str, *, epochs: int | None =
     budget, resolution = study_deployment_budget(study)
     data = load_dataset(cfg.dataset, cfg.data_dir, seed=cfg.seed)
     baselines = baseline_specs(budget, data.in_channels, data.num_classes, resolution, kinds)
-    full_cfg = study_full_config(study.user_attrs.get(CONFIG_ATTR) or {}, epochs)
+    full_cfg = study_full_config(stored_settings(study, CONFIG_ATTR), epochs)
     check_proxy(full_cfg.proxy)
     try:
         device = select_device("auto")
@@ -262,9 +265,9 @@ def _train_full(b: Baseline, cfg: FullTrainConfig, schedule: dict[str, Any],
             "train_time_s": facts["train_time_s"], "device": result.device, "schedule": schedule}
 
 
-def within(record: Mapping[str, Any], budget: Mapping[str, float | None]) -> bool:
-    """True when the baseline costs at most every limit of `budget` ({"mflops": ..., "mparams": ...})."""
-    return all(limit is None or record.get(cost, float("inf")) <= limit for cost, limit in budget.items())
+def within(record: Mapping[str, Any], budget: Budget) -> bool:
+    """True when the baseline's record costs at most every limit of `budget`."""
+    return budget.fits_record(record)
 
 
 def _acc(part: Mapping[str, Any] | None, key: str) -> str:
@@ -304,13 +307,14 @@ def _mflops(value: float, resolution: Any) -> str:
 def comparison_lines(study: optuna.Study, frame: pd.DataFrame) -> list[str]:
     """How the best trial found within the budget compares with the best baseline within it: proxy vs proxy, and
     full vs full when both were trained with the same full schedule. Empty when the study has no baselines."""
-    from .pareto import best_within_budget, study_budget
+    from .pareto import best_within_budget
 
-    baselines = [b for b in study_baselines(study) if within(b, study_budget(study))]
+    budget = study_budget(study)
+    baselines = [b for b in study_baselines(study) if within(b, budget)]
     if not baselines:
         return []
     try:
-        best = best_within_budget(frame, study_budget(study))
+        best = best_within_budget(frame, budget)
     except DsearchError:
         return [f"{len(baselines)} baselines, but no trained trial within the budget to compare them with yet"]
     number, res = int(best["trial"]), best.get("resolution")
@@ -328,7 +332,7 @@ def comparison_lines(study: optuna.Study, frame: pd.DataFrame) -> list[str]:
     full = [b for b in baselines if trained_ok(b.get("full"))]
     if not full:
         return lines
-    mine = study.user_attrs.get(f"trained.{number}") or {}
+    mine = full_training(study, number) or {}
     same = [b for b in full if _same_full(mine, b["full"])]
     if same:
         ref = max(same, key=lambda b: (b["full"]["val_acc"], -b["mflops"]))

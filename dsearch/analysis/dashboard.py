@@ -26,6 +26,8 @@ from plotly.subplots import make_subplots
 
 from ..errors import DsearchError
 from ..model.ops import CONV_TYPES
+from ..search.budget import Budget
+from ..search.record import IDENTITY_ATTR, stored_settings
 from ..search.trials import count_statuses
 from .audit import PREDICTORS, study_audit
 from .baselines import study_baselines, trained_ok
@@ -145,8 +147,7 @@ def deployment_resolution(frame: pd.DataFrame, study: optuna.Study | None = None
     values = frame["resolution"].dropna() if "resolution" in frame else pd.Series(dtype=float)
     if not values.empty:
         return int(values.mode().iloc[0])
-    identity = (study.user_attrs.get("dsearch_identity") or {}) if study is not None else {}
-    return int(identity["resolution"]) if identity.get("resolution") else None
+    return study_budget(study).resolution if study is not None else None  # the budget's: checked when read
 
 
 def cost_label(cost: str, resolution: int | None) -> str:
@@ -528,19 +529,17 @@ def status_counts(frame: pd.DataFrame) -> dict[str, int]:
     return count_statuses(zip(frame["state"], frame["status"], strict=True))
 
 
-def summary_text(study: optuna.Study, frame: pd.DataFrame, budget: dict[str, float | None],
+def summary_text(study: optuna.Study, frame: pd.DataFrame, budget: Budget,
                  resolution: int | None) -> str:
     """The page's opening paragraph (plain text): study, counts per status, budget, resolution, best trial."""
-    identity = study.user_attrs.get("dsearch_identity") or {}
+    identity = stored_settings(study, IDENTITY_ATTR)
     facts = ", ".join(f"{k} {identity[k]}" for k in ("space", "dataset", "objective") if identity.get(k))
     counts = status_counts(frame)
     listed = ", ".join(f"{n} {STATUS_WORDS.get(s, s)}" for s, n in counts.items() if n)
     where = f" at {resolution}x{resolution}" if resolution else ""
-    limits = [f"{budget['mflops']:g} MFLOPs{where}" if budget.get("mflops") is not None else "no MFLOPs limit",
-              f"{budget['mparams']:g} M parameters" if budget.get("mparams") is not None else "no parameter limit"]
     parts = [f"Study '{study.study_name}'" + (f" ({facts})" if facts else "") + f": {len(frame)} trials"
              + (f" - {listed}." if listed else "."),
-             f"Budget: {'; '.join(limits)}.",
+             f"Budget: {budget.describe()}" + (f" (MFLOPs counted{where})." if budget.mflops is not None else "."),
              f"Deployment resolution (where MFLOPs are counted): {resolution}x{resolution}." if resolution
              else "Deployment resolution: not known yet (no trial has been costed)."]
     try:
@@ -587,13 +586,13 @@ def build_dashboard(study: optuna.Study, title: str | None = None) -> Dashboard:
     else:
         where = f" at {resolution}x{resolution}" if resolution else ""
         sections.append(_figure_section(
-            TITLE_MFLOPS, lambda: pareto_figure(frame, "mflops", budget["mflops"], resolution, references),
+            TITLE_MFLOPS, lambda: pareto_figure(frame, "mflops", budget.mflops, resolution, references),
             f"Each dot is a trained architecture, coloured by the conv type of most of its conv units. The black "
             f"staircase is the Pareto front (no other trial is both cheaper and more accurate). Grey x marks on the "
             f"strip under the plot, labelled '{REJECTED_STRIP}', are samples rejected before training because they "
             f"were over budget: they have a cost but no accuracy. MFLOPs counted{where}.{stars}"))
         sections.append(_figure_section(
-            TITLE_MPARAMS, lambda: pareto_figure(frame, "mparams", budget["mparams"], resolution, references),
+            TITLE_MPARAMS, lambda: pareto_figure(frame, "mparams", budget.mparams, resolution, references),
             "The same trials against their trainable parameters; the staircase is the Pareto front over parameters."
             + stars))
         sections.append(_figure_section(
@@ -603,13 +602,17 @@ def build_dashboard(study: optuna.Study, title: str | None = None) -> Dashboard:
             "points. Only measured trials are drawn (no averages, bins or fits), so a type with few trials shows "
             "only those few."))
         sections.append(_figure_section(
-            TITLE_PROGRESS, lambda: progress_figure(frame, budget["mflops"], resolution),
+            TITLE_PROGRESS, lambda: progress_figure(frame, budget.mflops, resolution),
             "Hypervolume: the area of the (MFLOPs down, accuracy up) plane dominated by the Pareto front, bounded by "
-            f"the {reference_text(frame, budget['mflops'], resolution)}; it grows when the front improves."))
+            f"the {reference_text(frame, budget.mflops, resolution)}; it grows when the front improves."))
         importances, caption = param_importances(study)
         sections.append(Section(TITLE_IMPORTANCE, importance_figure(importances), caption) if importances
                         else Section(TITLE_IMPORTANCE, None, caption))
-        verdict = study_verdict(study)
+        try:
+            verdict = study_verdict(study)
+        except DsearchError as err:  # the trials are still worth a page; the note says what to do
+            verdict = None
+            notes.append(f"Warning: {err}.")
         if verdict is not None:
             sections.append(_figure_section(
                 TITLE_VERDICT, lambda: verdict_figure(verdict),

@@ -16,6 +16,7 @@ best validation accuracy) become its `trained.N` weights, which `dsearch export 
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -34,9 +35,18 @@ from ..checks import is_int
 from ..data import load_dataset
 from ..errors import Deadline, DsearchError, check_interrupted, deferred_interrupts
 from ..model.archspec import ArchSpec
+from ..search.budget import Budget
 from ..search.claims import Claim, claim_is_live
-from ..search.record import made_by
-from ..search.resume import CONFIG_ATTR, IDENTITY_ATTR, plain
+from ..search.record import (
+    CONFIG_ATTR,
+    FINALS_CLAIM_PREFIX,
+    IDENTITY_ATTR,
+    PLAN_ATTR,
+    made_by,
+    stored_settings,
+    study_budget,
+)
+from ..search.resume import plain
 from ..search.spaces import load_space
 from ..search.storage import heartbeat_seconds
 from ..search.trials import study_split_seed
@@ -47,12 +57,11 @@ from ..training.full import FullTrainConfig, full_proxy
 from ..training.proxy import DeviceData, ProxyConfig, TrainingDiverged, fit_batch, select_device, train_proxy
 from ..training.schedule import settings_key
 from .baselines import KINDS, Baseline, baseline_specs, study_deployment_budget, study_search_config
-from .pareto import arch_of, study_budget, trained_within, trials_frame
+from .pareto import arch_of, trained_within, trials_frame
 from .promotion import promote, promoted_count
-from .verdict import VERDICT_ATTR, Finalist, make_verdict, record_key, study_verdict
+from .verdict import VERDICT_ATTR, Finalist, make_verdict, record_key, rung_record_problem, verdict_plan
 
-PLAN_ATTR = "dsearch_finals"
-CLAIM_PREFIX = "dsearch_claim."
+CLAIM_PREFIX = FINALS_CLAIM_PREFIX
 POLL_S = 2  # seconds between looks at the study while another worker finishes a rung's last trainings
 CLAIM_SETTLE_S = 0.2  # between writing a claim and checking it holds (two workers claiming at once: one keeps it)
 Log = Callable[[str], None]
@@ -142,11 +151,10 @@ SAME_SEARCH = ("space", "dataset", "budget_mflops", "budget_mparams", "resolutio
 def pending_finals(study: optuna.Study, search: dict[str, Any]) -> dict[str, Any] | None:
     """The study's interrupted finals (a plan without its verdict) when `search` (SearchConfig as a dict) is the
     search they belong to; else None."""
-    plan = study.user_attrs.get(PLAN_ATTR)
-    verdict = study_verdict(study)
-    if not isinstance(plan, dict) or (verdict is not None and verdict.get("plan") == plan.get("id")):
+    plan = stored_plan(study)
+    if plan is None or verdict_plan(study) == plan["id"]:
         return None
-    stored = study.user_attrs.get(CONFIG_ATTR) or {}
+    stored = stored_settings(study, CONFIG_ATTR)
     same = all(plain(stored.get(k)) == plain(search.get(k)) for k in SAME_SEARCH if k != "proxy")
     proxy_now, proxy_then = dict(plain(search.get("proxy") or {})), dict(stored.get("proxy") or {})
     proxy_now.pop("seed", None)
@@ -154,12 +162,30 @@ def pending_finals(study: optuna.Study, search: dict[str, Any]) -> dict[str, Any
     return plan if same and proxy_now == proxy_then else None
 
 
+def stored_plan(study: optuna.Study) -> dict[str, Any] | None:
+    """The study's stored finals plan when it is one (`plan_finals` wrote it); None when absent or damaged, so that
+    the finals plan again and overwrite it (a hand-edited or half-written plan cannot be resumed)."""
+    plan = study.user_attrs.get(PLAN_ATTR)
+    if not isinstance(plan, dict) or not isinstance(plan.get("id"), str) or not is_int(plan.get("seed"), 0):
+        return None
+    trials, config = plan.get("trials"), plan.get("config")
+    fields = {f.name for f in dataclasses.fields(FinalsConfig)}
+    if not isinstance(trials, list) or not trials or not all(is_int(n, 0) for n in trials):
+        return None
+    if not isinstance(config, dict) or not set(config) <= fields:
+        return None
+    try:
+        check_finals(FinalsConfig(**config))
+    except DsearchError:
+        return None
+    return plan
+
+
 def plan_finals(study: optuna.Study, frame: pd.DataFrame, cfg: FinalsConfig, seed: int) -> dict[str, Any]:
     """The finals' plan: a stored one that has no verdict yet (a resumed run), else a new one over every trained
     trial within the budget (`frame`: the study's trials_frame)."""
-    stored = study.user_attrs.get(PLAN_ATTR)
-    verdict = study_verdict(study)
-    if isinstance(stored, dict) and (verdict is None or verdict.get("plan") != stored.get("id")):
+    stored = stored_plan(study)
+    if stored is not None and verdict_plan(study) != stored["id"]:
         return stored
     numbers = sorted(int(n) for n in trained_within(frame, study_budget(study))["trial"])
     if not numbers:
@@ -193,7 +219,8 @@ class _Trainer:
         waiting_said = False
         while True:
             attrs = self.study.user_attrs
-            missing = [(c, s) for c, s in jobs if keys[(c.target, s)] not in attrs]
+            # A damaged record (hand-edited, another version's) is trained again and overwritten.
+            missing = [(c, s) for c, s in jobs if rung_record_problem(attrs.get(keys[(c.target, s)])) is not None]
             if not missing:
                 return {k: attrs[key] for k, key in keys.items()}
             free = [(c, s) for c, s in missing
@@ -282,7 +309,7 @@ def run_finals(study: optuna.Study, url: str, cfg: FinalsConfig = FinalsConfig()
         device = select_device(cfg.device)
     except (ValueError, RuntimeError) as err:
         raise DsearchError(str(err).splitlines()[0]) from None
-    identity = study.user_attrs.get(IDENTITY_ATTR) or {}
+    identity = stored_settings(study, IDENTITY_ATTR)
     proxy = replace(search.proxy, train_resolution=identity.get("train_resolution") or search.proxy.train_resolution)
     full_cfg = FullTrainConfig().proxy
     asked = full_cfg if cfg.epochs is None else replace(full_cfg, epochs=cfg.epochs)
@@ -344,12 +371,12 @@ def run_finals(study: optuna.Study, url: str, cfg: FinalsConfig = FinalsConfig()
 
 
 def _finalist(c: Candidate, kept: dict[tuple[str, int], dict[str, Any]], seeds: list[int],
-              budget: dict[str, float | None]) -> Finalist | None:
+              budget: Budget) -> Finalist | None:
     records = [kept[(c.target, s)] for s in seeds]
     if any(r.get("status") != "complete" for r in records):
         return None
-    within = all(limit is None or getattr(c, cost) <= limit for cost, limit in budget.items())
-    return Finalist(c.key, c.trial, c.spec.summary(), c.mflops, c.mparams, within,
+    return Finalist(c.key, c.trial, c.spec.summary(), c.mflops, c.mparams,
+                    budget.fits_record({"mflops": c.mflops, "mparams": c.mparams}),
                     tuple(r["val_acc"] for r in records), tuple(r["test_acc"] for r in records))
 
 
@@ -362,8 +389,8 @@ def _verdict(study: optuna.Study, plan: dict[str, Any], finalists: list[Candidat
     base = _finalist(baseline, kept, seeds, budget) if baseline is not None else None
     _, resolution = study_deployment_budget(study)
     verdict = make_verdict(done, base, resolution, seeds)
-    train = (study.user_attrs.get(CONFIG_ATTR) or {}).get("proxy") or {}
-    return plain({**verdict, "plan": plan["id"], "budget": budget, "made": made_by(),
+    train = stored_settings(study, CONFIG_ATTR).get("proxy") or {}
+    return plain({**verdict, "plan": plan["id"], "budget": budget.as_record(), "made": made_by(),
                   "schedule": next(iter(kept.values()))["config"], "train_resolution":
                   next(iter(kept.values()))["train_resolution"], "proxy": train,
                   "baseline_absent": None if baseline is not None else "no baseline fits the budget"})
@@ -377,7 +404,7 @@ def _keep_pick_weights(study: optuna.Study, verdict: dict[str, Any], kept: dict[
                        key=lambda sr: (sr[1]["val_acc"], -sr[0]))
     kept_facts = ("epochs", "val_acc", "test_acc", "train_resolution", "train_time_s", "device", "history", "config")
     facts: dict[str, Any] = {k: record[k] for k in kept_facts if k in record}
-    dataset = (study.user_attrs.get(CONFIG_ATTR) or {}).get("dataset")
+    dataset = stored_settings(study, CONFIG_ATTR).get("dataset")
     assert pick.trial is not None  # the pick is a trial, never a baseline
     keep_full_weights(study, pick.trial, record["weights_artifact"],
                       {**facts, "dataset": dataset, "seed": seed, "from": "the finals' verdict"})

@@ -17,7 +17,9 @@ import pandas as pd
 from ..errors import DsearchError
 from ..model.archspec import ArchSpec, iter_conv_units
 from ..model.ops import CONV_TYPES
-from ..search.record import trial_arch
+from ..search.budget import Budget
+from ..search.record import ARCH_SUMMARY, AT_CHANCE, CHANCE_CAUSE, FACT_KEYS, REASON, STATUS, trial_arch
+from ..search.record import study_budget as study_budget  # where readers of a study have found it
 from ..training.advice import chance_advice
 from .verdict import rung_reached
 
@@ -58,14 +60,10 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     for t in study.get_trials(deepcopy=False):
         a = t.user_attrs
         row: dict[str, Any] = {
-            "trial": t.number, "state": t.state.name, "status": a.get("status", t.state.name.lower()),
-            "val_acc": a.get("val_acc"), "test_acc": a.get("test_acc"), "mflops": a.get("mflops"),
-            "mparams": a.get("mparams"), "latency_ms": a.get("latency_ms"), "resolution": a.get("resolution"),
-            "mflops_train": a.get("mflops_train"), "train_resolution": a.get("train_resolution"),
-            "train_time_s": a.get("train_time_s"), "epochs": a.get("epochs"), "batch_size": a.get("batch_size"),
-            "lr": a.get("lr"), "device": a.get("device"), "arch": a.get("arch_summary"), "dominant_conv": None,
-            "at_chance": a.get("at_chance") is not None, "chance_cause": a.get("chance_cause"),
-            "reason": a.get("reason") or t.system_attrs.get("fail_reason"),
+            "trial": t.number, "state": t.state.name, "status": a.get(STATUS, t.state.name.lower()),
+            **{key: a.get(key) for key in FACT_KEYS},
+            "arch": a.get(ARCH_SUMMARY), "dominant_conv": None, "at_chance": a.get(AT_CHANCE) is not None,
+            "chance_cause": a.get(CHANCE_CAUSE), "reason": a.get(REASON) or t.system_attrs.get("fail_reason"),
             "datetime_start": t.datetime_start, "datetime_complete": t.datetime_complete,
         }
         spec = trial_arch(a)
@@ -208,22 +206,15 @@ def progress_frame(frame: pd.DataFrame, budget: float | None, cost: str = "mflop
     return pd.DataFrame(rows, columns=["trial", "best_score", "hypervolume"])
 
 
-def study_budget(study: optuna.Study) -> dict[str, float | None]:
-    """The budgets the study was created with (None: no limit)."""
-    identity = study.user_attrs.get("dsearch_identity") or {}
-    return {"mflops": identity.get("budget_mflops"), "mparams": identity.get("budget_mparams")}
-
-
-def trained_within(frame: pd.DataFrame, budget: dict[str, float | None], score: str = "val_acc") -> pd.DataFrame:
-    """Trained trials within every budget."""
+def trained_within(frame: pd.DataFrame, budget: Budget, score: str = "val_acc") -> pd.DataFrame:
+    """Trained trials within every limit of `budget` (Budget.fits_record on each row)."""
     done = trained(frame, score)
-    for cost, limit in budget.items():
-        if limit is not None and not done.empty:
-            done = done[done[cost] <= limit]
-    return done
+    if done.empty or not budget.limited:
+        return done
+    return done[[budget.fits_record(row) for row in done.to_dict("records")]]
 
 
-def best_within_budget(frame: pd.DataFrame, budget: dict[str, float | None], score: str = "val_acc") -> pd.Series:
+def best_within_budget(frame: pd.DataFrame, budget: Budget, score: str = "val_acc") -> pd.Series:
     """The most accurate trained trial within every budget (ties: the cheaper, then the earlier)."""
     done = trained_within(frame, budget, score)
     if done.empty:
@@ -239,6 +230,6 @@ def arch_of(study: optuna.Study, number: int) -> ArchSpec:
     attrs = trials[number].user_attrs
     spec = trial_arch(attrs)
     if spec is None:
-        raise DsearchError(f"trial {number} has no architecture (status {attrs.get('status', 'unknown')}); "
+        raise DsearchError(f"trial {number} has no architecture (status {attrs.get(STATUS, 'unknown')}); "
                            "pick a trained trial, see `dsearch show`")
     return spec

@@ -10,19 +10,15 @@ from .pareto import best_within_budget, study_budget, trained, trials_frame
 from .verdict import study_verdict
 
 
-def budget_text(budget: dict[str, float | None]) -> str:
-    """E.g. '300 MFLOPs, 2 M params'; empty when the study has no budget."""
-    units = {"mflops": "MFLOPs", "mparams": "M params"}
-    return ", ".join(f"{v:g} {units[k]}" for k, v in budget.items() if v is not None)
-
-
 def pick_trial(study: optuna.Study, trial: int | str = "best", *, flag: str = "trial",
                log: Callable[[str], None] | None = None) -> int:
     """'best' or a trial number of the study.
 
     'best' is the pick of the study's verdict (the finalist with the best full-schedule validation mean over its
     seeds, or the cheapest one statistically tied with it) when its finals have run; without a verdict, the
-    trained trial within the budget with the highest proxy validation accuracy.
+    trained trial within the budget with the highest proxy validation accuracy. A stored verdict that cannot be read
+    is refused (one DsearchError line saying to rerun the finals or name a trial), never passed over for another
+    trial: 'best' would silently mean something else than the verdict the user saw.
 
     `flag` names the argument in the error for anything else (the CLI's `--trial`); `log`, when given, hears
     which trial 'best' chose and why.
@@ -38,11 +34,10 @@ def pick_trial(study: optuna.Study, trial: int | str = "best", *, flag: str = "t
         row = best_within_budget(frame, budget)
         if log is not None:
             n = len(trained(frame))
-            limits = budget_text(budget) or "no budget"
             log(f"chose trial {int(row['trial'])}: the highest validation accuracy ({row['val_acc']:.4f}) of {n} "
-                f"trained trials within the budget ({limits}); {row['mflops']:.2f} MFLOPs, {row['mparams']:.3f} M "
-                "params; a single proxy training, without finals (no verdict on this study: `dsearch run` without "
-                "--no-finals makes one)")
+                f"trained trials within the budget ({budget.describe()}); {row['mflops']:.2f} MFLOPs, "
+                f"{row['mparams']:.3f} M params; a single proxy training, without finals (no verdict on this study: "
+                "`dsearch run` without --no-finals makes one)")
         return int(row["trial"])
     number: int | None = None
     if isinstance(trial, str):

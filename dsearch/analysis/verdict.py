@@ -18,8 +18,12 @@ from typing import Any
 import numpy as np
 import optuna
 
-VERDICT_ATTR = "dsearch_verdict"
-RECORD_PREFIX = "dsearch_rung"  # + "<rung>.<target>.s<seed>": one training of the finals
+from ..checks import is_int
+from ..search.record import RUNG_PREFIX, VERDICT_ATTR, damaged, kind_of
+
+RECORD_PREFIX = RUNG_PREFIX  # + "<rung>.<target>.s<seed>": one training of the finals
+VERDICT_FIX = ("rerun the finals with `dsearch run` on the study (its own settings; they replace the verdict), or "
+               "ignore the verdict and name a trial (`--trial N`)")
 LEVEL = 0.95
 ROLES = {"pick": "the pick", "tied": "tied with the best", "behind": "behind the best",
          "over budget": "over the budget", "baseline": "baseline"}
@@ -40,9 +44,105 @@ class Finalist:
 
 
 def study_verdict(study: optuna.Study) -> dict[str, Any] | None:
-    """The verdict stored on the study by its finals (`dsearch run`), if they have finished."""
+    """The verdict stored on the study by its finals (`dsearch run`), if they have finished; checked.
+
+    A stored verdict that is not one (hand-edited, written by another version, half-written) raises a one-line
+    DsearchError naming the study, the record and what to do (VERDICT_FIX).
+    """
+    if VERDICT_ATTR not in study.user_attrs:
+        return None
+    verdict = study.user_attrs[VERDICT_ATTR]
+    problem = verdict_problem(verdict)
+    if problem is not None:
+        raise damaged(study, VERDICT_ATTR, f"cannot be read ({problem})", VERDICT_FIX)
+    return verdict
+
+
+def verdict_plan(study: optuna.Study) -> str | None:
+    """The id of the finals' plan the stored verdict closes; None without a readable verdict (the finals redo it)."""
     verdict = study.user_attrs.get(VERDICT_ATTR)
-    return verdict if isinstance(verdict, dict) else None
+    if not isinstance(verdict, dict) or verdict_problem(verdict) is not None:
+        return None
+    plan = verdict.get("plan")
+    return plan if isinstance(plan, str) else None
+
+
+def _number(value: Any, empty: bool = False) -> bool:
+    """True for a finite int or float (not a bool); also for None when `empty`."""
+    if value is None:
+        return empty
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _row_problem(row: Any) -> str | None:
+    """What makes one verdict row unreadable, or None."""
+    if not isinstance(row, dict):
+        return f"a row is {kind_of(row)}, not an object"
+    for key in ("key", "summary"):
+        if not isinstance(row.get(key), str):
+            return f"a row's {key} is not text"
+    if row.get("role") not in ROLES:
+        return f"a row's role is {row.get('role')!r}"
+    if row.get("trial") is not None and not is_int(row["trial"], 0):
+        return f"a row's trial is {row['trial']!r}"
+    if not is_int(row.get("n"), 1):
+        return f"a row's n is {row.get('n')!r}"
+    for key in ("mflops", "mparams", "val_mean", "test_mean"):
+        if not _number(row.get(key)):
+            return f"a row's {key} is {row.get(key)!r}, not a number"
+    for key in ("val_low", "val_high", "test_low", "test_high"):
+        if not _number(row.get(key), empty=True):
+            return f"a row's {key} is {row.get(key)!r}, not a number"
+    for key in ("val", "test"):
+        values = row.get(key)
+        if not isinstance(values, list) or not values or not all(_number(v) for v in values):
+            return f"a row's {key} is not a list of accuracies"
+    return None
+
+
+def verdict_problem(verdict: Any) -> str | None:
+    """What makes a stored verdict unreadable (in a few words), or None for one `make_verdict` could have made."""
+    if not isinstance(verdict, dict):
+        return f"it is {kind_of(verdict)}, not a JSON object"
+    rows, sentences, seeds = verdict.get("rows"), verdict.get("sentences"), verdict.get("seeds")
+    if not isinstance(rows, list) or not rows:
+        return "it has no rows"
+    if not isinstance(sentences, list) or not sentences or not all(isinstance(s, str) for s in sentences):
+        return "its sentences are not a list of text"
+    if not isinstance(seeds, list) or not seeds or not all(is_int(s, 0) for s in seeds):
+        return "its seeds are not a list of whole numbers"
+    if not is_int(verdict.get("resolution"), 1):
+        return f"its resolution is {verdict.get('resolution')!r}"
+    level = verdict.get("level")
+    if not _number(level) or not 0 < float(level or 0) < 1:
+        return f"its level is {level!r}"
+    pick = verdict.get("pick")
+    if pick is not None and not is_int(pick, 0):
+        return f"its pick is {pick!r}, not a trial number"
+    for row in rows:
+        problem = _row_problem(row)
+        if problem is not None:
+            return problem
+    if pick is not None and not any(row["trial"] == pick and row["role"] == "pick" for row in rows):
+        return f"its pick, trial {pick}, is not the row marked as the pick"
+    return None
+
+
+def rung_record_problem(record: Any) -> str | None:
+    """What makes a stored rung record (one training of the finals) unusable, or None."""
+    if not isinstance(record, dict):
+        return f"it is {kind_of(record)}, not a JSON object"
+    if record.get("status") not in ("complete", "failed"):
+        return f"its status is {record.get('status')!r}"
+    if not _number(record.get("train_time_s")) or not is_int(record.get("train_resolution"), 1):
+        return "its training facts are missing"
+    if "config" not in record:
+        return "it has no schedule"
+    if record["status"] == "failed":
+        return None if isinstance(record.get("reason"), str) else "a failed training without a reason"
+    if not _number(record.get("val_acc")) or not _number(record.get("test_acc")):
+        return "a complete training without accuracies"
+    return None
 
 
 def record_key(rung: int, target: str, seed: int) -> str:
@@ -54,9 +154,9 @@ def rung_reached(study: optuna.Study) -> dict[int, int]:
     """Trial number -> the highest rung of the finals it was trained in (trials the finals never took: absent)."""
     found: dict[int, int] = {}
     pattern = re.compile(rf"^{RECORD_PREFIX}(\d+)\.trial(\d+)\.s\d+$")
-    for key in study.user_attrs:
+    for key, value in study.user_attrs.items():
         m = pattern.match(key)
-        if m:
+        if m and rung_record_problem(value) is None:  # a damaged record: the finals train it again
             rung, number = int(m.group(1)), int(m.group(2))
             found[number] = max(found.get(number, 0), rung)
     return found

@@ -3,60 +3,163 @@
 Everything here runs on the analytic cost model (dsearch.cost.spec_cost, well under a
 millisecond per architecture), so a search can afford to cost thousands of candidates.
 
-Repair rule (documented in README, "Search"): an over-budget architecture is changed one parameter
-at a time. Each step looks at every single change of one parameter to another of its choices (a
-block, a conv kind with its knobs, the head's classifier kind, or a smaller width, depth, expansion,
-kernel, stem or head width) and measures the result against the budget as r = max(MFLOPs / MFLOPs
-budget, M params / params budget). If some change brings r <= 1, it takes the one of those with the
-highest r (the least shrinkage); otherwise it takes the change with the lowest r (the largest
-saving), and repeats. If no change lowers r, it falls back to the space's cheapest valid architecture
-(by MFLOPs or by params, whichever is further within the budget), which the run checked fits.
+Repair rule (docs/concepts.md, budgets): an over-budget architecture is changed one parameter at a time. Each step
+looks at every single change of one parameter to another of its choices (a block, a conv kind with its knobs, the
+head's classifier kind, or a smaller width, depth, expansion, kernel, stem or head width) and measures the result
+against the budget as r = max over the limits set of cost / limit (MFLOPs, M params, and a latency the caller
+measured). If some change brings r <= 1, it takes the one of those with the highest r (the least shrinkage);
+otherwise it takes the change with the lowest r (the largest saving), and repeats. If no change lowers r, it falls
+back to the space's cheapest valid architecture (by MFLOPs or by params, whichever is further within the budget),
+which the run checked fits.
 """
 from __future__ import annotations
 
 import functools
 import itertools
 import math
+import numbers
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..cost.count import net_counts, spec_cost
+from ..errors import DsearchError
 from ..model.archspec import ArchSpec, ArchSpecError, ConvSpec, StageSpec, StemSpec
 from .spaces import Choices, Space, extreme_params, sample, valid_stage_counts
 
 Params = dict[str, Any]
 
 
+# The record keys a budget's limits are checked against: a trial's user attrs, a baseline's record and a row of
+# dsearch.analysis.pareto.trials_frame all name a cost this way.
+MFLOPS, MPARAMS, LATENCY_MS = "mflops", "mparams", "latency_ms"
+# Where a study keeps its budget, inside its stored identity (dsearch.search.record.IDENTITY_ATTR): the first two
+# keys are those of every existing study; the latency keys are written only when a latency budget is set, so a
+# study without `budget_ms` reads as one without a latency budget.
+STORED = {MFLOPS: "budget_mflops", MPARAMS: "budget_mparams", LATENCY_MS: "budget_ms"}
+STORED_TARGET = "budget_latency_target"
+
+
 @dataclass(frozen=True)
 class Budget:
-    """A deployment budget: MFLOPs and/or M params, counted at `resolution` (None: the space's)."""
+    """A deployment budget, the only one: MFLOPs, M params and latency limits (None: no limit of that kind).
+
+    MFLOPs are counted at `resolution` (None: the space's). `ms` is a latency limit in milliseconds measured on
+    `latency_target` (e.g. "ort-cpu"); dsearch measures nothing here, so a caller checking a budget with `ms` set
+    passes the measured latency, and a check without one raises DsearchError rather than pass.
+    """
 
     mflops: float | None = None
     mparams: float | None = None
     resolution: int | None = None
+    ms: float | None = field(default=None, kw_only=True)
+    latency_target: str | None = field(default=None, kw_only=True)
 
-    def ratio(self, spec: ArchSpec) -> float:
-        """max(cost / budget) over the budgets set: <= 1 means within budget (0 when no budget is set)."""
+    def limits(self) -> dict[str, float]:
+        """The limits set, by the record key of the cost each bounds (MFLOPS, MPARAMS, LATENCY_MS)."""
+        pairs = ((MFLOPS, self.mflops), (MPARAMS, self.mparams), (LATENCY_MS, self.ms))
+        return {key: limit for key, limit in pairs if limit is not None}
+
+    @property
+    def limited(self) -> bool:
+        """True when at least one limit is set."""
+        return bool(self.limits())
+
+    def _cost(self, costs: Mapping[str, Any], key: str) -> float | None:
+        """The cost `key` of `costs` as a float; None when absent, NaN or not a number (a latency limit cannot do
+        without it)."""
+        value = costs.get(key)
+        # NaN: a DataFrame row's missing value; not a number: a damaged record, which fits no limit either
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value:
+            if key == LATENCY_MS:
+                target = self.latency_target or "its target"
+                raise DsearchError(f"the budget limits latency to {self.ms:g} ms on {target}, but no latency"
+                                   " was given to check it; measure the latency (latency_ms) first")
+            return None
+        return float(value)
+
+    def excess(self, costs: Mapping[str, Any]) -> dict[str, float]:
+        """cost - limit for each limit set (> 0: over it); a cost absent from `costs` counts as infinitely over."""
+        over = {}
+        for key, limit in self.limits().items():
+            value = self._cost(costs, key)
+            over[key] = math.inf if value is None else value - limit
+        return over
+
+    def over(self, key: str, value: float) -> bool:
+        """True when `value` of the cost `key` (MFLOPS, MPARAMS, LATENCY_MS) exceeds its limit (False: none set)."""
+        limit = self.limits().get(key)
+        return limit is not None and value > limit
+
+    def fits_record(self, record: Mapping[str, Any]) -> bool:
+        """True when a record (keys "mflops", "mparams", "latency_ms": a trial's attrs, a baseline, a frame row)
+        costs at most every limit; a cost it lacks does not fit."""
+        return all(over <= 0 for over in self.excess(record).values())
+
+    def counts_ratio(self, macs: int, params: int, ms: float | None = None) -> float:
+        """max(cost / limit) over the limits set: <= 1 means within budget (0 when no limit is set)."""
+        costs = {MFLOPS: macs / 1e6, MPARAMS: params / 1e6, LATENCY_MS: ms}
+        return max((costs_value / limit for key, limit in self.limits().items()
+                    if (costs_value := self._cost(costs, key)) is not None), default=0.0)
+
+    def ratio(self, spec: ArchSpec, ms: float | None = None) -> float:
+        """counts_ratio of the architecture's analytic cost at the budget's resolution (and latency `ms`)."""
         cost = spec_cost(spec, self.resolution)
-        return self.counts_ratio(cost.macs, cost.params)
+        return self.counts_ratio(cost.macs, cost.params, ms)
 
-    def counts_ratio(self, macs: int, params: int) -> float:
-        ratios = [macs / 1e6 / self.mflops] if self.mflops is not None else []
-        if self.mparams is not None:
-            ratios.append(params / 1e6 / self.mparams)
-        return max(ratios, default=0.0)
+    def fits(self, spec: ArchSpec, ms: float | None = None) -> bool:
+        """True when the architecture (with measured latency `ms`) is within every limit."""
+        return self.ratio(spec, ms) <= 1.0
 
-    def fits(self, spec: ArchSpec) -> bool:
-        return self.ratio(spec) <= 1.0
+    def parts(self) -> dict[str, str]:
+        """Each limit in words, by record key: "300 MFLOPs", "2 M params", "5 ms on ort-cpu"."""
+        units = {MFLOPS: "MFLOPs", MPARAMS: "M params", LATENCY_MS: "ms"}
+        target = f" on {self.latency_target}" if self.latency_target else ""
+        return {key: f"{limit:g} {units[key]}" + (target if key == LATENCY_MS else "")
+                for key, limit in self.limits().items()}
 
     def describe(self) -> str:
-        parts = [f"{self.mflops:g} MFLOPs"] if self.mflops is not None else []
-        if self.mparams is not None:
-            parts.append(f"{self.mparams:g} M params")
-        return " and ".join(parts) or "no budget"
+        """The budget in words: "300 MFLOPs and 2 M params"; "no budget" when no limit is set."""
+        return " and ".join(self.parts().values()) or "no budget"
+
+    def exceeded(self, excess: Mapping[str, float]) -> list[str]:
+        """The limits an `excess` (from `excess`) goes over, in words: ["> 300 MFLOPs", ...]."""
+        words = self.parts()
+        return [f"> {words[key]}" for key, over in excess.items() if over > 0]
+
+    def stored(self) -> dict[str, Any]:
+        """The budget as a study's identity stores it: today's two keys always, the latency keys when set."""
+        out: dict[str, Any] = {STORED[MFLOPS]: self.mflops, STORED[MPARAMS]: self.mparams}
+        if self.ms is not None:
+            out.update({STORED[LATENCY_MS]: self.ms, STORED_TARGET: self.latency_target})
+        return out
+
+    def as_record(self) -> dict[str, Any]:
+        """The budget as a verdict records it ({"mflops": ..., "mparams": ...}, "latency_ms" when set)."""
+        out: dict[str, Any] = {MFLOPS: self.mflops, MPARAMS: self.mparams}
+        if self.ms is not None:
+            out.update({LATENCY_MS: self.ms, "latency_target": self.latency_target})
+        return out
+
+    @classmethod
+    def from_stored(cls, stored: Mapping[str, Any], where: str = "the study") -> Budget:
+        """The budget a study's stored identity holds (see `stored`); DsearchError naming `where` when damaged."""
+        limits = {}
+        for key, name in STORED.items():
+            value = stored.get(name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                      or not math.isfinite(value) or value <= 0):
+                raise DsearchError(f"{where}: its stored {name} is {value!r}, not a positive number")
+            limits[key] = None if value is None else float(value)
+        resolution, target = stored.get("resolution"), stored.get(STORED_TARGET)
+        if resolution is not None and (isinstance(resolution, bool) or not isinstance(resolution, int)
+                                       or resolution < 1):
+            raise DsearchError(f"{where}: its stored resolution is {resolution!r}, not a whole number >= 1")
+        if target is not None and not isinstance(target, str):
+            raise DsearchError(f"{where}: its stored {STORED_TARGET} is {target!r}, not a target name")
+        return cls(limits[MFLOPS], limits[MPARAMS], resolution, ms=limits[LATENCY_MS], latency_target=target)
 
 
 class Recorder:

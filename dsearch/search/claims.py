@@ -38,7 +38,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import Deadline, check_interrupted
-from .record import trial_arch_key
+from .record import ARCH_KEY, STATUS, TRAINED, trial_arch_key
 from .storage import GRACE_HEARTBEATS, fail_stale_trials, has_heartbeats, heartbeat_seconds
 
 
@@ -82,11 +82,11 @@ def grace_seconds() -> float:
 
 def _claimant(t: FrozenTrial) -> bool:
     """A running trial that may hold its architecture: not one that lost it already (or was rejected)."""
-    return t.state == TrialState.RUNNING and t.user_attrs.get("status") in (None, TRAINING)
+    return t.state == TrialState.RUNNING and t.user_attrs.get(STATUS) in (None, TRAINING)
 
 
 def _trained(t: FrozenTrial) -> bool:
-    return t.state.is_finished() and bool(t.user_attrs.get("trained")) and t.user_attrs.get("status") != "duplicate"
+    return t.state.is_finished() and bool(t.user_attrs.get(TRAINED)) and t.user_attrs.get(STATUS) != "duplicate"
 
 
 def holder(trials: Sequence[FrozenTrial], number: int, key: str, live: Callable[[FrozenTrial], bool],
@@ -100,7 +100,7 @@ def holder(trials: Sequence[FrozenTrial], number: int, key: str, live: Callable[
     if trained:
         return min(trained, key=lambda t: t.number)
     running = [t for t in same if _claimant(t) and live(t)]
-    training = [t for t in running if t.user_attrs.get("status") == TRAINING]
+    training = [t for t in running if t.user_attrs.get(STATUS) == TRAINING]
     if training:
         return min(training, key=lambda t: t.number)
     lower = [t for t in running if t.number < number]
@@ -111,8 +111,8 @@ def holder(trials: Sequence[FrozenTrial], number: int, key: str, live: Callable[
 
 def still_sampling(trials: Sequence[FrozenTrial], number: int) -> list[FrozenTrial]:
     """The running trials numbered below `number` that have not posted an architecture nor finished sampling."""
-    return [t for t in trials if t.number < number and t.state == TrialState.RUNNING and "arch_key" not in t.user_attrs
-            and "status" not in t.user_attrs]
+    return [t for t in trials if t.number < number and t.state == TrialState.RUNNING and ARCH_KEY not in t.user_attrs
+            and STATUS not in t.user_attrs]
 
 
 def fresh_claim(trial: FrozenTrial, now: float | None = None) -> bool:
@@ -156,7 +156,7 @@ class ArchClaims:
                 return owner
             if not self._waiting_for(trials, trial.number):
                 trial.set_user_attr(CLAIM_AT, time.time())  # the claim is as fresh as the win
-                trial.set_user_attr("status", TRAINING)
+                trial.set_user_attr(STATUS, TRAINING)
                 return None
             check_interrupted()
             if deadline is not None:
@@ -186,7 +186,7 @@ class ArchClaims:
     def held_keys(self, study: optuna.Study) -> set[str]:
         """The architectures that running trials of live workers won and are training."""
         return {k for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                if t.user_attrs.get("status") == TRAINING and self.live(t) and (k := trial_arch_key(t)) is not None}
+                if t.user_attrs.get(STATUS) == TRAINING and self.live(t) and (k := trial_arch_key(t)) is not None}
 
 
 class ClaimRefresher:

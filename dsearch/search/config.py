@@ -16,7 +16,7 @@ from ..cost.memory import check_fits_memory
 from ..data import EMBEDDED_NAME, Dataset
 from ..errors import DsearchError
 from ..training.proxy import ProxyConfig, check_proxy
-from .budget import Budget
+from .budget import MFLOPS, MPARAMS, Budget
 from .resume import space_digest
 from .spaces import Space, extreme_spec
 
@@ -45,14 +45,15 @@ class SearchConfig:
 
     @property
     def budget(self) -> Budget:
+        """The search's budget (its limits, counted at the deployment resolution)."""
         return Budget(self.budget_mflops, self.budget_mparams, self.resolution)
 
     def identity(self, space: Space, train_resolution: int) -> dict[str, Any]:
         """The settings a study is bound to (see dsearch.search.resume); resuming with other values is refused."""
         proxy = {f"proxy.{k}": v for k, v in asdict(self.proxy).items() if k not in ("seed", "train_resolution")}
         return {"version": 2, "space": space.name, "space_sha256": space_digest(space), "dataset": self.dataset,
-                "budget_mflops": self.budget_mflops, "budget_mparams": self.budget_mparams,
-                "resolution": self.resolution or space.resolution, "train_resolution": train_resolution,
+                **self.budget.stored(), "resolution": self.resolution or space.resolution,
+                "train_resolution": train_resolution,
                 "objective": self.objective, **proxy}
 
 
@@ -108,13 +109,14 @@ def check_budget_reachable(space: Space, data: Dataset, cfg: SearchConfig) -> Co
     fewest MACs. Each budget is compared with the valid architecture cheapest in what it counts."""
     cheapest = spec_cost(extreme_spec(space, data.in_channels, data.num_classes, cfg.resolution))
     res = cfg.resolution or space.resolution
-    if cfg.budget_mflops is not None and cheapest.mflops > cfg.budget_mflops:
+    budget = cfg.budget
+    if budget.over(MFLOPS, cheapest.mflops):
         raise DsearchError(
             f"no architecture of space '{space.name}' fits --budget-mflops {cfg.budget_mflops:g}: the cheapest costs "
             f"{cheapest.mflops:.2f} MFLOPs at {res}x{res}; raise the budget or use a smaller space/resolution")
-    if cfg.budget_mparams is not None:
+    if budget.mparams is not None:
         fewest = spec_cost(extreme_spec(space, data.in_channels, data.num_classes, cfg.resolution, by_params=True))
-        if fewest.mparams > cfg.budget_mparams:
+        if budget.over(MPARAMS, fewest.mparams):
             raise DsearchError(
                 f"no architecture of space '{space.name}' fits --budget-mparams {cfg.budget_mparams:g}: the smallest "
                 f"has {fewest.mparams:.3f} M params; raise the budget or use a smaller space")

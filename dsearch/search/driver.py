@@ -39,7 +39,7 @@ from .budget import build, feasible_count, feasible_params, random_recorder, rep
 from .claims import ArchClaims
 from .config import PRUNER_FACTORIES, SAMPLER_FACTORIES, SearchConfig, check_budget_reachable, check_config, check_fits
 from .objective import TIMED_OUT, Objective, warn_stderr
-from .record import arch_key, name_metrics
+from .record import DATA_ATTR, REASON, STATUS, TRAINED, arch_key, name_metrics
 from .resume import bind, check_resume
 from .spaces import Space, load_space, sample
 from .storage import open_storage, storage_writes
@@ -164,8 +164,8 @@ def run_search(cfg: SearchConfig, study_name: str, storage_url: str | None = Non
         small = small_split_note(data)
         if small:
             log(f"warning: {small}")
-        if "dsearch_data" not in study.user_attrs:
-            study.set_user_attr("dsearch_data", data_facts(data))
+        if DATA_ATTR not in study.user_attrs:
+            study.set_user_attr(DATA_ATTR, data_facts(data))
         device_data = DeviceData(data, device, cfg.proxy.train_subset, cfg.proxy.train_resolution)
         if not worker:  # every worker trains with the same settings on the same images: said once
             say_batch_warnings(cfg, len(device_data.train_x), log, warn)
@@ -218,7 +218,7 @@ def run_search(cfg: SearchConfig, study_name: str, storage_url: str | None = Non
                     study.stop()
                 return
             # Only training resets the counts: rejections and repeats between failures do not.
-            if trial.user_attrs.get("trained") and trial.user_attrs.get("status") != "duplicate":
+            if trial.user_attrs.get(TRAINED) and trial.user_attrs.get(STATUS) != "duplicate":
                 failures_in_a_row, stale = 0, 0
                 trained += 1
                 if bar is not None:
@@ -320,7 +320,7 @@ def fail_if_running(trial: optuna.Trial | None, reason: str) -> None:
             return
     except Exception:  # noqa: BLE001 - best effort: the error that ended the run is what the user must see
         return
-    for write in (lambda: trial.set_user_attr("status", "failed"), lambda: trial.set_user_attr("reason", reason),
+    for write in (lambda: trial.set_user_attr(STATUS, "failed"), lambda: trial.set_user_attr(REASON, reason),
                   lambda: trial.study.tell(trial, state=TrialState.FAIL)):
         try:
             write()

@@ -27,10 +27,22 @@ from ..training.advice import chance_advice, chance_causes
 from ..training.failures import check_finite_state
 from ..training.proxy import DeviceData, TrainingDiverged, chance_note, fit_batch, peak_lr, steps_per_epoch, train_proxy
 from ..version import __version__
-from .budget import repair
+from .budget import MFLOPS, MPARAMS, repair
 from .claims import CLAIM_AT, ArchClaims, ClaimRefresher
 from .config import SearchConfig
-from .record import arch_attrs, arch_key, set_constraints
+from .record import (
+    ARCH_KEY,
+    AT_CHANCE,
+    CHANCE_CAUSE,
+    DUPLICATE_OF,
+    REASON,
+    REPAIR_OF,
+    STATUS,
+    TRAINED,
+    arch_attrs,
+    arch_key,
+    set_constraints,
+)
 from .spaces import Space, sample
 from .weights import NOT_KEPT_ATTR, WeightsNotKept, save_trial_weights
 
@@ -69,26 +81,24 @@ class Objective:
         cost = spec_cost(spec)
         key = arch_key(spec)
         # Posting the key (with the claim's time) is this trial's claim on the architecture (dsearch.search.claims).
-        for name, value in {**arch_attrs(spec), "arch_key": key, CLAIM_AT: time.time()}.items():
+        for name, value in {**arch_attrs(spec), ARCH_KEY: key, CLAIM_AT: time.time()}.items():
             trial.set_user_attr(name, value)
         trial.set_user_attr("mflops", cost.mflops)
         trial.set_user_attr("mparams", cost.mparams)
         trial.set_user_attr("resolution", self.resolution)
-        over_flops = cost.mflops - self.cfg.budget_mflops if self.cfg.budget_mflops is not None else -1.0
-        over_params = cost.mparams - self.cfg.budget_mparams if self.cfg.budget_mparams is not None else -1.0
+        budget = self.cfg.budget
+        excess = budget.excess({MFLOPS: cost.mflops, MPARAMS: cost.mparams})
+        # No limit of a kind: -1, satisfied, so that every trial holds the same constraint keys.
+        over_flops, over_params = excess.get(MFLOPS, -1.0), excess.get(MPARAMS, -1.0)
         self._constraints(trial, over_flops, over_params)
         where = f"{cost.mflops:.1f} MFLOPs at {self.resolution}x{self.resolution}, {cost.mparams:.2f} M params"
-        if over_flops > 0 or over_params > 0:
-            limits = []
-            if over_flops > 0:
-                limits.append(f"> {self.cfg.budget_mflops:g} MFLOPs")
-            if over_params > 0:
-                limits.append(f"> {self.cfg.budget_mparams:g} M params")
+        limits = budget.exceeded(excess)
+        if limits:
             reason = f"over budget: {where} ({', '.join(limits)})"
             self._finish(trial, "rejected", reason)
-            fixed, params, steps = repair(self.space, trial.params, self.cfg.budget, self.data.in_channels,
+            fixed, params, steps = repair(self.space, trial.params, budget, self.data.in_channels,
                                           self.data.num_classes)
-            trial.study.enqueue_trial(params, user_attrs={"repair_of": trial.number, "repair_changes": steps})
+            trial.study.enqueue_trial(params, user_attrs={REPAIR_OF: trial.number, "repair_changes": steps})
             self.log(f"trial {trial.number}: rejected, {reason}; queued its repair "
                      f"({spec_cost(fixed).mflops:.1f} MFLOPs, {steps} change(s))")
             raise optuna.TrialPruned(reason)
@@ -138,7 +148,7 @@ class Objective:
                               f"of trial {better.number} ({better.user_attrs['mflops']:.1f} MFLOPs, on the Pareto "
                               "front) at that epoch")
                     self._finish(trial, "pruned", reason)
-                    trial.set_user_attr("trained", True)
+                    trial.set_user_attr(TRAINED, True)
                     self.log(f"trial {trial.number}: {reason}")
                     raise optuna.TrialPruned()
             if single:
@@ -146,7 +156,7 @@ class Objective:
                 if trial.should_prune():
                     self._finish(trial, "pruned", f"pruned by {self.cfg.pruner} after epoch {epoch + 1} "
                                                   f"(val acc {acc:.4f})")
-                    trial.set_user_attr("trained", True)
+                    trial.set_user_attr(TRAINED, True)
                     raise optuna.TrialPruned()
 
         try:
@@ -164,12 +174,12 @@ class Objective:
                            ("images_per_s", round(result.images_per_s, 1)), ("epochs", result.epochs),
                            ("train_loss", result.train_loss), ("peak_loss", result.peak_loss)):
             trial.set_user_attr(key, value)
-        trial.set_user_attr("trained", True)
+        trial.set_user_attr(TRAINED, True)
         chance = chance_note(result.val_acc, len(self.device_data.val_y), self.data.num_classes)
         if chance is not None:  # a result that says nothing: kept, but marked and said so wherever it is shown
             advice = chance_advice(chance_causes(result, self.cfg.proxy, self.data.num_classes))
-            trial.set_user_attr("at_chance", chance)
-            trial.set_user_attr("chance_cause", advice)
+            trial.set_user_attr(AT_CHANCE, chance)
+            trial.set_user_attr(CHANCE_CAUSE, advice)
             self.log(f"trial {trial.number}: warning: validation {chance}; {advice}")
         if self.weights_dir is not None and result.state is not None:
             try:
@@ -186,7 +196,7 @@ class Objective:
 
     def _duplicate(self, trial: optuna.Trial, original: optuna.trial.FrozenTrial) -> float | tuple[float, float]:
         """Record a repeat of an architecture another trial holds: with the original's result once it has one."""
-        trial.set_user_attr("duplicate_of", original.number)
+        trial.set_user_attr(DUPLICATE_OF, original.number)
         if original.state in (TrialState.RUNNING, TrialState.WAITING):
             doing = ("is being trained (or sampled it first)" if original.state == TrialState.RUNNING
                      else "is queued to be trained")
@@ -211,16 +221,16 @@ class Objective:
 
     @staticmethod
     def _finish(trial: optuna.Trial, status: str, reason: str | None) -> None:
-        trial.set_user_attr("status", status)
+        trial.set_user_attr(STATUS, status)
         if reason:
-            trial.set_user_attr("reason", reason)
+            trial.set_user_attr(REASON, reason)
 
 
 def outpaced_by(study: optuna.Study, mflops: float, epoch: int, acc: float,
                 margin: float) -> optuna.trial.FrozenTrial | None:
     """A Pareto-front trial costing at most `mflops` whose val acc after `epoch` beat `acc` by more than `margin`."""
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.user_attrs.get("status") == "complete" and "val_acc" in t.user_attrs]
+            if t.user_attrs.get(STATUS) == "complete" and "val_acc" in t.user_attrs]
     front = [t for t in done if not any(
         o.user_attrs["val_acc"] >= t.user_attrs["val_acc"] and o.user_attrs["mflops"] <= t.user_attrs["mflops"]
         and (o.user_attrs["val_acc"], -o.user_attrs["mflops"]) != (t.user_attrs["val_acc"], -t.user_attrs["mflops"])

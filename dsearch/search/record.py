@@ -15,6 +15,11 @@ One definition for every writer (study) and reader (pareto, dashboard, export, w
   Read them by name with `named_constraints`.
 - study metric names (`study.set_metric_names`): what Optuna's plots and optuna-dashboard label
   the objectives with.
+- user attrs of a study: every key is a constant below (the settings `IDENTITY_ATTR` and `CONFIG_ATTR`, the data
+  facts, the finals' plan, rung records and verdict, the baselines, the audit, kept weights). The stored settings
+  are read back only through `stored_settings` (and `study_budget`, the budget inside the identity; the data facts
+  through `study_data_facts`, a trial's full training through `full_training`), which check their shape: a
+  damaged record reads as one DsearchError naming the study, the record and what to do.
 """
 from __future__ import annotations
 
@@ -29,11 +34,36 @@ import optuna
 from ..errors import DsearchError
 from ..model.archspec import ArchSpec
 from ..version import __version__
+from .budget import Budget
 
+# Trial user attrs.
 ARCH = "arch"
 ARCH_SUMMARY = "arch_summary"
+ARCH_KEY = "arch_key"
 STATUS = "status"
 REASON = "reason"
+TRAINED = "trained"  # True once the trial trained an architecture (even when pruned after it)
+DUPLICATE_OF = "duplicate_of"
+REPAIR_OF = "repair_of"
+AT_CHANCE = "at_chance"
+CHANCE_CAUSE = "chance_cause"  # the likely cause of a trial at chance, as a hint with its fix
+# The trial facts the objective records and readers take as they are (a column each in pareto.trials_frame).
+FACT_KEYS = ("val_acc", "test_acc", "mflops", "mparams", "latency_ms", "resolution", "mflops_train",
+             "train_resolution", "train_time_s", "epochs", "batch_size", "lr", "device")
+# Study user attrs.
+IDENTITY_ATTR = "dsearch_identity"  # the settings a study is bound to (dsearch.search.resume)
+CONFIG_ATTR = "dsearch_config"  # the SearchConfig of the run that made it, as a dict
+CHANGES_ATTR = "dsearch_changes"  # allowed changes of the bound settings
+DATA_ATTR = "dsearch_data"  # the dataset's facts an export needs (dsearch.data.data_facts)
+ARTIFACTS_ATTR = "dsearch_artifacts"  # where kept weights live when the storage is not a local file
+PLAN_ATTR = "dsearch_finals"  # the finals' plan
+VERDICT_ATTR = "dsearch_verdict"  # the finals' verdict
+RUNG_PREFIX = "dsearch_rung"  # + "<rung>.<target>.s<seed>": one training of the finals
+FINALS_CLAIM_PREFIX = "dsearch_claim."  # + a rung record's key: which worker trains it
+AUDIT_ATTR = "dsearch_audit"
+AUDIT_CLAIM_PREFIX = "dsearch_audit_claim."  # + trial number: which worker is training it for an audit
+BASELINE_PREFIX = "baseline."  # + label: one hand-designed reference net and its trainings
+TRAINED_PREFIX = "trained."  # + trial number: the facts of its full training and its kept weights
 STATUSES = ("complete", "rejected", "invalid", "duplicate", "pruned", "failed", "running", "waiting")
 CONSTRAINT_KEYS = ("mflops_over_budget", "mparams_over_budget", "invalid")
 DASHBOARD_CONSTRAINTS = "constraints"  # optuna-dashboard reads a trial's constraints as this one list
@@ -65,7 +95,7 @@ def arch_key(spec: ArchSpec) -> str:
 
 def trial_arch_key(trial: optuna.trial.FrozenTrial) -> str | None:
     """The trial's architecture fingerprint (computed from its stored ArchSpec for studies made before keys)."""
-    key = trial.user_attrs.get("arch_key")
+    key = trial.user_attrs.get(ARCH_KEY)
     if key is None:
         try:
             spec = trial_arch(trial.user_attrs)
@@ -110,3 +140,95 @@ def made_by() -> str:
     from datetime import UTC, datetime
 
     return f"dsearch {__version__}, {datetime.now(UTC).isoformat(timespec='seconds')}"
+
+
+class UnreadableJSON(str):
+    """A study user attr whose stored text is not JSON (an edited database), kept as that text so that its reader
+    says which record is damaged while every other record still reads (see dsearch.search.storage.open_study)."""
+
+
+def kind_of(value: Any) -> str:
+    """What a stored value is, for an error: "text that is not valid JSON", "a list", "a str", ..."""
+    return "text that is not valid JSON" if isinstance(value, UnreadableJSON) else f"a {type(value).__name__}"
+
+
+SETTINGS = (IDENTITY_ATTR, CONFIG_ATTR)
+SETTINGS_FIX = ("restore the study's storage from a copy, or search again under a new --study-name (a study made by "
+                "`dsearch run` holds them)")
+
+
+def damaged(study: optuna.Study, key: str, what: str, fix: str) -> DsearchError:
+    """The one-line error for a study record that cannot be read: the study, the record, what is wrong, the fix."""
+    return DsearchError(f"study '{study.study_name}': its stored {key} record {what}; {fix}")
+
+
+def stored_settings(study: optuna.Study, key: str) -> dict[str, Any]:
+    """The study's stored settings `key` (IDENTITY_ATTR or CONFIG_ATTR) as a dict; {} when it holds none.
+
+    The one read-back of them: a record that is not a JSON object, or whose proxy settings are not one, raises a
+    one-line DsearchError (see `damaged`).
+    """
+    if key not in SETTINGS:
+        raise ValueError(f"{key!r} is not a stored settings record; valid: {', '.join(SETTINGS)}")
+    value = study.user_attrs.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise damaged(study, key, f"is not a JSON object (it holds {kind_of(value)})", SETTINGS_FIX)
+    if key == CONFIG_ATTR and not isinstance(value.get("proxy") or {}, Mapping):
+        raise damaged(study, key, "has proxy settings that are not a JSON object", SETTINGS_FIX)
+    return dict(value)
+
+
+def study_budget(study: optuna.Study) -> Budget:
+    """The budget the study was created with, counted at its deployment resolution (no limit: None)."""
+    identity = stored_settings(study, IDENTITY_ATTR)
+    try:
+        return Budget.from_stored(identity, f"study '{study.study_name}'")
+    except DsearchError as err:
+        raise DsearchError(f"{err} (record {IDENTITY_ATTR}); {SETTINGS_FIX}") from None
+
+
+
+def _numbers(value: Any) -> bool:
+    """True for a non-empty list of finite numbers (a bool is not one)."""
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) and v == v and abs(v) != float("inf") for v in value)
+
+
+def study_data_facts(study: optuna.Study) -> dict[str, Any]:
+    """The dataset's facts the study's run stored (DATA_ATTR: mean, std, classes, image size); {} without them.
+
+    An export copies them into model.py, so a damaged record raises a one-line DsearchError instead."""
+    facts = study.user_attrs.get(DATA_ATTR)
+    if facts is None:
+        return {}
+    fix = "delete the record or restore the study's storage from a copy (`dsearch run` on the study writes it again)"
+    if not isinstance(facts, Mapping):
+        raise damaged(study, DATA_ATTR, f"is {kind_of(facts)}, not a JSON object", fix)
+    classes = facts.get("classes", [])
+    if not (_numbers(facts.get("mean", [0])) and _numbers(facts.get("std", [1])) and isinstance(classes, list)
+            and all(isinstance(c, str) for c in classes)):
+        raise damaged(study, DATA_ATTR, "has a mean, std or class list that is not one", fix)
+    return dict(facts)
+
+
+TRAINED_FIX = "train it again with `dsearch train {study} --trial {number}` (it replaces the record)"
+
+
+def full_training(study: optuna.Study, number: int) -> dict[str, Any] | None:
+    """The facts of trial `number`'s full training kept on the study (TRAINED_PREFIX), None without one.
+
+    A damaged record raises a one-line DsearchError that says to train the trial again (TRAINED_FIX)."""
+    key = f"{TRAINED_PREFIX}{number}"
+    facts = study.user_attrs.get(key)
+    if facts is None:
+        return None
+    fix = TRAINED_FIX.format(study=study.study_name, number=number)
+    if not isinstance(facts, Mapping):
+        raise damaged(study, key, f"is {kind_of(facts)}, not a JSON object", fix)
+    for name in ("test_acc", "val_acc", "epochs", "train_resolution"):
+        value = facts.get(name)
+        if value is not None and not _numbers([value]):
+            raise damaged(study, key, f"has a {name} that is not a number ({value!r})", fix)
+    return dict(facts)

@@ -19,11 +19,9 @@ import optuna
 
 from ..errors import DsearchError
 from ..model.heads import DEFAULT_CLASSIFIER
+from .record import CHANGES_ATTR, CONFIG_ATTR, IDENTITY_ATTR, stored_settings
 from .spaces import Space
 
-IDENTITY_ATTR = "dsearch_identity"
-CONFIG_ATTR = "dsearch_config"
-CHANGES_ATTR = "dsearch_changes"
 IDENTITY_VERSION = 2
 # Written before identities had a version: these keys kept their meaning; "space" (the argument) and
 # "resolution" (None for the space's own) did not, so an older study is checked on these and then upgraded.
@@ -62,8 +60,8 @@ def describe_changes(changes: dict[str, tuple[Any, Any]]) -> str:
 def check_resume(study_name: str, existing: optuna.Study | None, identity: dict[str, Any],
                  allow_changes: bool) -> dict[str, tuple[Any, Any]]:
     """The differences between an existing study's settings and these; refused unless `allow_changes`."""
-    old = existing.user_attrs.get(IDENTITY_ATTR) if existing is not None else None
-    if old is None:
+    old = stored_settings(existing, IDENTITY_ATTR) if existing is not None else None
+    if not old:
         return {}
     changes = identity_changes(old, identity)
     if changes and not allow_changes:
@@ -76,8 +74,8 @@ def check_resume(study_name: str, existing: optuna.Study | None, identity: dict[
 def bind(study: optuna.Study, identity: dict[str, Any], config: dict[str, Any], created: bool,
          changes: dict[str, tuple[Any, Any]]) -> None:
     """Record the settings on a new study; on an allowed change, log it and bind the new settings."""
-    old = study.user_attrs.get(IDENTITY_ATTR)
-    if created or old is None:
+    old = stored_settings(study, IDENTITY_ATTR)
+    if created or not old:
         study.set_user_attr(IDENTITY_ATTR, plain(identity))
         study.set_user_attr(CONFIG_ATTR, plain(config))
         return

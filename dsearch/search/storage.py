@@ -11,6 +11,7 @@ make the file unreadable from there on.
 """
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import sys
@@ -28,6 +29,7 @@ import sqlalchemy
 
 from ..errors import DsearchError, write_problem
 from ..paths import default_storage, local_storage_file, on_read_only_media, write_bytes_atomic
+from .record import UnreadableJSON
 
 HEARTBEAT_S = 20
 STORAGE_ATTEMPTS = 4
@@ -286,4 +288,35 @@ def open_study(study_name: str, storage_url: str | None = None,
     except KeyError:
         names = ", ".join(optuna.get_all_study_names(storage)) or "none"
         raise DsearchError(f"no study '{study_name}' in {url} (studies there: {names})") from None
+    _tolerate_unreadable_attrs(study)
     return study, url
+
+
+def _tolerate_unreadable_attrs(study: optuna.Study) -> None:
+    """Read a study whose database holds a user attr that is not JSON (edited by hand, half-written): Optuna would
+    fail on every read of `study.user_attrs`; here that attr reads as its text (record.UnreadableJSON), which the
+    record's own reader names as damaged, and every other record reads as usual."""
+    try:
+        study.user_attrs  # noqa: B018 - the read is the test
+        return
+    except ValueError:  # json.JSONDecodeError in Optuna's RDB storage
+        pass
+    storage: Any = study._storage
+    engine = getattr(getattr(storage, "_backend", storage), "engine", None)
+    if engine is None:
+        raise DsearchError(f"study '{study.study_name}': a stored study record is not valid JSON; restore the "
+                           "study's storage from a copy") from None
+    query = sqlalchemy.text("SELECT key, value_json FROM study_user_attributes WHERE study_id = :study")
+
+    def read(study_id: int) -> dict[str, Any]:
+        with engine.connect() as connection:
+            rows = connection.execute(query, {"study": study_id}).all()
+        attrs: dict[str, Any] = {}
+        for key, raw in rows:
+            try:
+                attrs[key] = json.loads(raw)
+            except ValueError:
+                attrs[key] = UnreadableJSON(raw)
+        return attrs
+
+    storage.get_study_user_attrs = read  # this study object only; writes go through Optuna as before

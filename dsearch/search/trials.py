@@ -8,8 +8,7 @@ from collections.abc import Iterable, Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from .record import STATUSES, trial_arch_key
-from .resume import CONFIG_ATTR
+from .record import CONFIG_ATTR, STATUS, STATUSES, TRAINED, stored_settings, trial_arch_key
 
 
 def count_statuses(pairs: Iterable[tuple[str, str]]) -> dict[str, int]:
@@ -31,7 +30,7 @@ def trial_status(trial: FrozenTrial) -> str:
     """A trial's dsearch status; a FAIL or RUNNING state wins over the attribute (a killed trial says "training")."""
     if trial.state in (TrialState.FAIL, TrialState.RUNNING):
         return "failed" if trial.state == TrialState.FAIL else "running"
-    return trial.user_attrs.get("status", trial.state.name.lower())
+    return trial.user_attrs.get(STATUS, trial.state.name.lower())
 
 
 def trial_counts(study: optuna.Study) -> dict[str, int]:
@@ -41,7 +40,7 @@ def trial_counts(study: optuna.Study) -> dict[str, int]:
 def trained_trials(study: optuna.Study) -> list[FrozenTrial]:
     """The trials that trained an architecture (complete or pruned after training), repeats left out."""
     finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
-    return [t for t in finished if t.user_attrs.get("trained") and t.user_attrs.get("status") != "duplicate"]
+    return [t for t in finished if t.user_attrs.get(TRAINED) and t.user_attrs.get(STATUS) != "duplicate"]
 
 
 def trained_trials_since(study: optuna.Study, first: int) -> list[FrozenTrial]:
@@ -58,7 +57,7 @@ def untrained_seconds(trials: Sequence[optuna.trial.FrozenTrial]) -> float:
     """Time in finished trials that trained nothing: rejected, invalid or duplicate samples (and their repairs)."""
     total = 0.0
     for t in trials:
-        if t.user_attrs.get("status") not in ("rejected", "invalid", "duplicate"):
+        if t.user_attrs.get(STATUS) not in ("rejected", "invalid", "duplicate"):
             continue
         if t.datetime_start is not None and t.datetime_complete is not None:
             total += (t.datetime_complete - t.datetime_start).total_seconds()
@@ -67,5 +66,5 @@ def untrained_seconds(trials: Sequence[optuna.trial.FrozenTrial]) -> float:
 
 def study_split_seed(study: optuna.Study, default: int) -> int:
     """The seed of the study's validation split: that of the run that made it (its recorded settings)."""
-    seed = (study.user_attrs.get(CONFIG_ATTR) or {}).get("seed")
+    seed = stored_settings(study, CONFIG_ATTR).get("seed")
     return seed if isinstance(seed, int) and not isinstance(seed, bool) else default

@@ -27,8 +27,8 @@ from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_
 
 from ..errors import DsearchError, write_problem
 from ..paths import artifact_folder, local_storage_file, write_bytes_atomic
+from .record import ARTIFACTS_ATTR, TRAINED_FIX, TRAINED_PREFIX, damaged, full_training
 
-ARTIFACTS_ATTR = "dsearch_artifacts"
 NOT_KEPT_ATTR = "weights_not_kept"  # trial user attr: why its trained weights could not be written
 
 
@@ -109,7 +109,7 @@ def save_full_weights(study: optuna.Study, number: int, state: dict[str, torch.T
 
 def keep_full_weights(study: optuna.Study, number: int, artifact: str, facts: dict[str, Any]) -> None:
     """Make an uploaded artifact trial `number`'s fully trained weights, the ones export takes."""
-    study.set_user_attr(f"trained.{number}", {**facts, "weights_artifact": artifact, "saved_at": time.time()})
+    study.set_user_attr(f"{TRAINED_PREFIX}{number}", {**facts, "weights_artifact": artifact, "saved_at": time.time()})
 
 
 def _download(folder: Path, artifact: str) -> dict[str, torch.Tensor]:
@@ -140,10 +140,13 @@ def load_state(path: Path, what: str, fix: str) -> dict[str, torch.Tensor]:
 
 def trial_weights(study: optuna.Study, number: int, storage_url: str) -> tuple[dict[str, torch.Tensor], str] | None:
     """The best weights kept for trial `number` and where they come from; None when none were kept."""
-    full = study.user_attrs.get(f"trained.{number}")
+    full = full_training(study, number)
     trial = study.get_trials(deepcopy=False)[number]
     proxy = trial.user_attrs.get("weights_artifact")
-    artifact = full["weights_artifact"] if full is not None else proxy
+    artifact = full.get("weights_artifact") if full is not None else proxy
+    if full is not None and not isinstance(artifact, str):
+        raise damaged(study, f"{TRAINED_PREFIX}{number}", "names no weights artifact",
+                      TRAINED_FIX.format(study=study.study_name, number=number))
     if artifact is None:
         return None
     store = recorded_artifact_dir(study, storage_url)  # reading: nothing to create or record

@@ -143,3 +143,66 @@ def test_cheapest_architecture_fits_whenever_any_does():
     cheapest = spec_cost(extreme_spec(space, 1, 10)).mflops
     spec, _, _ = repair(space, random_params(space, random.Random(9)), Budget(cheapest), 1, 10)
     assert spec_cost(spec).mflops <= cheapest
+
+
+# --- the Budget type: every limit, checked on a spec, on counts and on a record; described and stored once -------
+
+def test_budget_checks_counts_records_and_latency_by_the_max_ratio_rule():
+    from dsearch.errors import DsearchError
+    from dsearch.search.budget import Budget
+
+    both = Budget(300, 2)
+    assert both.counts_ratio(150_000_000, 3_000_000) == pytest.approx(1.5)  # params dominate: 3 / 2
+    assert both.fits_record({"mflops": 300.0, "mparams": 2.0})
+    assert not both.fits_record({"mflops": 300.1, "mparams": 1.0})
+    assert not both.fits_record({"mflops": 100.0})  # a cost the record lacks does not fit
+    assert not both.fits_record({"mflops": "100", "mparams": 1.0})  # nor one that is no number (a damaged record)
+    assert Budget().counts_ratio(10**12, 10**12) == 0.0 and Budget().fits_record({})
+    fast = Budget(300, ms=5.0, latency_target="ort-cpu")
+    assert fast.counts_ratio(150_000_000, 0, ms=10.0) == pytest.approx(2.0)  # latency dominates: 10 / 5
+    assert fast.fits_record({"mflops": 299.0, "mparams": 9.0, "latency_ms": 4.9})
+    assert not fast.fits_record({"mflops": 299.0, "latency_ms": 5.1})
+    for check in (lambda: fast.counts_ratio(1, 1), lambda: fast.fits_record({"mflops": 1.0}),
+                  lambda: fast.fits_record({"mflops": 1.0, "latency_ms": float("nan")})):
+        with pytest.raises(DsearchError, match="no latency was given"):
+            check()
+
+
+def test_budget_describes_itself_and_names_what_a_cost_exceeds():
+    from dsearch.search.budget import Budget
+
+    assert Budget(300, 2).describe() == "300 MFLOPs and 2 M params"
+    assert Budget(None, 0.5).describe() == "0.5 M params" and Budget().describe() == "no budget"
+    assert Budget(300, ms=5, latency_target="ort-cpu").describe() == "300 MFLOPs and 5 ms on ort-cpu"
+    budget = Budget(300, 2)
+    excess = budget.excess({"mflops": 310.0, "mparams": 1.5})
+    assert excess == {"mflops": 10.0, "mparams": -0.5}
+    assert budget.exceeded(excess) == ["> 300 MFLOPs"]
+
+
+def test_budget_is_stored_with_the_identity_keys_of_existing_studies():
+    from dsearch.errors import DsearchError
+    from dsearch.search.budget import Budget
+
+    assert Budget(300, None, 224).stored() == {"budget_mflops": 300, "budget_mparams": None}  # as studies hold it
+    old = {"budget_mflops": 300, "budget_mparams": None, "resolution": 224}  # a study made before latency budgets
+    assert Budget.from_stored(old) == Budget(300.0, None, 224) and Budget.from_stored(old).ms is None
+    fast = Budget(300, None, 224, ms=5.0, latency_target="ort-cpu")
+    assert Budget.from_stored({**fast.stored(), "resolution": 224}) == fast
+    for bad in ({"budget_mflops": "300"}, {"budget_mparams": -1}, {"budget_ms": float("inf")}, {"resolution": 2.5}):
+        with pytest.raises(DsearchError, match="stored"):
+            Budget.from_stored(bad)
+
+
+def test_a_rejected_trial_keeps_its_reason_text_and_constraint_values(searched_study):
+    """The objective's rejection, as it was written before the Budget type: the same text, the same numbers."""
+    from dsearch.search.record import named_constraints
+
+    rejected = [t for t in searched_study["study"].get_trials() if t.user_attrs.get("status") == "rejected"]
+    assert rejected
+    for t in rejected:
+        mflops, mparams, res = t.user_attrs["mflops"], t.user_attrs["mparams"], t.user_attrs["resolution"]
+        assert t.user_attrs["reason"] == (f"over budget: {mflops:.1f} MFLOPs at {res}x{res}, {mparams:.2f} M params "
+                                          f"(> {searched_study['budget']:g} MFLOPs)")
+        assert named_constraints(t) == {"mflops_over_budget": mflops - searched_study["budget"],
+                                        "mparams_over_budget": -1.0, "invalid": 0.0}

@@ -112,8 +112,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                        budget_mflops=args.budget_mflops, budget_mparams=args.budget_mparams,
                        resolution=args.resolution, objective=args.objective, sampler=args.sampler,
                        pruner=args.pruner, seed=args.seed, device=args.device, proxy=proxy,
-                       measure_latency=args.measure_latency, early_stop=args.early_stop,
-                       early_stop_margin=args.early_stop_margin)
+                       budget_ms=args.budget_ms, latency_target=args.latency_target,
+                       latency_table=args.latency_table, measure_latency=args.measure_latency,
+                       early_stop=args.early_stop, early_stop_margin=args.early_stop_margin)
     finals = None if args.no_finals else FinalsConfig(eta=args.eta, proxy_seeds=args.proxy_seeds,
                                                        seeds=args.final_seeds, epochs=args.final_epochs,
                                                        device=args.device)
@@ -220,13 +221,18 @@ def print_summary(summary, study_name: str, cfg) -> None:
     chance = chance_line(frame)
     if chance:
         print(f"dsearch run: warning: {chance}", file=sys.stderr)
-    front = pareto_front(frame)
+    target = cfg.cost_target
+    front = pareto_front(frame, "latency_ms" if target is not None else "mflops")
     if front.empty:
         print("no trained trial yet")
     else:
-        print(f"Pareto-optimal trials (validation accuracy vs MFLOPs at {res}x{res}; test accuracy is reported only):")
-        table = front[["trial", "val_acc", "test_acc", "mflops", "mparams", "arch"]].rename(columns={
-            "val_acc": "val acc", "test_acc": "test acc", "mflops": f"MFLOPs@{res}", "mparams": "M params"})
+        against = f"latency in ms on {target.short} (predicted)" if target is not None else "MFLOPs"
+        print(f"Pareto-optimal trials (validation accuracy vs {against} at {res}x{res}; test accuracy is reported "
+              "only):")
+        columns = ["trial", "val_acc", "test_acc", "mflops", "mparams", *(["latency_ms"] if target else []), "arch"]
+        table = front[columns].rename(columns={
+            "val_acc": "val acc", "test_acc": "test acc", "mflops": f"MFLOPs@{res}", "mparams": "M params",
+            "latency_ms": f"ms@{target.short}" if target else ""})
         print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"storage: {summary.storage_url}")
     print(f"  resume or add a worker: dsearch run --study-name {study_name} --storage {summary.storage_url} ...")
@@ -276,18 +282,25 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"  {line}")
     cost = args.by
     if cost == "latency_ms" and frame["latency_ms"].isna().all():
-        raise DsearchError("no trial has a measured latency; use --by mflops or --by mparams")
+        raise DsearchError("no trial has a latency: studies searched with --latency-target hold one (predicted); use "
+                           "--by mflops or --by mparams")
     front = pareto_front(frame, cost)
     if front.empty:
         print("no trained trial yet: run `dsearch run` (or wait for the running workers)")
         return 0
     res = int(front["resolution"].iloc[0])
     ref = reference_point(frame, budget.limits().get(cost), cost)
-    print(f"Pareto-optimal trials, validation accuracy vs {COSTS[cost]} at {res}x{res} "
-          f"(test accuracy is reported only):")
-    table = front[["trial", "val_acc", "test_acc", "mflops", "mparams", "rung", "dominant_conv", "arch"]].rename(
-        columns={"val_acc": "val acc", "test_acc": "test acc", "mflops": f"MFLOPs@{res}", "mparams": "M params",
-                 "dominant_conv": "mostly"})
+    targets = frame["latency_target"].dropna().unique() if frame["latency_ms"].notna().any() else []
+    on = f" on {targets[0]}" if len(targets) == 1 else ""  # which target the ms are on (older studies: the device)
+    latency_cost = cost == "latency_ms"
+    what = f"{COSTS[cost]}{on if latency_cost else ''} at {res}x{res}"
+    note = "latency predicted from the target's table; " if latency_cost and on else ""
+    print(f"Pareto-optimal trials, validation accuracy vs {what} ({note}test accuracy is reported only):")
+    latency = ["latency_ms"] if frame["latency_ms"].notna().any() else []
+    table = front[["trial", "val_acc", "test_acc", "mflops", "mparams", *latency, "rung", "dominant_conv",
+                   "arch"]].rename(columns={"val_acc": "val acc", "test_acc": "test acc", "mflops": f"MFLOPs@{res}",
+                                            "mparams": "M params", "dominant_conv": "mostly",
+                                            "latency_ms": f"ms{on.replace(' on ', '@')}"})
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print("  (val/test acc: one proxy training; rung: the highest rung of the finals the trial reached, 0: the "
           "search only, 2: a finalist)")
@@ -742,6 +755,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--budget-mflops", type=float,
                    help="MFLOPs budget: millions of multiply-accumulates at the deployment resolution (default: none)")
     g.add_argument("--budget-mparams", type=float, help="parameter budget in millions (default: none)")
+    g.add_argument("--budget-ms", type=float,
+                   help="latency budget in milliseconds on --latency-target, predicted before any training from the "
+                        "target's latency table (default: none)")
+    g.add_argument("--latency-target",
+                   help="RUNTIME[:threads=N,batch=N,resolution=N] (ort-cpu, torch-cpu, torch-cuda): latency on it is "
+                        "the cost the search trades accuracy against and the finals pick by (default: none, MFLOPs; "
+                        "ort-cpu with --budget-ms)")
+    g.add_argument("--latency-table", metavar="FILE",
+                   help="a latency table copied from the machine the model ships on (`dsearch latency --space`; "
+                        "default: this machine's table of the target, measured as needed)")
     g.add_argument("--space", default=search.space, help="space name (see `dsearch spaces`) or a space YAML file")
     g.add_argument("--resolution", type=int,
                    help="deployment resolution where budgets are counted (default: the space's)")
@@ -759,8 +782,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr", type=float, help=lr_help)
     g.add_argument("--device", default=search.device, help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, ...")
     g.add_argument("--measure-latency", action="store_true",
-                   help="also time each candidate's batch-1 forward pass at the deployment resolution on --device "
-                        "(enables `dsearch show --by latency_ms`)")
+                   help="also measure each trained candidate whole on --latency-target (without one: PyTorch eager "
+                        "on --device), the protocol of `dsearch latency`")
     g = p.add_argument_group("study")
     g.add_argument("--n-trials", type=int, default=10,
                    help="architectures this command trains, shared by its --jobs workers (rejected, repeated and "

@@ -1,3 +1,5 @@
+import os
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -18,6 +20,14 @@ stages:
 conv_knobs:
   scc: {groups: [2, 4], overlap: [0.0, 0.5]}
 """
+
+
+def pytest_configure(config):
+    """Latency tables and the timing lock in a folder of the test run's own (children inherit it), never the
+    user's cache."""
+    folder = tempfile.mkdtemp(prefix="dsearch-tests-")
+    os.environ.setdefault("DSEARCH_LATENCY_DIR", os.path.join(folder, "latency"))
+    os.environ.setdefault("DSEARCH_LOCK_DIR", folder)
 
 
 def dsearch(capfd, *args):

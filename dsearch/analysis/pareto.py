@@ -18,14 +18,24 @@ from ..errors import DsearchError
 from ..model.archspec import ArchSpec, iter_conv_units
 from ..model.ops import CONV_TYPES
 from ..search.budget import Budget
-from ..search.record import ARCH_SUMMARY, AT_CHANCE, CHANCE_CAUSE, FACT_KEYS, REASON, STATUS, trial_arch
+from ..search.record import (
+    ARCH_SUMMARY,
+    AT_CHANCE,
+    CHANCE_CAUSE,
+    FACT_KEYS,
+    LATENCY_MEASURED,
+    REASON,
+    STATUS,
+    trial_arch,
+)
 from ..search.record import study_budget as study_budget  # where readers of a study have found it
 from ..training.advice import chance_advice
 from .verdict import rung_reached
 
 BASE_COLUMNS = ["trial", "state", "status", "pareto", "rung", "val_acc", "test_acc", "mflops", "mparams", "latency_ms",
                 "resolution", "mflops_train", "train_resolution", "train_time_s", "epochs", "batch_size", "lr",
-                "device", "at_chance", "chance_cause", "arch", "dominant_conv", "reason", "datetime_start",
+                "device", "latency_target", "latency_measured_ms",
+                "latency_p90_ms", "at_chance", "chance_cause", "arch", "dominant_conv", "reason", "datetime_start",
                 "datetime_complete"]
 # cost column -> (label with unit, what the axis means)
 COSTS = {
@@ -66,6 +76,8 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             "chance_cause": a.get(CHANCE_CAUSE), "reason": a.get(REASON) or t.system_attrs.get("fail_reason"),
             "datetime_start": t.datetime_start, "datetime_complete": t.datetime_complete,
         }
+        if row["latency_ms"] is None:  # a study without a latency target: the latency measured with --measure-latency
+            row["latency_ms"] = a.get(LATENCY_MEASURED)
         spec = trial_arch(a)
         if spec is not None:
             row.update(arch_columns(spec))

@@ -1,5 +1,5 @@
-"""What an architecture costs: fvcore counts and the analytic model (`count`), measured latency
-(`latency`) and the activation memory a resolution needs (`memory`)."""
+"""What an architecture costs: fvcore counts and the analytic model (`count`) and the activation memory a
+resolution needs (`memory`). Latency is measured and predicted by dsearch.latency."""
 from .count import (
     ZERO_COST_OPS,
     Cost,
@@ -13,11 +13,10 @@ from .count import (
     stage_counts,
     unit_cost,
 )
-from .latency import measure_latency
 from .memory import FLOAT_BYTES, TRAINING_ACTIVATION_FACTOR, activation_bytes, check_fits_memory, free_memory
 
 __all__ = [
     "FLOAT_BYTES", "TRAINING_ACTIVATION_FACTOR", "ZERO_COST_OPS", "Cost", "UncountedOpError", "activation_bytes",
     "check_fits_memory", "cost_table", "count_cost", "flop_analysis", "free_memory", "fvcore_spec_cost",
-    "measure_latency", "net_counts", "spec_cost", "stage_counts", "unit_cost",
+    "net_counts", "spec_cost", "stage_counts", "unit_cost",
 ]

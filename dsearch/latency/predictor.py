@@ -137,7 +137,10 @@ class LatencyModel:
         overhead without this network's own whole measurement, so that comparing the two is a fair test."""
         total, measured = self.parts_ms(spec)
         if self._local and len(self.table.networks) < self.calibration:
-            self.measure(spec)  # the first networks fit the overhead
+            m = self.measure(spec)  # the first networks fit the overhead
+            if self.log is not None:
+                self.log(f"latency: measured {spec.summary()} whole on {self.target.short} for the predictor's fit "
+                         f"({len(self.table.networks)} of {self.calibration}): {m.describe()}")
         overhead = (self.scale(self.network_key(spec) if leave_out else None) - 1) * total
         return Prediction(round(total + overhead, 4), round(total, 4), round(overhead, 4), measured)
 

@@ -15,12 +15,14 @@ from ..cost.count import Cost, spec_cost
 from ..cost.memory import check_fits_memory
 from ..data import EMBEDDED_NAME, Dataset
 from ..errors import DsearchError
+from ..latency import Target, check_available, parse_target
 from ..training.proxy import ProxyConfig, check_proxy
 from .budget import MFLOPS, MPARAMS, Budget
 from .resume import space_digest
 from .spaces import Space, extreme_spec
 
 OBJECTIVES = ("multi", "accuracy")
+DEFAULT_TARGET = "ort-cpu"  # the latency target of --budget-ms without --latency-target
 
 
 @dataclass(frozen=True)
@@ -37,16 +39,31 @@ class SearchConfig:
     seed: int = 0
     device: str = "auto"
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
-    measure_latency: bool = False  # batch-1 eval latency of each trained candidate on the training device
+    # Latency (dsearch.latency): a limit in ms on a target; the target also makes latency the cost the 'multi'
+    # objective minimises and the finals pick by. A table file copied from the deployment machine may stand in for
+    # measuring here.
+    budget_ms: float | None = None
+    latency_target: str | None = None  # e.g. "ort-cpu"; None with budget_ms: DEFAULT_TARGET
+    latency_table: str | None = None
+    measure_latency: bool = False  # each trained candidate measured whole on the latency target (or on the device)
     # Multi-objective early stopping: stop a trial whose val acc after an epoch trails, by more than the margin,
     # a cheaper-or-equal Pareto-front trial's val acc after the same epoch (Optuna's pruners are single-objective).
     early_stop: bool = False
     early_stop_margin: float = 0.02
 
     @property
+    def cost_target(self) -> Target | None:
+        """The latency target that is the search's cost (None: MFLOPs are)."""
+        if self.latency_target is None and self.budget_ms is None:
+            return None
+        return parse_target(self.latency_target or DEFAULT_TARGET)
+
+    @property
     def budget(self) -> Budget:
         """The search's budget (its limits, counted at the deployment resolution)."""
-        return Budget(self.budget_mflops, self.budget_mparams, self.resolution)
+        target = self.cost_target
+        return Budget(self.budget_mflops, self.budget_mparams, self.resolution, ms=self.budget_ms,
+                      latency_target=target.short if target is not None and self.budget_ms is not None else None)
 
     def identity(self, space: Space, train_resolution: int) -> dict[str, Any]:
         """The settings a study is bound to (see dsearch.search.resume); resuming with other values is refused."""
@@ -54,7 +71,9 @@ class SearchConfig:
         return {"version": 2, "space": space.name, "space_sha256": space_digest(space), "dataset": self.dataset,
                 **self.budget.stored(), "resolution": self.resolution or space.resolution,
                 "train_resolution": train_resolution,
-                "objective": self.objective, **proxy}
+                "objective": self.objective, **proxy,
+                # only when set: a study made without a latency target keeps its identity
+                **({"latency_target": self.cost_target.name} if self.cost_target is not None else {})}
 
 
 SAMPLER_FACTORIES: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
@@ -73,9 +92,15 @@ PRUNER_FACTORIES: dict[str, Callable[[], optuna.pruners.BasePruner]] = {
 
 def check_config(cfg: SearchConfig) -> None:
     """Every setting checked before anything is loaded or written; each error states the rule."""
-    for value, flag in ((cfg.budget_mflops, "--budget-mflops"), (cfg.budget_mparams, "--budget-mparams")):
+    for value, flag in ((cfg.budget_mflops, "--budget-mflops"), (cfg.budget_mparams, "--budget-mparams"),
+                        (cfg.budget_ms, "--budget-ms")):
         if value is not None:
             check_number(value, flag, low=0, low_open=True)
+    target = cfg.cost_target  # a bad name is one line naming --latency-target
+    if target is not None and cfg.latency_table is None:
+        check_available(target)  # e.g. ort-cpu without onnxruntime: the line names the extra to install
+    if cfg.latency_table is not None and target is None:
+        raise DsearchError("--latency-table needs --latency-target (or --budget-ms): the table is for a target")
     check_resolution(cfg.resolution, "--resolution")
     if cfg.objective not in OBJECTIVES:
         raise DsearchError(f"unknown objective {cfg.objective!r}; valid: {', '.join(OBJECTIVES)}")

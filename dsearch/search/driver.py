@@ -38,6 +38,7 @@ from ..training.proxy import DeviceData, select_device
 from .budget import build, feasible_count, feasible_params, random_recorder, repair
 from .claims import ArchClaims
 from .config import PRUNER_FACTORIES, SAMPLER_FACTORIES, SearchConfig, check_budget_reachable, check_config, check_fits
+from .latency import check_latency_reachable, search_latency_model
 from .objective import TIMED_OUT, Objective, warn_stderr
 from .record import DATA_ATTR, REASON, STATUS, TRAINED, arch_key, name_metrics
 from .resume import bind, check_resume
@@ -111,7 +112,9 @@ def prepare_study(cfg: SearchConfig, study_name: str, storage_url: str, identity
     study = optuna.create_study(study_name=study_name, storage=storage, directions=directions, load_if_exists=True,
                                 sampler=SAMPLER_FACTORIES[cfg.sampler](seed), pruner=PRUNER_FACTORIES[cfg.pruner]())
     bind(study, identity, asdict(cfg), existing is None, changes)
-    name_metrics(study, cfg.objective, cfg.resolution or load_space(cfg.space).resolution)
+    target = cfg.cost_target
+    name_metrics(study, cfg.objective, cfg.resolution or load_space(cfg.space).resolution,
+                 target.short if target is not None else None)
     return study
 
 
@@ -152,6 +155,12 @@ def run_search(cfg: SearchConfig, study_name: str, storage_url: str | None = Non
     except (ValueError, RuntimeError) as err:
         raise DsearchError(str(err).splitlines()[0]) from None
     check_budget_reachable(space, data, cfg)  # before memory: an unreachable budget is what to fix first
+    latency = search_latency_model(cfg, device)
+    if latency is not None and cfg.cost_target is not None:
+        check_latency_reachable(space, data, cfg, latency)
+        if not worker:
+            log(f"latency: predicted on {latency.table.describe()}, table {latency.table.path} "
+                f"({len(latency.table.parts)} parts, {len(latency.table.networks)} whole networks so far)")
     check_fits(space, data, cfg, device)
     identity = cfg.identity(space, cfg.proxy.train_resolution or data.image_size[0])
     with storage_writes(storage_url):  # a full disk under the storage: one line, whichever write met it

@@ -11,15 +11,20 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
+
+import torch
 
 from ..checks import check_int, check_number
 from ..cost.count import spec_cost
-from ..errors import check_interrupted
-from ..latency import LatencyModel
+from ..data import Dataset
+from ..errors import DsearchError, check_interrupted
+from ..latency import LatencyModel, parse_target
 from ..model.archspec import ArchSpec, ArchSpecError
 from .budget import Budget, Params, build, random_recorder, repair
-from .spaces import Space, extreme_params, load_space, sample
+from .config import SearchConfig
+from .spaces import Space, extreme_params, extreme_spec, load_space, sample
 
 SAMPLE_TRIES = 200  # random draws per wanted architecture before a budget is taken as too tight for sampling
 
@@ -88,3 +93,31 @@ def latency_repair(space: Space, params: Params, budget: Budget, ms_budget: floa
     cheapest = extreme_params(space, in_channels, num_classes, budget.resolution)
     spec, params = build(space, cheapest, in_channels, num_classes, budget.resolution)
     return spec, params, steps
+
+
+def search_latency_model(cfg: SearchConfig, device: torch.device,
+                         log: Callable[[str], None] | None = None) -> LatencyModel | None:
+    """The latency model a search predicts (its cost target) or measures (--measure-latency) with; None: neither.
+
+    Without a cost target, --measure-latency times on PyTorch eager on the training device (torch-cuda on a GPU,
+    torch-cpu otherwise)."""
+    target = cfg.cost_target
+    if target is None and not cfg.measure_latency:
+        return None
+    if target is None:
+        target = parse_target("torch-cuda" if device.type == "cuda" else "torch-cpu")
+    table = Path(cfg.latency_table) if cfg.latency_table else None
+    return LatencyModel.for_target(target, table=table, log=log)
+
+
+def check_latency_reachable(space: Space, data: Dataset, cfg: SearchConfig, model: LatencyModel) -> None:
+    """Fail at once when the space's cheapest architecture (by MACs) is predicted over --budget-ms."""
+    if cfg.budget_ms is None:
+        return
+    cheapest = extreme_spec(space, data.in_channels, data.num_classes, cfg.resolution)
+    ms = model.predict_ms(cheapest)
+    if ms > cfg.budget_ms:
+        raise DsearchError(
+            f"no architecture of space '{space.name}' fits --budget-ms {cfg.budget_ms:g}: the cheapest by MFLOPs is "
+            f"predicted at {ms:.3f} ms on {model.target.short} ({model.table.describe()}); raise the budget, or use "
+            "a smaller space or resolution")

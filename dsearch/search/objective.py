@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
@@ -18,7 +19,6 @@ import torch
 from optuna.trial import TrialState
 
 from ..cost.count import spec_cost
-from ..cost.latency import measure_latency
 from ..data import Dataset
 from ..errors import Deadline, TimedOut
 from ..model.archspec import ArchSpecError
@@ -30,11 +30,17 @@ from ..version import __version__
 from .budget import MFLOPS, MPARAMS, repair
 from .claims import CLAIM_AT, ArchClaims, ClaimRefresher
 from .config import SearchConfig
+from .latency import latency_repair, search_latency_model
 from .record import (
     ARCH_KEY,
     AT_CHANCE,
     CHANCE_CAUSE,
     DUPLICATE_OF,
+    LATENCY_CONSTRAINT,
+    LATENCY_MEASURED,
+    LATENCY_MS,
+    LATENCY_P90,
+    LATENCY_TARGET,
     REASON,
     REPAIR_OF,
     STATUS,
@@ -70,6 +76,9 @@ class Objective:
         self.resolution = cfg.resolution or space.resolution
         self.train_resolution = device_data.size
         self.log, self.progress, self.warn = log, progress, warn
+        # Predicts each candidate's latency on the study's cost target, and times trained ones (--measure-latency).
+        self.latency = search_latency_model(cfg, device_data.device, log)
+        self.target = cfg.cost_target
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         try:
@@ -87,20 +96,34 @@ class Objective:
         trial.set_user_attr("mparams", cost.mparams)
         trial.set_user_attr("resolution", self.resolution)
         budget = self.cfg.budget
-        excess = budget.excess({MFLOPS: cost.mflops, MPARAMS: cost.mparams})
+        costs: dict[str, float] = {MFLOPS: cost.mflops, MPARAMS: cost.mparams}
+        where = f"{cost.mflops:.1f} MFLOPs at {self.resolution}x{self.resolution}, {cost.mparams:.2f} M params"
+        if self.target is not None:  # predicted before any training, from the target's table (dsearch.latency)
+            assert self.latency is not None
+            costs[LATENCY_MS] = self.latency.predict_ms(spec)
+            trial.set_user_attr(LATENCY_MS, costs[LATENCY_MS])
+            trial.set_user_attr(LATENCY_TARGET, self.target.short)
+            where += f", {costs[LATENCY_MS]:.3f} ms on {self.target.short} (predicted)"
+        excess = budget.excess(costs)
         # No limit of a kind: -1, satisfied, so that every trial holds the same constraint keys.
         over_flops, over_params = excess.get(MFLOPS, -1.0), excess.get(MPARAMS, -1.0)
-        self._constraints(trial, over_flops, over_params)
-        where = f"{cost.mflops:.1f} MFLOPs at {self.resolution}x{self.resolution}, {cost.mparams:.2f} M params"
+        self._constraints(trial, over_flops, over_params, over_ms=excess.get(LATENCY_MS, -1.0))
         limits = budget.exceeded(excess)
         if limits:
             reason = f"over budget: {where} ({', '.join(limits)})"
             self._finish(trial, "rejected", reason)
-            fixed, params, steps = repair(self.space, trial.params, budget, self.data.in_channels,
-                                          self.data.num_classes)
+            if budget.ms is not None:
+                assert self.latency is not None
+                fixed, params, steps = latency_repair(self.space, trial.params, replace(budget, ms=None),
+                                                      budget.ms, self.latency, self.data.in_channels,
+                                                      self.data.num_classes)
+                made = f"{spec_cost(fixed).mflops:.1f} MFLOPs, {self.latency.predict_ms(fixed):.3f} ms predicted"
+            else:
+                fixed, params, steps = repair(self.space, trial.params, budget, self.data.in_channels,
+                                              self.data.num_classes)
+                made = f"{spec_cost(fixed).mflops:.1f} MFLOPs"
             trial.study.enqueue_trial(params, user_attrs={REPAIR_OF: trial.number, "repair_changes": steps})
-            self.log(f"trial {trial.number}: rejected, {reason}; queued its repair "
-                     f"({spec_cost(fixed).mflops:.1f} MFLOPs, {steps} change(s))")
+            self.log(f"trial {trial.number}: rejected, {reason}; queued its repair ({made}, {steps} change(s))")
             raise optuna.TrialPruned(reason)
         try:
             original = (self.claims or ArchClaims(trial.study)).claim(trial, key, self.deadline)
@@ -127,9 +150,12 @@ class Objective:
         trial.set_user_attr("lr", peak_lr(used))
         trial.set_user_attr("steps_per_epoch", steps_per_epoch(used, n_train))
         trial.set_user_attr("versions", {"dsearch": __version__, "torch": torch.__version__})
-        if self.cfg.measure_latency:
-            trial.set_user_attr("latency_ms", round(measure_latency(spec, self.device_data.device), 3))
-            trial.set_user_attr("latency_device", str(self.device_data.device))
+        if self.cfg.measure_latency:  # the whole network on the target, before training (never alongside it)
+            assert self.latency is not None
+            measured = self.latency.measure(spec)
+            trial.set_user_attr(LATENCY_MEASURED, measured.median_ms)
+            trial.set_user_attr(LATENCY_P90, measured.p90_ms)
+            trial.set_user_attr(LATENCY_TARGET, self.latency.target.short)
         single = self.cfg.objective == "accuracy"
         refresh = ClaimRefresher(trial)
 
@@ -192,7 +218,7 @@ class Objective:
         self.log(f"trial {trial.number}: val acc {result.val_acc:.4f} (test {result.test_acc:.4f}), {where} "
                  f"[{train_cost.mflops:.2f} MFLOPs at {self.train_resolution}x{self.train_resolution} trained], "
                  f"{result.train_time_s:.0f} s, {spec.summary()}")
-        return result.val_acc if single else (result.val_acc, cost.mflops)
+        return result.val_acc if single else (result.val_acc, costs[LATENCY_MS] if self.target else cost.mflops)
 
     def _duplicate(self, trial: optuna.Trial, original: optuna.trial.FrozenTrial) -> float | tuple[float, float]:
         """Record a repeat of an architecture another trial holds: with the original's result once it has one."""
@@ -212,12 +238,13 @@ class Objective:
         values = original.values  # a complete trial holds one value per objective: (val acc[, MFLOPs])
         return (values[0], values[1]) if self.cfg.objective == "multi" else values[0]
 
-    @staticmethod
-    def _constraints(trial: optuna.Trial, over_flops: float = -1.0, over_params: float = -1.0,
-                     invalid: float = 0.0) -> None:
+    def _constraints(self, trial: optuna.Trial, over_flops: float = -1.0, over_params: float = -1.0,
+                     invalid: float = 0.0, over_ms: float = -1.0) -> None:
         # The same keys on every trial: the samplers compare constraint vectors across trials.
-        set_constraints(trial, {"mflops_over_budget": over_flops, "mparams_over_budget": over_params,
-                                "invalid": invalid})
+        values = {"mflops_over_budget": over_flops, "mparams_over_budget": over_params, "invalid": invalid}
+        if self.cfg.budget_ms is not None:
+            values[LATENCY_CONSTRAINT] = over_ms
+        set_constraints(trial, values)
 
     @staticmethod
     def _finish(trial: optuna.Trial, status: str, reason: str | None) -> None:

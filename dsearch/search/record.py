@@ -49,7 +49,8 @@ AT_CHANCE = "at_chance"
 CHANCE_CAUSE = "chance_cause"  # the likely cause of a trial at chance, as a hint with its fix
 # The trial facts the objective records and readers take as they are (a column each in pareto.trials_frame).
 FACT_KEYS = ("val_acc", "test_acc", "mflops", "mparams", "latency_ms", "resolution", "mflops_train",
-             "train_resolution", "train_time_s", "epochs", "batch_size", "lr", "device")
+             "train_resolution", "train_time_s", "epochs", "batch_size", "lr", "device", "latency_target",
+             "latency_measured_ms", "latency_p90_ms")
 # Study user attrs.
 IDENTITY_ATTR = "dsearch_identity"  # the settings a study is bound to (dsearch.search.resume)
 CONFIG_ATTR = "dsearch_config"  # the SearchConfig of the run that made it, as a dict
@@ -66,6 +67,12 @@ BASELINE_PREFIX = "baseline."  # + label: one hand-designed reference net and it
 TRAINED_PREFIX = "trained."  # + trial number: the facts of its full training and its kept weights
 STATUSES = ("complete", "rejected", "invalid", "duplicate", "pruned", "failed", "running", "waiting")
 CONSTRAINT_KEYS = ("mflops_over_budget", "mparams_over_budget", "invalid")
+LATENCY_CONSTRAINT = "ms_over_budget"  # a fourth, on every trial of a study with a latency budget (and only there)
+# Latency facts of a trial: `latency_ms` is its latency on the study's latency target as the search saw it
+# (predicted from the target's table, dsearch.latency), `latency_target` the target; with --measure-latency,
+# `latency_measured_ms` and `latency_p90_ms` are the whole network measured end to end on it.
+LATENCY_MS, LATENCY_TARGET = "latency_ms", "latency_target"
+LATENCY_MEASURED, LATENCY_P90 = "latency_measured_ms", "latency_p90_ms"
 DASHBOARD_CONSTRAINTS = "constraints"  # optuna-dashboard reads a trial's constraints as this one list
 
 
@@ -106,9 +113,11 @@ def trial_arch_key(trial: optuna.trial.FrozenTrial) -> str | None:
 
 
 def set_constraints(trial: optuna.Trial, values: Mapping[str, float]) -> None:
-    """Every CONSTRAINT_KEYS value (<= 0: satisfied), in the form Optuna 5 reads and the one optuna-dashboard reads."""
-    ordered = [float(values[key]) for key in CONSTRAINT_KEYS]
-    for key, value in zip(CONSTRAINT_KEYS, ordered, strict=True):
+    """Every CONSTRAINT_KEYS value (<= 0: satisfied), and LATENCY_CONSTRAINT where given, in the form Optuna 5 reads
+    and the one optuna-dashboard reads."""
+    keys = [*CONSTRAINT_KEYS, *([LATENCY_CONSTRAINT] if LATENCY_CONSTRAINT in values else [])]
+    ordered = [float(values[key]) for key in keys]
+    for key, value in zip(keys, ordered, strict=True):
         trial.set_constraint(key, value)
     trial.storage.set_trial_system_attr(trial._trial_id, DASHBOARD_CONSTRAINTS, ordered)
 
@@ -116,23 +125,24 @@ def set_constraints(trial: optuna.Trial, values: Mapping[str, float]) -> None:
 def named_constraints(trial: optuna.trial.FrozenTrial) -> dict[str, float]:
     """The trial's constraint values by CONSTRAINT_KEYS name (Optuna also lists the dashboard list as '0', '1', ...)."""
     values = trial.constraints
-    return {key: values[key] for key in CONSTRAINT_KEYS if key in values}
+    return {key: values[key] for key in (*CONSTRAINT_KEYS, LATENCY_CONSTRAINT) if key in values}
 
 
-def metric_names(objective: str, resolution: int) -> list[str]:
-    """The objectives' names: validation accuracy, and MFLOPs at the deployment resolution for 'multi'."""
+def metric_names(objective: str, resolution: int, latency_target: str | None = None) -> list[str]:
+    """The objectives' names: validation accuracy, and for 'multi' MFLOPs at the deployment resolution, or the
+    latency in ms on `latency_target` when the study has one."""
     names = ["val_acc"]
     if objective == "multi":
-        names.append(f"mflops@{resolution}x{resolution}")
+        names.append(f"latency_ms@{latency_target}" if latency_target else f"mflops@{resolution}x{resolution}")
     return names
 
 
-def name_metrics(study: optuna.Study, objective: str, resolution: int) -> None:
+def name_metrics(study: optuna.Study, objective: str, resolution: int, latency_target: str | None = None) -> None:
     """Name the study's objectives once (kept as they are when already named)."""
     if study.metric_names is None:
         with warnings.catch_warnings():  # set_metric_names is "experimental" in Optuna 5
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(metric_names(objective, resolution))
+            study.set_metric_names(metric_names(objective, resolution, latency_target))
 
 
 def made_by() -> str:

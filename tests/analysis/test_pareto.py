@@ -151,7 +151,7 @@ def test_cli_show_and_csv_round_trip(searched_study, tmp_path):
 
 
 def test_latency_front_and_measurement(searched_study, tmp_path):
-    from dsearch.cost.latency import measure_latency
+    from dsearch.latency import LatencyModel, Protocol, parse_target
 
     frame = trials_frame(searched_study["study"])
     done = frame[frame["status"] == "complete"]
@@ -163,6 +163,7 @@ def test_latency_front_and_measurement(searched_study, tmp_path):
                           cwd=tmp_path, timeout=120)
     assert proc.returncode == 0 and "latency (ms)" in proc.stdout, proc.stderr
     # 300 MFLOPs against 1.4 MFLOPs: the measurement must order them, whatever the machine's noise.
-    big = measure_latency(preset("mobilenet_v2", num_classes=10, in_channels=1), repeats=5)
-    small = measure_latency(preset("resnet20", width=0.25, in_channels=1), repeats=5)
+    model = LatencyModel.for_target(parse_target("torch-cpu"), tmp_path, protocol=Protocol(min_repeats=5, timed_s=0.05))
+    big = model.measure(preset("mobilenet_v2", num_classes=10, in_channels=1)).median_ms
+    small = model.measure(preset("resnet20", width=0.25, in_channels=1)).median_ms
     assert big > 3 * small

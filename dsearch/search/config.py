@@ -4,7 +4,7 @@ loaded or written; each error states the rule it broke.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import optuna
@@ -64,6 +64,12 @@ class SearchConfig:
         target = self.cost_target
         return Budget(self.budget_mflops, self.budget_mparams, self.resolution, ms=self.budget_ms,
                       latency_target=target.short if target is not None and self.budget_ms is not None else None)
+
+    @property
+    def counted_budget(self) -> Budget:
+        """The limits the analytic cost model checks over a whole space (MFLOPs, params): counting a space's
+        architectures within the budget leaves latency out, which each candidate's prediction checks."""
+        return replace(self.budget, ms=None, latency_target=None)
 
     def identity(self, space: Space, train_resolution: int) -> dict[str, Any]:
         """The settings a study is bound to (see dsearch.search.resume); resuming with other values is refused."""

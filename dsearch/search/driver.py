@@ -240,7 +240,7 @@ def run_search(cfg: SearchConfig, study_name: str, storage_url: str | None = Non
                 held = claims.held_keys(study)  # what other workers are training is not new either
                 params = fresh_candidate(study, space, data, cfg, rng, held)
                 if params is None:
-                    count = feasible_count(space, cfg.budget, data.in_channels, data.num_classes)
+                    count = feasible_count(space, cfg.counted_budget, data.in_channels, data.num_classes)
                     if count is not None and count <= len(trained_keys(study) | held):
                         exhausted = all_trained(count, bool(held - trained_keys(study)))
                     else:
@@ -340,7 +340,7 @@ def fail_if_running(trial: optuna.Trial | None, reason: str) -> None:
 def _target(study: optuna.Study, space: Space, data: Dataset, cfg: SearchConfig, n_trials: int,
             log: Callable[[str], None]) -> tuple[int, str | None]:
     """How many architectures this run trains: n_trials, or fewer where the space has fewer left within the budget."""
-    count = feasible_count(space, cfg.budget, data.in_channels, data.num_classes)
+    count = feasible_count(space, cfg.counted_budget, data.in_channels, data.num_classes)
     if count is None:
         return n_trials, None
     left = count - len(trained_keys(study))
@@ -372,7 +372,7 @@ def fresh_candidate(study: optuna.Study, space: Space, data: Dataset, cfg: Searc
     """The parameters of a random architecture within the budget (repaired) that the study has not trained and
     that no running trial (`held`: their keys) is training."""
     known = trained_keys(study) | (held or set())
-    feasible = feasible_params(space, cfg.budget, data.in_channels, data.num_classes)
+    feasible = feasible_params(space, cfg.counted_budget, data.in_channels, data.num_classes)
     if feasible is not None:  # a small space: pick straight from the architectures that fit
         untried = [p for p in feasible if arch_key(build(space, p, data.in_channels, data.num_classes,
                                                          cfg.resolution)[0]) not in known]
@@ -383,7 +383,7 @@ def fresh_candidate(study: optuna.Study, space: Space, data: Dataset, cfg: Searc
             sample(space, recorder, data.in_channels, data.num_classes, cfg.resolution)
         except ArchSpecError:
             continue
-        spec, params, _ = repair(space, recorder.used, cfg.budget, data.in_channels, data.num_classes)
+        spec, params, _ = repair(space, recorder.used, cfg.counted_budget, data.in_channels, data.num_classes)
         if arch_key(spec) not in known:
             return params
     return None

@@ -50,3 +50,46 @@ def test_table_from_space_holds_every_part_of_its_samples(tiny_space, model):
         assert model.missing(spec) == []
     again = table_from_space(model, str(tiny_space), 6, None, 1, 10, seed=0)
     assert again["measured_now"] == 0 and again["parts"] == report["parts"]
+
+
+def test_a_search_under_a_latency_budget_rejects_before_training(tiny_space, tmp_path):
+    from optuna.trial import TrialState
+
+    from dsearch import ArchSpec
+    from dsearch.errors import DsearchError
+    from dsearch.search.config import SearchConfig
+    from dsearch.search.driver import run_search
+    from dsearch.search.spaces import extreme_spec
+    from dsearch.training.proxy import ProxyConfig
+
+    space = load_space(str(tiny_space))
+    model = LatencyModel.for_target(parse_target("torch-cpu"), protocol=FAST)  # the tests' DSEARCH_LATENCY_DIR
+    cheapest = model.predict_ms(extreme_spec(space, 1, 10))
+    dearest = model.predict_ms(extreme_spec(space, 1, 10, cheapest=False))
+    ms = cheapest + 0.3 * (dearest - cheapest)
+    cfg = SearchConfig(space=str(tiny_space), budget_ms=ms, latency_target="torch-cpu", sampler="random",
+                       proxy=ProxyConfig(epochs=1, batch_size=64, train_subset=256, augment=False))
+    summary = run_search(cfg, "lat", f"sqlite:///{tmp_path}/lat.db", n_trials=3, log=lambda _m: None)
+    study = summary.study
+    assert study.metric_names == ["val_acc", "latency_ms@torch-cpu"]
+    trials = study.get_trials()
+    trained = [t for t in trials if t.user_attrs.get("status") == "complete"]
+    rejected = [t for t in trials if t.user_attrs.get("status") == "rejected"]
+    assert len(trained) == 3 and rejected, "a budget at 30% of the predicted range must reject some samples"
+    fresh = LatencyModel.for_target(parse_target("torch-cpu"), protocol=FAST)  # the table on disk, read anew
+    for t in trained:
+        predicted = fresh.predict_ms(ArchSpec.from_dict(t.user_attrs["arch"]))
+        assert t.user_attrs["latency_ms"] == pytest.approx(predicted, rel=0.02) and predicted <= ms * 1.02
+        assert t.values == [t.user_attrs["val_acc"], t.user_attrs["latency_ms"]]
+        assert t.constraints["ms_over_budget"] <= 0 and t.user_attrs["latency_target"] == "torch-cpu"
+    for t in rejected:
+        assert t.state == TrialState.PRUNED and "val_acc" not in t.user_attrs
+        assert "ms on torch-cpu" in t.user_attrs["reason"]
+        assert t.constraints["ms_over_budget"] == pytest.approx(t.user_attrs["latency_ms"] - ms)
+    assert study.user_attrs["dsearch_identity"]["budget_ms"] == ms
+    with pytest.raises(DsearchError, match="latency"):  # resumed with another target: refused
+        run_search(SearchConfig(**{**cfg.__dict__, "latency_target": "torch-cpu:threads=2"}), "lat",
+                   f"sqlite:///{tmp_path}/lat.db", n_trials=1, log=lambda _m: None)
+    with pytest.raises(DsearchError, match="fits --budget-ms"):
+        run_search(SearchConfig(**{**cfg.__dict__, "budget_ms": cheapest / 3}), "none",
+                   f"sqlite:///{tmp_path}/none.db", n_trials=1, log=lambda _m: None)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -32,6 +33,7 @@ from ..cost.count import Cost, spec_cost
 from ..cost.memory import check_fits_memory
 from ..data import load_dataset
 from ..errors import DsearchError, deferred_interrupts
+from ..latency import LatencyModel
 from ..model.archspec import ArchSpec, ArchSpecError
 from ..model.ops import CONV_TYPES
 from ..model.presets import mobilenet_v2, with_conv
@@ -74,23 +76,39 @@ def baseline_label(width: float, kind: str) -> str:
     return f"mobilenet_v2_w{width:g}_{kind}"
 
 
-def widest_within(budget: Budget, kind: str, in_channels: int, num_classes: int, resolution: int) -> Baseline | None:
-    """The variant `kind` at the largest grid width that is valid and within `budget`; None when none fits."""
-    best: Baseline | None = None
+def widest_within(budget: Budget, kind: str, in_channels: int, num_classes: int, resolution: int,
+                  latency: Callable[[ArchSpec], float] | None = None) -> Baseline | None:
+    """The variant `kind` at the largest grid width that is valid and within `budget`; None when none fits.
+
+    A latency limit is checked with `latency` (a prediction, spec -> ms): latency grows with the width, so the
+    widths within the other limits are bisected, a few predictions per kind instead of one per width."""
+    fitting: list[Baseline] = []
+    counted = replace(budget, ms=None, latency_target=None)
     for width in WIDTHS:
         try:
             spec = variant(width, kind, in_channels, num_classes, resolution)
         except ArchSpecError:
             continue  # e.g. SCC groups that do not divide a width: this kind has no net at this width
-        if budget.fits(spec):
-            best = Baseline(baseline_label(width, kind), kind, width, spec, spec_cost(spec))
-    return best
+        if counted.fits(spec):
+            fitting.append(Baseline(baseline_label(width, kind), kind, width, spec, spec_cost(spec)))
+    if budget.ms is None or not fitting:
+        return fitting[-1] if fitting else None
+    if latency is None:
+        raise DsearchError("the budget limits latency: choosing its baselines needs the study's latency model")
+    lo, hi = -1, len(fitting)  # fitting[lo] within the latency limit (-1: none known), fitting[hi] over it
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if latency(fitting[mid].spec) <= budget.ms:
+            lo = mid
+        else:
+            hi = mid
+    return fitting[lo] if lo >= 0 else None
 
 
 def baseline_specs(budget: Budget, in_channels: int, num_classes: int, resolution: int,
-                   kinds: Sequence[str] = KINDS) -> list[Baseline]:
+                   kinds: Sequence[str] = KINDS, latency: Callable[[ArchSpec], float] | None = None) -> list[Baseline]:
     """MobileNetV2 and its conv swaps (`kinds`, of KINDS), each at its largest width within `budget` (counted at
-    `resolution`).
+    `resolution`; a latency limit checked with `latency`, spec -> predicted ms).
 
     Raises DsearchError when the budget sets no limit, or when even MobileNetV2 at the smallest width is over it.
     """
@@ -98,11 +116,11 @@ def baseline_specs(budget: Budget, in_channels: int, num_classes: int, resolutio
     if unknown or not kinds:
         raise DsearchError(f"no baseline of conv kind {', '.join(unknown) or '(none given)'}; the baselines are "
                            f"MobileNetV2 with {', '.join(KINDS)}")
-    if budget.mflops is None and budget.mparams is None:
+    if not budget.limited:
         raise DsearchError("the study has no budget; baselines are reference nets at a study's budget "
-                           "(create the study with --budget-mflops and/or --budget-mparams)")
+                           "(create the study with --budget-mflops, --budget-mparams and/or --budget-ms)")
     budget = replace(budget, resolution=resolution)
-    found = [b for kind in kinds if (b := widest_within(budget, kind, in_channels, num_classes, resolution))]
+    found = [b for kind in kinds if (b := widest_within(budget, kind, in_channels, num_classes, resolution, latency))]
     if not found:
         smallest = spec_cost(variant(WIDTHS[0], "dsc", in_channels, num_classes, resolution))
         raise DsearchError(
@@ -126,6 +144,16 @@ def study_search_config(study: optuna.Study) -> SearchConfig:
     except TypeError as err:  # a key that is no field name (not a string) in a hand-edited record
         raise damaged(study, CONFIG_ATTR, f"cannot be read ({err})", "restore the study's storage from a copy") \
             from None
+
+
+def study_latency(study: optuna.Study, log: Callable[[str], None] | None = None) -> LatencyModel | None:
+    """The latency model of the study's latency target (None: the study has none; MFLOPs are its cost)."""
+    search = study_search_config(study)
+    target = search.cost_target
+    if target is None:
+        return None
+    table = Path(search.latency_table) if search.latency_table else None
+    return LatencyModel.for_target(target, table=table, log=log)
 
 
 def study_deployment_budget(study: optuna.Study) -> tuple[Budget, int]:
@@ -187,7 +215,9 @@ def run_baselines(study: optuna.Study, storage_url: str, *, epochs: int | None =
     check_proxy(cfg.proxy)
     budget, resolution = study_deployment_budget(study)
     data = load_dataset(cfg.dataset, cfg.data_dir, seed=cfg.seed)
-    baselines = baseline_specs(budget, data.in_channels, data.num_classes, resolution, kinds)
+    latency = study_latency(study, log)
+    baselines = baseline_specs(budget, data.in_channels, data.num_classes, resolution, kinds,
+                               latency=latency.predict_ms if latency is not None else None)
     full_cfg = study_full_config(stored_settings(study, CONFIG_ATTR), epochs)
     check_proxy(full_cfg.proxy)
     try:

@@ -34,6 +34,7 @@ from optuna.trial import TrialState
 from ..checks import is_int
 from ..data import load_dataset
 from ..errors import Deadline, DsearchError, check_interrupted, deferred_interrupts
+from ..latency import LatencyModel
 from ..model.archspec import ArchSpec
 from ..search.budget import Budget
 from ..search.claims import Claim, claim_is_live
@@ -56,7 +57,7 @@ from ..training.failures import check_finite_state
 from ..training.full import FullTrainConfig, full_proxy
 from ..training.proxy import DeviceData, ProxyConfig, TrainingDiverged, fit_batch, select_device, train_proxy
 from ..training.schedule import settings_key
-from .baselines import KINDS, Baseline, baseline_specs, study_deployment_budget, study_search_config
+from .baselines import KINDS, Baseline, baseline_specs, study_deployment_budget, study_latency, study_search_config
 from .pareto import arch_of, trained_within, trials_frame
 from .promotion import promote, promoted_count
 from .verdict import VERDICT_ATTR, Finalist, make_verdict, record_key, rung_record_problem, verdict_plan
@@ -87,6 +88,7 @@ class Candidate:
     spec: ArchSpec
     mflops: float
     mparams: float
+    latency_ms: float | None = None  # predicted on the study's latency target (None: the study has none)
 
 
 def check_finals(cfg: FinalsConfig) -> None:
@@ -117,10 +119,21 @@ def wait_for_search(study: optuna.Study, log: Log, deadline: Deadline | None = N
         check_interrupted()
 
 
-def _candidates(study: optuna.Study, frame: pd.DataFrame, numbers: list[int]) -> list[Candidate]:
+def _candidates(study: optuna.Study, frame: pd.DataFrame, numbers: list[int],
+                latency: LatencyModel | None = None) -> list[Candidate]:
     by_trial = frame.set_index("trial")
-    return [Candidate(f"trial{n}", f"trial {n}", n, arch_of(study, n), float(by_trial.loc[n, "mflops"]),
-                      float(by_trial.loc[n, "mparams"])) for n in numbers]
+    found = []
+    for n in numbers:
+        spec = arch_of(study, n)
+        found.append(Candidate(f"trial{n}", f"trial {n}", n, spec, float(by_trial.loc[n, "mflops"]),
+                               float(by_trial.loc[n, "mparams"]),
+                               None if latency is None else _predicted(by_trial.loc[n, "latency_ms"], spec, latency)))
+    return found
+
+
+def _predicted(stored: Any, spec: ArchSpec, latency: LatencyModel) -> float:
+    """The latency the search predicted for a trial (as it ranked it), else a prediction now."""
+    return float(stored) if isinstance(stored, int | float) and stored == stored else latency.predict_ms(spec)
 
 
 def baseline_kinds(space: str) -> list[str]:
@@ -134,13 +147,17 @@ def baseline_kinds(space: str) -> list[str]:
     return [k for k in KINDS if k == "dsc" or k in offered]
 
 
-def _baseline_candidates(study: optuna.Study, space: str, in_channels: int, num_classes: int) -> list[Candidate]:
+def _baseline_candidates(study: optuna.Study, space: str, in_channels: int, num_classes: int,
+                         latency: LatencyModel | None = None) -> list[Candidate]:
     budget, resolution = study_deployment_budget(study)
+    predict = latency.predict_ms if latency is not None else None
     try:
-        found: list[Baseline] = baseline_specs(budget, in_channels, num_classes, resolution, baseline_kinds(space))
+        found: list[Baseline] = baseline_specs(budget, in_channels, num_classes, resolution, baseline_kinds(space),
+                                               latency=predict)
     except DsearchError:
         return []  # no budget, or nothing hand-designed fits it: the verdict says so
-    return [Candidate(f"baseline:{b.label}", b.label, None, b.spec, b.cost.mflops, b.cost.mparams) for b in found]
+    return [Candidate(f"baseline:{b.label}", b.label, None, b.spec, b.cost.mflops, b.cost.mparams,
+                      None if predict is None else predict(b.spec)) for b in found]
 
 
 # Settings that make a study's finals the ones a rerun of `dsearch run` asks for (the seed, device and sampler do
@@ -319,8 +336,10 @@ def run_finals(study: optuna.Study, url: str, cfg: FinalsConfig = FinalsConfig()
             log(f"finals: warning: full schedule: {note}")
     trainer = _Trainer(study, url, data, device, proxy, full, log, progress, deadline, lane)
 
-    trials = _candidates(study, frame, list(plan["trials"]))
-    baselines = _baseline_candidates(study, search.space, data.in_channels, data.num_classes) if cfg.baselines else []
+    latency = study_latency(study, log)
+    trials = _candidates(study, frame, list(plan["trials"]), latency)
+    baselines = (_baseline_candidates(study, search.space, data.in_channels, data.num_classes, latency)
+                 if cfg.baselines else [])
     val_acc = frame.set_index("trial")["val_acc"]
     rung0: dict[str, float | None] = {c.target: float(val_acc[c.trial]) for c in trials}
     log(f"finals: {len(trials)} trained trial(s) within the budget, {len(baselines)} baseline(s); "
@@ -335,7 +354,8 @@ def run_finals(study: optuna.Study, url: str, cfg: FinalsConfig = FinalsConfig()
     scored = [c for c in trials if c.target in scores0]
     def best_share(cands: list[Candidate], scores: dict[str, float]) -> list[Candidate]:
         """The best 1/eta of `cands` by non-dominated rank (score alone for an accuracy study)."""
-        costs = None if objective == "accuracy" else [c.mflops for c in cands]
+        costs = None if objective == "accuracy" else [c.mflops if c.latency_ms is None else c.latency_ms
+                                                      for c in cands]
         return [cands[i] for i in promote([scores[c.target] for c in cands], costs,
                                           promoted_count(len(cands), cfg.eta))]
 
@@ -364,33 +384,54 @@ def run_finals(study: optuna.Study, url: str, cfg: FinalsConfig = FinalsConfig()
                                                     if best_baseline else ""))
     kept2 = trainer.ensure(2, [(c, s) for c in [*finalists, *([best_baseline] if best_baseline else [])]
                                for s in seeds])
-    verdict = _verdict(study, plan, finalists, best_baseline, kept2, seeds)
+    verdict = _verdict(study, plan, finalists, best_baseline, kept2, seeds, latency, log)
     study.set_user_attr(VERDICT_ATTR, verdict)
     _keep_pick_weights(study, verdict, kept2, finalists)
     return verdict
 
 
 def _finalist(c: Candidate, kept: dict[tuple[str, int], dict[str, Any]], seeds: list[int],
-              budget: Budget) -> Finalist | None:
+              budget: Budget, latency: LatencyModel | None = None) -> Finalist | None:
+    """The candidate's full-schedule results; with a latency target, its latency measured whole on it (predicted
+    where the table comes from another machine), which its latency budget is checked against."""
     records = [kept[(c.target, s)] for s in seeds]
     if any(r.get("status") != "complete" for r in records):
         return None
-    return Finalist(c.key, c.trial, c.spec.summary(), c.mflops, c.mparams,
-                    budget.fits_record({"mflops": c.mflops, "mparams": c.mparams}),
-                    tuple(r["val_acc"] for r in records), tuple(r["test_acc"] for r in records))
+    costs: dict[str, Any] = {"mflops": c.mflops, "mparams": c.mparams}
+    ms = p90 = None
+    measured = True
+    if latency is not None:
+        if latency.local:
+            m = latency.measure(c.spec)
+            ms, p90 = m.median_ms, m.p90_ms
+        else:
+            ms, measured = latency.predict_ms(c.spec), False
+        costs["latency_ms"] = ms
+    return Finalist(c.key, c.trial, c.spec.summary(), c.mflops, c.mparams, budget.fits_record(costs),
+                    tuple(r["val_acc"] for r in records), tuple(r["test_acc"] for r in records), ms, p90, measured)
 
 
 def _verdict(study: optuna.Study, plan: dict[str, Any], finalists: list[Candidate], baseline: Candidate | None,
-             kept: dict[tuple[str, int], dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+             kept: dict[tuple[str, int], dict[str, Any]], seeds: list[int], latency: LatencyModel | None = None,
+             log: Log = print) -> dict[str, Any]:
     budget = study_budget(study)
-    done = [f for c in finalists if (f := _finalist(c, kept, seeds, budget)) is not None]
+    if latency is not None:
+        how = "measured whole" if latency.local else "predicted (the table is from another machine)"
+        log(f"finals: the finalists' latency on {latency.target.short}, {how}")
+    done = [f for c in finalists if (f := _finalist(c, kept, seeds, budget, latency)) is not None]
     if not done:
         raise DsearchError("every finalist had a failed full-schedule training; see the finals' log lines")
-    base = _finalist(baseline, kept, seeds, budget) if baseline is not None else None
+    if not any(f.within_budget for f in done):
+        raise DsearchError(f"no finalist is within the budget ({budget.describe()}) as measured on the target; "
+                           "the predictor's error put them over it: lower --budget-ms a little below the limit you "
+                           "need, or rerun the finals")
+    base = _finalist(baseline, kept, seeds, budget, latency) if baseline is not None else None
     _, resolution = study_deployment_budget(study)
-    verdict = make_verdict(done, base, resolution, seeds)
+    target = latency.target.short if latency is not None else None
+    verdict = make_verdict(done, base, resolution, seeds, cost="latency_ms" if latency else "mflops", target=target)
     train = stored_settings(study, CONFIG_ATTR).get("proxy") or {}
-    return plain({**verdict, "plan": plan["id"], "budget": budget.as_record(), "made": made_by(),
+    measured_on = {"latency_machine": latency.table.describe()} if latency is not None else {}
+    return plain({**verdict, **measured_on, "plan": plan["id"], "budget": budget.as_record(), "made": made_by(),
                   "schedule": next(iter(kept.values()))["config"], "train_resolution":
                   next(iter(kept.values()))["train_resolution"], "proxy": train,
                   "baseline_absent": None if baseline is not None else "no baseline fits the budget"})

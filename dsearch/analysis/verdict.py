@@ -41,6 +41,22 @@ class Finalist:
     within_budget: bool
     val: tuple[float, ...]
     test: tuple[float, ...]
+    # On the study's latency target (None: the study has none): the whole network measured end to end, median and
+    # p90 (`measured` False: predicted from a latency table copied from another machine, where it cannot be timed).
+    latency_ms: float | None = None
+    latency_p90_ms: float | None = None
+    measured: bool = True
+
+    def cost(self, name: str) -> float:
+        """The cost the verdict picks by: "mflops" or "latency_ms"."""
+        value = self.latency_ms if name == "latency_ms" else self.mflops
+        if value is None:
+            raise ValueError(f"{self.key} has no {name}")
+        return value
+
+
+# The costs the sentence against the baseline states as ratios, in order: (Finalist field, what it is of).
+COST_RATIOS = (("latency_ms", "latency"), ("mflops", "MFLOPs"), ("mparams", "params"))
 
 
 def study_verdict(study: optuna.Study) -> dict[str, Any] | None:
@@ -205,15 +221,19 @@ def _clean(value: float | None) -> float | None:
 
 
 def make_verdict(finalists: Sequence[Finalist], baseline: Finalist | None, resolution: int,
-                 seeds: Sequence[int], level: float = LEVEL) -> dict[str, Any]:
-    """The verdict as a JSON-able dict: a row per finalist (and the baseline), the pick, and its sentences."""
+                 seeds: Sequence[int], level: float = LEVEL, cost: str = "mflops",
+                 target: str | None = None) -> dict[str, Any]:
+    """The verdict as a JSON-able dict: a row per finalist (and the baseline), the pick, and its sentences.
+
+    `cost` is what the pick is the cheapest in among those tied with the best: "mflops", or "latency_ms" on
+    `target` (every finalist then has its latency)."""
     within = [f for f in finalists if f.within_budget]
     if not within:
         raise ValueError("no finalist within the budget")
-    best = max(within, key=lambda f: (float(np.mean(f.val)), -f.mflops))
+    best = max(within, key=lambda f: (float(np.mean(f.val)), -f.cost(cost)))
     versus_best = {f.key: difference(f.val, best.val, level) for f in within}
     contenders = [f for f in within if f is best or tied(versus_best[f.key])]
-    pick = min(contenders, key=lambda f: (f.mflops, -float(np.mean(f.val))))
+    pick = min(contenders, key=lambda f: (f.cost(cost), -float(np.mean(f.val))))
     rows = []
     for f in [*finalists, *([baseline] if baseline else [])]:
         if f is baseline:
@@ -226,14 +246,41 @@ def make_verdict(finalists: Sequence[Finalist], baseline: Finalist | None, resol
         rows.append({"key": f.key, "trial": f.trial, "summary": f.summary, "mflops": f.mflops, "mparams": f.mparams,
                      "role": role, "n": len(f.val), "val": list(f.val), "test": list(f.test),
                      "val_mean": val[0], "val_low": _clean(val[1]), "val_high": _clean(val[2]),
-                     "test_mean": test[0], "test_low": _clean(test[1]), "test_high": _clean(test[2])})
-    sentences = [_pick_sentence(pick, best, contenders, versus_best, resolution, level)]
+                     "test_mean": test[0], "test_low": _clean(test[1]), "test_high": _clean(test[2]),
+                     **({"latency_ms": f.latency_ms, "latency_p90_ms": f.latency_p90_ms, "latency_measured": f.measured}
+                        if f.latency_ms is not None else {})})
+    words = _CostWords(cost, target, resolution)
+    sentences = [_pick_sentence(pick, best, contenders, versus_best, words, level)]
     comparison = None
     if baseline is not None:
         comparison = difference(pick.test, baseline.test, level)
-        sentences.append(_baseline_sentence(pick, baseline, comparison, level))
+        sentences.append(_baseline_sentence(pick, baseline, comparison, level, target))
     return {"level": level, "resolution": resolution, "seeds": list(seeds), "pick": pick.trial, "pick_key": pick.key,
-            "best_val": best.key, "rows": rows, "versus_baseline": comparison, "sentences": sentences}
+            "best_val": best.key, "rows": rows, "versus_baseline": comparison, "sentences": sentences,
+            "cost": cost, **({"latency_target": target} if target else {})}
+
+
+@dataclass(frozen=True)
+class _CostWords:
+    """How the pick's sentence names costs: MFLOPs at the resolution, and the latency on the target first when it
+    is the cost."""
+
+    cost: str
+    target: str | None
+    resolution: int
+
+    def of(self, f: Finalist) -> str:
+        flops = f"{f.mflops:.1f} MFLOPs@{self.resolution}x{self.resolution}"
+        if self.cost != "latency_ms":
+            return flops
+        how = "" if f.measured else " predicted"
+        return f"{f.cost(self.cost):.3f} ms on {self.target}{how}, {flops}"
+
+    def cheaper(self, f: Finalist) -> str:
+        """The pick against the best finalist `f`: "cheaper (250.0 MFLOPs)", or "faster (3.456 ms)"."""
+        if self.cost == "latency_ms":
+            return f"faster ({f.cost(self.cost):.3f} ms)"
+        return f"cheaper ({f.mflops:.1f} MFLOPs)"
 
 
 def _points(value: float | None) -> str:
@@ -241,29 +288,47 @@ def _points(value: float | None) -> str:
 
 
 def _pick_sentence(pick: Finalist, best: Finalist, contenders: list[Finalist],
-                   versus_best: dict[str, dict[str, float | None]], resolution: int, level: float) -> str:
-    cost = f"{pick.mflops:.1f} MFLOPs@{resolution}x{resolution}"
+                   versus_best: dict[str, dict[str, float | None]], words: _CostWords, level: float) -> str:
+    cost = words.of(pick)
     if pick is best:
         others = [f.key for f in contenders if f is not pick]
-        tie = (f"; tied with {', '.join(others)} (each costlier)" if others else "")
+        each = "each slower" if words.cost == "latency_ms" else "each costlier"
+        tie = (f"; tied with {', '.join(others)} ({each})" if others else "")
         return (f"{pick.key} ({cost}): the best full-schedule validation mean ({np.mean(pick.val):.4f} over "
                 f"{len(pick.val)} seeds){tie}")
     d = versus_best[pick.key]
     return (f"{pick.key} ({cost}): statistically tied with {best.key}, which has the best validation mean "
             f"({np.mean(best.val):.4f} vs {np.mean(pick.val):.4f}; difference {_points(d['difference'])} points, "
-            f"{level:.0%} interval [{_points(d['low'])}, {_points(d['high'])}]), and cheaper "
-            f"({best.mflops:.1f} MFLOPs)")
+            f"{level:.0%} interval [{_points(d['low'])}, {_points(d['high'])}]), and {words.cheaper(best)}")
 
 
-def _baseline_sentence(pick: Finalist, baseline: Finalist, d: dict[str, float | None], level: float) -> str:
+def cost_ratios(pick: Finalist, baseline: Finalist, target: str | None = None) -> str:
+    """The pick's costs as shares of the baseline's, e.g. "62% of its latency on ort-cpu, 54% of its MFLOPs"; empty
+    when the pick costs the same in each (COST_RATIOS: a cost either lacks is left out)."""
+    parts = []
+    for name, what in COST_RATIOS:
+        mine, theirs = getattr(pick, name), getattr(baseline, name)
+        if mine is None or theirs is None or not theirs > 0:
+            continue
+        on = f" on {target}" if name == "latency_ms" and target else ""
+        parts.append((round(mine / theirs, 2), f"{100 * mine / theirs:.0f}% of its {what}{on}"))
+    if all(ratio == 1.0 for ratio, _ in parts):
+        return ""
+    return ", ".join(text for _, text in parts)
+
+
+def _baseline_sentence(pick: Finalist, baseline: Finalist, d: dict[str, float | None], level: float,
+                       target: str | None = None) -> str:
     figures = (f"{_points(d['difference'])} points of test accuracy, {level:.0%} interval "
                f"[{_points(d['low'])}, {_points(d['high'])}], Welch t over {len(pick.test)} and {len(baseline.test)} "
                "seeds")
+    ratios = cost_ratios(pick, baseline, target)
+    at = f", at {ratios}" if ratios else ""
     if d["low"] is not None and d["low"] > 0:
-        return f"{pick.key} beats the best baseline, {baseline.key}, by {figures[1:]}"
+        return f"{pick.key} beats the best baseline, {baseline.key}{at}, by {figures[1:]}"
     if d["high"] is not None and d["high"] < 0:
-        return f"{pick.key} trails the best baseline, {baseline.key}: {figures}"
-    return f"{pick.key} is tied with the best baseline, {baseline.key}: {figures}"
+        return f"{pick.key} trails the best baseline, {baseline.key}{at}: {figures}"
+    return f"{pick.key} is tied with the best baseline, {baseline.key}{at}: {figures}"
 
 
 def _interval(mean: float, low: float | None, high: float | None) -> str:
@@ -276,13 +341,25 @@ def verdict_lines(verdict: dict[str, Any]) -> list[str]:
     """The verdict as a table and its sentences, for a terminal."""
     r, level = verdict["resolution"], verdict["level"]
     seeds = ", ".join(map(str, verdict["seeds"]))
+    target = verdict.get("latency_target")
+    latency = target is not None and any(row.get("latency_ms") is not None for row in verdict["rows"])
     header = (f"{'finalist':<28} {'role':<18} {'val acc, mean [' + f'{level:.0%}' + ' CI]':>27} "
-              f"{'test acc, mean [CI]':>27} {f'MFLOPs@{r}':>11} {'M params':>8}")
-    lines = [f"verdict: full-schedule training, seeds {seeds}; validation accuracy chooses, test accuracy is "
-             "only reported", header]
+              f"{'test acc, mean [CI]':>27} {f'MFLOPs@{r}':>11} {'M params':>8}"
+              + (f" {f'ms on {target} (p90)':>24}" if latency else ""))
+    picks = "the fastest" if verdict.get("cost") == "latency_ms" else "the cheapest"
+    lines = [f"verdict: full-schedule training, seeds {seeds}; validation accuracy chooses ({picks} of those tied "
+             "with the best), test accuracy is only reported", header]
     for row in verdict["rows"]:
-        lines.append(f"{row['key'][:28]:<28} {ROLES[row['role']]:<18} "
-                     f"{_interval(row['val_mean'], row['val_low'], row['val_high']):>27} "
-                     f"{_interval(row['test_mean'], row['test_low'], row['test_high']):>27} "
-                     f"{row['mflops']:>11.1f} {row['mparams']:>8.3f}")
+        line = (f"{row['key'][:28]:<28} {ROLES[row['role']]:<18} "
+                f"{_interval(row['val_mean'], row['val_low'], row['val_high']):>27} "
+                f"{_interval(row['test_mean'], row['test_low'], row['test_high']):>27} "
+                f"{row['mflops']:>11.1f} {row['mparams']:>8.3f}")
+        if latency:
+            ms = row.get("latency_ms")
+            shown = "" if ms is None else f"{ms:.3f} ({row['latency_p90_ms']:.3f})" if row.get("latency_measured") \
+                else f"{ms:.3f} predicted"
+            line += f" {shown:>24}"
+        lines.append(line)
+    if latency:
+        lines.append(f"  latency: {verdict.get('latency_machine', 'the machine it was measured on')}")
     return lines + [f"  {s}" for s in verdict["sentences"]]

@@ -906,22 +906,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("arch", metavar="ARCH|STUDY", nargs="?",
                    help=f"preset ({presets}), ArchSpec JSON file, or study name (with --trial)")
     p.add_argument("--target", default="ort-cpu",
-                   help="RUNTIME[:threads=N,batch=N,resolution=N], runtimes: ort-cpu, torch-cpu, torch-cuda")
+                   help="RUNTIME[:threads=N,batch=N,resolution=N], runtimes: ort-cpu, torch-cpu, torch-cuda "
+                        "(default: ort-cpu)")
     p.add_argument("--table", metavar="FILE",
                    help="a latency table file (e.g. copied from the machine a model ships on; default: this "
                         "machine's table of the target in DSEARCH_LATENCY_DIR or ~/.cache/dsearch/latency)")
     study_args(p)
-    p.add_argument("--trial", default="best", help="'best' or a trial number (study targets)")
+    p.add_argument("--trial", default="best", help="'best' or a trial number (study targets) (default: best)")
     p.add_argument("--resolution", type=int, help="deployment resolution to time at (default: the spec's)")
-    p.add_argument("--again", action="store_true", help="measure the whole network again, not from the table")
+    p.add_argument("--again", action="store_true",
+                   help="measure the whole network again, not from the table (default: off)")
     p.add_argument("--space", help="build the table: measure the parts of --samples architectures of this space "
-                                   "(name or YAML file), and a few of them whole")
-    p.add_argument("--samples", type=int, default=100, help="architectures sampled with --space")
-    p.add_argument("--budget-mflops", type=float, help="with --space: sample only architectures within it")
-    p.add_argument("--seed", type=int, default=0, help="seed of the --space samples")
-    p.add_argument("--in-channels", type=int, default=1, help="input channels of the --space samples")
-    p.add_argument("--num-classes", type=int, default=10, help="classes of the --space samples")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+                                   "(name or YAML file), and a few of them whole (default: none, measure ARCH)")
+    p.add_argument("--samples", type=int, default=100, help="architectures sampled with --space (default: 100)")
+    p.add_argument("--budget-mflops", type=float,
+                   help="with --space: sample only architectures within it (default: none)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --space samples (default: 0)")
+    p.add_argument("--in-channels", type=int, default=1, help="input channels of the --space samples (default: 1)")
+    p.add_argument("--num-classes", type=int, default=10, help="classes of the --space samples (default: 10)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (default: off)")
 
     p = command_parser("spaces", "list the search spaces with their size and MFLOPs range; with a budget, the "
                                  "share of each space within it")

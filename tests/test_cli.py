@@ -61,7 +61,8 @@ def _subparsers():
 
 def test_every_option_has_help_and_shows_its_default():
     _, commands = _subparsers()
-    assert set(commands) == {"cost", "run", "show", "baselines", "dashboard", "export", "train", "audit", "spaces", "latency"}
+    assert set(commands) == {"cost", "run", "show", "baselines", "dashboard", "export", "train", "audit", "spaces",
+                             "latency"}
     for name, sub in commands.items():
         text = sub.format_help()
         for action in sub._actions:
